@@ -1,0 +1,187 @@
+"""Crash-safe checkpoints: safetensors + JSON only, written to a temporary folder and renamed, with checksums.
+
+A checkpoint is a folder ``step_00000123/`` holding ``model.safetensors``, ``optimizer.safetensors`` (every tensor of
+the optimiser state, flattened), ``state.json`` (step, scheduler, non-tensor optimiser state, metrics, config) and
+``checksums.json`` (sha256 of each file). It only ever appears complete: a crash mid-write leaves a ``.tmp-*``
+folder that is ignored (and cleaned) on the next start. Loading never unpickles anything.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+PREFIX = "step_"
+
+# Test hook: called with (stage, path) while writing; lets tests pause or crash the writer mid-file.
+WRITE_HOOK: Callable[[str, Path], None] | None = None
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read; the message names the folder and the reason."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hook(stage: str, path: Path) -> None:
+    if WRITE_HOOK is not None:
+        WRITE_HOOK(stage, path)
+    elif os.environ.get("MOSAIC_ALM_CKPT_PAUSE") == stage:  # used by the kill-during-save test
+        Path(str(path) + ".paused").write_text("paused")
+        import time
+
+        time.sleep(3600)
+
+
+def flatten_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and a JSON-able remainder."""
+    tensors: dict[str, torch.Tensor] = {}
+    rest: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for pid, entry in state["state"].items():
+        rest["state"][str(pid)] = {}
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+                rest["state"][str(pid)][key] = {"__tensor__": f"{pid}.{key}"}
+            else:
+                rest["state"][str(pid)][key] = value
+    return tensors, rest
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state = {}
+    for pid, entry in rest["state"].items():
+        state[int(pid)] = {k: tensors[v["__tensor__"]] if isinstance(v, dict) and "__tensor__" in v else v
+                           for k, v in entry.items()}
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, tensors: dict[str, dict[str, torch.Tensor]],
+                    state: dict, keep_last: int = 3) -> Path:
+    """Write ``{name}.safetensors`` for each entry of ``tensors`` plus ``state.json`` atomically.
+
+    Raises :class:`CheckpointError` (the previous checkpoints untouched) if the disk is full or unwritable.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"{PREFIX}{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{PREFIX}{step:08d}-", dir=ckpt_dir))
+    try:
+        sums = {}
+        for name, tdict in tensors.items():
+            path = tmp / f"{name}.safetensors"
+            _hook(f"before-{name}", path)
+            save_file({k: v.detach().cpu().contiguous() for k, v in tdict.items()}, str(path))
+            sums[path.name] = _sha256(path)
+        spath = tmp / "state.json"
+        spath.write_text(json.dumps(state, indent=1, default=_json_default))
+        sums[spath.name] = _sha256(spath)
+        _hook("before-checksums", tmp)
+        (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write checkpoint {final}: {exc.strerror or exc} "
+                              f"(previous checkpoints are intact)") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prune(ckpt_dir, keep_last)
+    return final
+
+
+def _json_default(obj):
+    if torch.is_tensor(obj):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def verify(path: Path) -> str | None:
+    """None if the checkpoint folder is complete and its checksums match, else the reason it is not."""
+    sums_path = path / "checksums.json"
+    if not sums_path.is_file():
+        return "no checksums.json (incomplete write)"
+    try:
+        sums = json.loads(sums_path.read_text())
+    except json.JSONDecodeError:
+        return "checksums.json is corrupt"
+    for name, digest in sums.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if _sha256(f) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint that verifies; partial or corrupt ones are skipped with a warning."""
+    ckpt_dir = Path(ckpt_dir)
+    if ckpt_dir.is_dir():
+        for junk in ckpt_dir.glob(f".tmp-{PREFIX}*"):
+            log.warning("removing partial checkpoint %s left by an interrupted write", junk)
+            shutil.rmtree(junk, ignore_errors=True)
+    for path in reversed(list_checkpoints(ckpt_dir)):
+        reason = verify(path)
+        if reason is None:
+            return path
+        log.warning("ignoring checkpoint %s: %s", path, reason)
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """Read a verified checkpoint folder: ({name: tensors}, state). Only safetensors and JSON are read."""
+    path = Path(path)
+    reason = verify(path)
+    if reason is not None:
+        raise CheckpointError(f"checkpoint {path} is not usable: {reason}")
+    tensors = {}
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            tensors[f.stem] = load_file(str(f))
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"checkpoint {f} is not a valid safetensors file: {exc}") from None
+    return tensors, json.loads((path / "state.json").read_text())
+
+
+def prune(ckpt_dir: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    for old in list_checkpoints(ckpt_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def safe_torch_load(path: str | os.PathLike):
+    """The only ``torch.load`` in the kit: ``weights_only=True``; a pickle with code raises CheckpointError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"refusing to load {path}: not a plain tensor file ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

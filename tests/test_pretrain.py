@@ -1,0 +1,148 @@
+"""Pretraining: exact GradCache, distributed equality on gloo, DeepSpeed launch, resume, loss going down."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from encoder.config import load_config
+from encoder.loss import nt_xent
+from encoder.masking import freq_view_indices, time_view_indices
+from encoder.model import AudioMosaicPretrainModel, EncoderConfig, ProjectorConfig
+from encoder.train import PretrainConfig, contrastive_step, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(size="tiny", target_frames=64, depth=2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cfg(**over) -> PretrainConfig:
+    raw = load_config(REPO / "configs/pretrain/tiny.yaml")
+    raw["model"].update(TINY)
+    raw["data"]["target_frames"] = 64
+    for k, v in over.items():
+        sec, key = k.split(".")
+        raw[sec][key] = v
+    return PretrainConfig.from_raw(raw)
+
+
+def test_gradcache_equals_plain_step():
+    torch.manual_seed(0)
+    cfg_plain = _cfg(**{"train.chunk_size": 0})
+    cfg_cache = _cfg(**{"train.chunk_size": 3})
+    a = AudioMosaicPretrainModel(cfg_plain.model, cfg_plain.projector)
+    b = AudioMosaicPretrainModel(cfg_cache.model, cfg_cache.projector)
+    b.load_state_dict(a.state_dict())
+    views = torch.randn(8, 2, 64, 128)
+    nullctx = torch.autocast("cpu", enabled=False)
+    out_a = contrastive_step(a, views, cfg_plain, 5, 0, lambda l: l.backward(), nullctx)
+    out_b = contrastive_step(b, views, cfg_cache, 5, 0, lambda l: l.backward(), nullctx)
+    assert torch.allclose(out_a["loss"], out_b["loss"], atol=1e-6)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), (name, (p.grad - q.grad).abs().max())
+
+
+def _dist_worker(rank, world, port, state, x, k1, k2, out_dir):
+    import torch.distributed as dist
+
+    from encoder.train import all_reduce_mean_grads
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = AudioMosaicPretrainModel(EncoderConfig(**TINY), ProjectorConfig())
+    model.load_state_dict(state)
+    sl = slice(rank * x.shape[0] // world, (rank + 1) * x.shape[0] // world)
+    z1, z2 = model(x[sl], k1[sl], x[sl], k2[sl])
+    out = nt_xent(z1, z2, 0.1)
+    out["loss"].backward()
+    loss = out["loss"].detach().clone()
+    dist.all_reduce(loss)
+    params = list(model.parameters())
+    all_reduce_mean_grads(params, world)
+    if rank == 0:
+        torch.save({"loss": loss / world, "grads": [p.grad for p in params]}, out_dir / "dist.pt")
+    dist.destroy_process_group()
+
+
+def test_two_process_gloo_equals_single_process_on_concatenated_batch(tmp_path):
+    torch.manual_seed(0)
+    model = AudioMosaicPretrainModel(EncoderConfig(**TINY), ProjectorConfig())
+    x = torch.randn(8, 64, 128)
+    g = torch.Generator().manual_seed(3)
+    k1, k2 = time_view_indices(8, 4, 8, 0.6, g), freq_view_indices(8, 4, 8, 0.4, g)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    z1, z2 = model(x, k1, x, k2)
+    single = nt_xent(z1, z2, 0.1)
+    single["loss"].backward()
+    mp.spawn(_dist_worker, args=(2, _free_port(), state, x, k1, k2, tmp_path), nprocs=2, join=True)
+    got = torch.load(tmp_path / "dist.pt", weights_only=True)
+    assert torch.allclose(got["loss"], single["loss"], atol=1e-6)
+    for (name, p), gd in zip(model.named_parameters(), got["grads"]):
+        if p.grad is None:
+            assert gd is None or gd.abs().max() == 0, name
+            continue
+        assert torch.allclose(p.grad, gd, atol=2e-6, rtol=1e-4), (name, (p.grad - gd).abs().max())
+
+
+def _keyword_overrides(root, run_dir, steps, batch=8):
+    return [f"data.root={root}", "data.manifests=[keywords/manifest.jsonl]", f"run_dir={run_dir}",
+            f"train.max_steps={steps}", f"train.batch_size={batch}", "train.progress=false", "train.ckpt_every=2",
+            "model.depth=2", "data.num_workers=0", "data.cached_features=false", "augment.enabled=true"]
+
+
+def test_resume_continues_bit_identically(embedded_root, tmp_path):
+    raw = load_config(REPO / "configs/pretrain/tiny.yaml", _keyword_overrides(embedded_root, tmp_path / "a", 4))
+    full = train(PretrainConfig.from_raw(raw), raw)
+    raw_b = load_config(REPO / "configs/pretrain/tiny.yaml", _keyword_overrides(embedded_root, tmp_path / "b", 2))
+    train(PretrainConfig.from_raw(raw_b), raw_b)
+    raw_b["train"]["max_steps"] = 4
+    resumed = train(PretrainConfig.from_raw(raw_b), raw_b)
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+    from safetensors.torch import load_file
+
+    wa = load_file(str(tmp_path / "a/encoder/model.safetensors"))
+    wb = load_file(str(tmp_path / "b/encoder/model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_tiny_encoder_reduces_loss_on_real_audio(embedded_root, tmp_path):
+    over = _keyword_overrides(embedded_root, tmp_path / "r", 30, batch=16) + ["data.cached_features=true",
+                                                                            "optim.lr=2e-3", "optim.warmup_steps=3"]
+    raw = load_config(REPO / "configs/pretrain/tiny.yaml", over)
+    hist = train(PretrainConfig.from_raw(raw), raw)["history"]
+    first = sum(h["loss"] for h in hist[:5]) / 5
+    last = sum(h["loss"] for h in hist[-5:]) / 5
+    assert last < first - 0.3, (first, last)
+    assert (tmp_path / "r/encoder/config.json").is_file()
+    assert list((tmp_path / "r/tb").iterdir())
+
+
+def test_deepspeed_launcher_zero2_two_processes(embedded_root, tmp_path):
+    pytest.importorskip("deepspeed")
+    run = tmp_path / "ds"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    launcher = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or "deepspeed"
+    cmd = [launcher, "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "encoder.train",
+           "--config", str(REPO / "configs/pretrain/tiny.yaml"),
+           *_keyword_overrides(embedded_root, run, 2), "distributed.backend=deepspeed",
+           "data.cached_features=true"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "deepspeed ZeRO stage 2" in out and "world=2" in out
+    assert (run / "encoder/model.safetensors").is_file()
+    state = json.loads(next((run / "checkpoints").iterdir()).joinpath("state.json").read_text())
+    assert state["world_size"] == 2
