@@ -329,6 +329,9 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
     model = build_model(cfg).to(device)
     if is_main:
         counts = {n: count_parameters(m, True) for n, m in model.named_children()}
+        own = sum(p.numel() for p in model.parameters(recurse=False) if p.requires_grad)
+        if own:
+            counts["(top-level)"] = own
         print(f"[pretrain] objective={cfg.objective} world={world} device={device} trainable parameters: "
               + ", ".join(f"{n}={c:,}" for n, c in counts.items()), flush=True)
 
@@ -464,6 +467,9 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
             writer.add_scalar("train/clips_per_s", cfg.train.batch_size * cfg.train.log_every / max(dt, 1e-9), step)
             writer.add_scalar("train/memory_mb", memory_mb(device), step)
             writer.add_scalar("data/bad_clips", bad_clips, step)
+            if bar is None:
+                print(f"[pretrain] step {step}/{total} loss {loss_val:.4f} acc {acc_val:.3f} lr {lr:.2e} "
+                      f"{cfg.train.batch_size * cfg.train.log_every / max(dt, 1e-9):.1f} clips/s", flush=True)
         if step % cfg.train.ckpt_every == 0 or step == total:
             save(run, step, model, optimizer, engine, cfg, history, is_main, world, raw)
         if step >= total:

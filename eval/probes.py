@@ -1,0 +1,522 @@
+"""Frozen-feature probes and the MFCC baseline.
+
+Everything here works on PRECOMPUTED features (torch tensors); nothing imports the encoder. The encoder harness
+extracts features once, then calls these.
+
+Probes (all include their own feature standardisation, fitted on the training set by :func:`fit_probe` and stored
+as buffers, so :func:`predict` on new data applies the same transform; no BatchNorm anywhere):
+
+* :class:`LinearProbe`: one layer's pooled features ``[N, D]`` -> linear head.
+* :class:`WeightedLayerProbe`: pooled features of all layers ``[N, L, D]`` -> softmax-weighted sum over layers
+  (learned weights, returned by ``layer_weights()``) -> linear head.
+* :class:`AttentiveProbe`: token sequences ``[N, T, D]`` -> one learned query cross-attends over the tokens (a
+  V-JEPA-style attentive pooler: pre-norm multi-head cross-attention + MLP, both residual on the query) -> linear
+  head. Variable token counts: pass a list of ``[T_i, D]`` tensors, or ``(x [N, T, D], valid_mask [N, T])``.
+
+Training: :func:`fit_probe` (AdamW, per-step cosine schedule, optional selection of the best epoch on a validation
+set); :func:`predict` returns logits; :func:`evaluate_probe` turns them into metrics.
+
+Baseline: :func:`mfcc_features` (mean and std over time of MFCCs: DCT-II of log mel energies) and
+:func:`mfcc_logreg_baseline` (standardise + logistic regression).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from eval import metrics
+
+__all__ = [
+    "LinearProbe",
+    "WeightedLayerProbe",
+    "AttentiveProbe",
+    "fit_probe",
+    "predict",
+    "evaluate_probe",
+    "linear_probe_by_layer",
+    "mfcc_features",
+    "mfcc_logreg_baseline",
+]
+
+_EPS = 1e-6
+
+
+# --------------------------------------------------------------------------------------------------------------
+# probes
+# --------------------------------------------------------------------------------------------------------------
+class _Probe(nn.Module):
+    """Common parts: standardisation buffers, input packing, parameter reset."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        if dim < 1 or num_classes < 1:
+            raise ValueError(f"{type(self).__name__}: dim and num_classes must be >= 1 (got {dim}, {num_classes})")
+        self.dim = dim
+        self.num_classes = num_classes
+        self.register_buffer("feat_mean", torch.zeros(dim))
+        self.register_buffer("feat_std", torch.ones(dim))
+
+    # -- inputs -----------------------------------------------------------------------------------------------
+    def pack(self, x: Any) -> tuple[torch.Tensor, ...]:
+        """Turn user input into a tuple of tensors whose first dimension is the example index."""
+        raise NotImplementedError
+
+    def _check_tensor(self, x: Any, ndim: int, what: str) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(np.asarray(x))
+        if x.ndim != ndim:
+            raise ValueError(f"{type(self).__name__}: expected {what}, got shape {tuple(x.shape)}")
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"{type(self).__name__}: feature dim {x.shape[-1]} != probe dim {self.dim}")
+        return x.float()
+
+    # -- standardisation ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fit_standardiser(self, *packed: torch.Tensor) -> None:
+        """Per-feature mean/std over the training set (over every example, layer and valid token)."""
+        x = packed[0]
+        flat = x.reshape(-1, self.dim)
+        if len(packed) > 1 and packed[1] is not None:  # token validity mask
+            flat = x[packed[1]]
+        self.feat_mean.copy_(flat.mean(dim=0))
+        self.feat_std.copy_(flat.std(dim=0, unbiased=False).clamp_min(_EPS))
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.feat_mean) / self.feat_std
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every submodule (``fit_probe`` calls this under the run's seed)."""
+        for m in self.modules():
+            if m is self:
+                continue
+            if isinstance(m, nn.MultiheadAttention):
+                m._reset_parameters()  # its in-projection has no public reset
+            elif hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+
+class LinearProbe(_Probe):
+    """Linear classifier on one layer's pooled features ``[N, D]``."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__(dim, num_classes)
+        self.head = nn.Linear(dim, num_classes)
+
+    def pack(self, x: Any) -> tuple[torch.Tensor, ...]:
+        return (self._check_tensor(x, 2, "[N, D] pooled features"),)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.standardise(x))
+
+
+class WeightedLayerProbe(_Probe):
+    """Softmax-weighted sum over layers of pooled features ``[N, L, D]``, then a linear head.
+
+    Standardisation is per layer and feature (layers differ in scale, which would otherwise bias the weights).
+    The learned mixture is ``layer_weights()`` (softmax of ``layer_logits``, sums to 1).
+    """
+
+    def __init__(self, num_layers: int, dim: int, num_classes: int) -> None:
+        super().__init__(dim, num_classes)
+        if num_layers < 1:
+            raise ValueError(f"WeightedLayerProbe: num_layers must be >= 1, got {num_layers}")
+        self.num_layers = num_layers
+        self.feat_mean = torch.zeros(num_layers, dim)
+        self.feat_std = torch.ones(num_layers, dim)
+        self.layer_logits = nn.Parameter(torch.zeros(num_layers))
+        self.head = nn.Linear(dim, num_classes)
+
+    def pack(self, x: Any) -> tuple[torch.Tensor, ...]:
+        x = self._check_tensor(x, 3, "[N, L, D] per-layer pooled features")
+        if x.shape[1] != self.num_layers:
+            raise ValueError(f"WeightedLayerProbe: got {x.shape[1]} layers, probe built for {self.num_layers}")
+        return (x,)
+
+    @torch.no_grad()
+    def fit_standardiser(self, x: torch.Tensor) -> None:
+        self.feat_mean.copy_(x.mean(dim=0))
+        self.feat_std.copy_(x.std(dim=0, unbiased=False).clamp_min(_EPS))
+
+    def layer_weights(self) -> torch.Tensor:
+        """Learned softmax weights over layers, ``[L]`` (detached)."""
+        return torch.softmax(self.layer_logits.detach(), dim=0)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        with torch.no_grad():
+            self.layer_logits.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.softmax(self.layer_logits, dim=0)
+        mixed = torch.einsum("nld,l->nd", self.standardise(x), w)
+        return self.head(mixed)
+
+
+class AttentiveProbe(_Probe):
+    """One learned query cross-attending over tokens ``[N, T, D]``, then a linear head.
+
+    Block (pre-norm, residual on the query): ``q = query + MHA(LN(query), LN(tokens))``;
+    ``q = q + MLP(LN(q))``; ``logits = head(LN(q))``. Padding tokens are excluded through the attention mask.
+    """
+
+    def __init__(self, dim: int, num_classes: int, *, num_heads: int = 8, mlp_ratio: float = 4.0) -> None:
+        super().__init__(dim, num_classes)
+        if dim % num_heads:
+            raise ValueError(f"AttentiveProbe: dim {dim} is not divisible by num_heads {num_heads}")
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.norm_out = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        with torch.no_grad():
+            nn.init.trunc_normal_(self.query, std=0.02)
+
+    def pack(self, x: Any) -> tuple[torch.Tensor, ...]:
+        if isinstance(x, (list, tuple)) and len(x) == 2 and isinstance(x[1], torch.Tensor) and x[1].dtype == torch.bool:
+            feats = self._check_tensor(x[0], 3, "[N, T, D] tokens")
+            mask = x[1]
+            if mask.shape != feats.shape[:2]:
+                raise ValueError(f"AttentiveProbe: mask {tuple(mask.shape)} does not match tokens {tuple(feats.shape)}")
+        elif isinstance(x, (list, tuple)):
+            seqs = [self._check_tensor(s, 2, "[T_i, D] tokens per example") for s in x]
+            if not seqs:
+                raise ValueError("AttentiveProbe: empty list of token sequences")
+            t_max = max(s.shape[0] for s in seqs)
+            feats = torch.zeros(len(seqs), t_max, self.dim)
+            mask = torch.zeros(len(seqs), t_max, dtype=torch.bool)
+            for i, s in enumerate(seqs):
+                feats[i, : s.shape[0]] = s
+                mask[i, : s.shape[0]] = True
+        else:
+            feats = self._check_tensor(x, 3, "[N, T, D] tokens")
+            mask = torch.ones(feats.shape[:2], dtype=torch.bool)
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("AttentiveProbe: every example needs at least one valid token")
+        return feats, mask
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        kv = self.norm_kv(self.standardise(x))
+        q = self.query.expand(x.shape[0], -1, -1)
+        pad = None if mask is None else ~mask
+        attended, _ = self.attn(self.norm_q(q), kv, kv, key_padding_mask=pad, need_weights=False)
+        q = q + attended
+        q = q + self.mlp(self.norm_mlp(q))
+        return self.head(self.norm_out(q[:, 0]))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------------------------
+def _pack_targets(y: Any, n: int, num_classes: int, multilabel: bool, name: str) -> torch.Tensor:
+    y = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
+    if y.shape[0] != n:
+        raise ValueError(f"{name}: {y.shape[0]} targets for {n} examples")
+    if multilabel:
+        if y.ndim != 2 or y.shape[1] != num_classes:
+            raise ValueError(f"{name}: multi-label targets must be [N, {num_classes}], got {tuple(y.shape)}")
+        return y.float()
+    if y.ndim != 1:
+        raise ValueError(f"{name}: single-label targets must be [N] class indices, got {tuple(y.shape)}")
+    y = y.long()
+    if y.numel() and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"{name}: class indices must lie in [0, {num_classes})")
+    return y
+
+
+def _score(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> float:
+    if multilabel:
+        return metrics.mean_average_precision(y.numpy() > 0.5, logits.numpy())
+    return metrics.accuracy(y.numpy(), logits.argmax(dim=1).numpy())
+
+
+@torch.no_grad()
+def _predict_packed(probe: _Probe, packed: tuple[torch.Tensor, ...], batch_size: int) -> torch.Tensor:
+    was_training = probe.training
+    probe.eval()
+    device = next(probe.parameters()).device
+    n = packed[0].shape[0]
+    out = [
+        probe(*(p[i : i + batch_size].to(device) for p in packed)).float().cpu() for i in range(0, n, batch_size)
+    ]
+    probe.train(was_training)
+    return torch.cat(out)
+
+
+def fit_probe(
+    probe: _Probe,
+    train_x: Any,
+    train_y: Any,
+    valid_x: Any = None,
+    valid_y: Any = None,
+    *,
+    epochs: int = 50,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    batch_size: int = 256,
+    seed: int = 0,
+    multilabel: bool = False,
+    warmup_epochs: float = 0.0,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Train ``probe`` in place on precomputed features and return its history.
+
+    * Parameters are re-initialised from ``seed`` and the batch order is drawn from ``seed``: same seed, same
+      inputs -> same probe.
+    * Feature standardisation is fitted on ``train_x``.
+    * Loss: cross-entropy (``train_y`` = class indices ``[N]``) or, with ``multilabel=True``, binary cross-entropy
+      on a ``[N, C]`` target matrix (soft targets allowed).
+    * AdamW (weight decay on weight matrices only, not on biases, norms, the query or layer logits), learning rate
+      with optional linear warm-up then cosine decay to 0, stepped per batch.
+    * With ``valid_x``/``valid_y``, the metric (accuracy, or mAP if multilabel) is computed after every epoch and
+      the probe is left with the weights of the best epoch (ties: the earlier epoch).
+
+    Returns:
+        ``{"train_loss": [per epoch], "train_metric": [...], "valid_metric": [...] (if valid), "lr": [per epoch,
+        at its end], "metric": "accuracy" | "mAP", "best_epoch": int, "best_valid": float | None, "seed": int}``.
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"fit_probe: epochs and batch_size must be >= 1 (got {epochs}, {batch_size})")
+    if (valid_x is None) != (valid_y is None):
+        raise ValueError("fit_probe: give both valid_x and valid_y, or neither")
+    device = torch.device(device)
+    train = probe.pack(train_x)
+    n = train[0].shape[0]
+    if n == 0:
+        raise ValueError("fit_probe: no training examples")
+    ytr = _pack_targets(train_y, n, probe.num_classes, multilabel, "train_y")
+    valid = probe.pack(valid_x) if valid_x is not None else None
+    yva = _pack_targets(valid_y, valid[0].shape[0], probe.num_classes, multilabel, "valid_y") if valid else None
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe.reset_parameters()
+    probe.fit_standardiser(*train)
+    probe.to(device)
+    gen = torch.Generator().manual_seed(seed)
+
+    decay, no_decay = [], []
+    for name, p in probe.named_parameters():
+        (decay if p.ndim >= 2 and name != "query" else no_decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = epochs * steps_per_epoch
+    warmup = int(warmup_epochs * steps_per_epoch)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
+    metric_name = "mAP" if multilabel else "accuracy"
+
+    history: dict = {"train_loss": [], "train_metric": [], "lr": [], "metric": metric_name, "seed": seed}
+    if valid is not None:
+        history["valid_metric"] = []
+    best_state, best_value, best_epoch = None, -math.inf, epochs - 1
+
+    probe.train()
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        total_loss = 0.0
+        for i in range(0, n, batch_size):
+            idx = order[i : i + batch_size]
+            inputs = [p[idx].to(device) for p in train]
+            loss = loss_fn(probe(*inputs), ytr[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += float(loss.detach()) * idx.numel()
+        history["train_loss"].append(total_loss / n)
+        history["lr"].append(opt.param_groups[0]["lr"])
+        history["train_metric"].append(_score(_predict_packed(probe, train, 1024), ytr, multilabel))
+        if valid is not None:
+            value = _score(_predict_packed(probe, valid, 1024), yva, multilabel)
+            history["valid_metric"].append(value)
+            if value > best_value:
+                best_value, best_epoch = value, epoch
+                best_state = copy.deepcopy(probe.state_dict())
+    if best_state is not None:
+        probe.load_state_dict(best_state)
+    history["best_epoch"] = best_epoch
+    history["best_valid"] = None if valid is None else best_value
+    probe.eval()
+    return history
+
+
+def predict(probe: _Probe, x: Any, *, batch_size: int = 1024) -> torch.Tensor:
+    """Logits ``[N, C]`` (CPU float tensor) of a fitted probe. Softmax / sigmoid is left to the caller."""
+    return _predict_packed(probe, probe.pack(x), batch_size)
+
+
+def evaluate_probe(probe: _Probe, x: Any, y: Any, *, multilabel: bool = False) -> dict:
+    """Metrics of a fitted probe: ``{"accuracy"}`` (single-label) or :func:`eval.metrics.multilabel_summary`."""
+    logits = predict(probe, x)
+    yt = _pack_targets(y, logits.shape[0], probe.num_classes, multilabel, "y")
+    if multilabel:
+        return metrics.multilabel_summary(yt.numpy() > 0.5, logits.numpy())
+    return {"accuracy": metrics.accuracy(yt.numpy(), logits.argmax(dim=1).numpy())}
+
+
+def linear_probe_by_layer(
+    train_x: torch.Tensor,
+    train_y: Any,
+    test_x: torch.Tensor,
+    test_y: Any,
+    num_classes: int,
+    *,
+    multilabel: bool = False,
+    **fit_kwargs: Any,
+) -> list[float]:
+    """Fit one :class:`LinearProbe` per layer of ``[N, L, D]`` features; return the test metric of each layer
+    (accuracy, or mAP if multilabel), in layer order. ``fit_kwargs`` go to :func:`fit_probe`."""
+    if train_x.ndim != 3 or test_x.ndim != 3:
+        raise ValueError("linear_probe_by_layer: features must be [N, L, D]")
+    key = "mAP" if multilabel else "accuracy"
+    scores = []
+    for layer in range(train_x.shape[1]):
+        probe = LinearProbe(train_x.shape[2], num_classes)
+        fit_probe(probe, train_x[:, layer], train_y, multilabel=multilabel, **fit_kwargs)
+        scores.append(evaluate_probe(probe, test_x[:, layer], test_y, multilabel=multilabel)[key])
+    return scores
+
+
+# --------------------------------------------------------------------------------------------------------------
+# MFCC + logistic regression baseline
+# --------------------------------------------------------------------------------------------------------------
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + f / 700.0)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
+def _mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, fmin: float, fmax: float) -> np.ndarray:
+    """Triangular HTK-mel filters ``[n_mels, n_fft // 2 + 1]`` (peak 1)."""
+    fft_freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+    mel_pts = np.linspace(_hz_to_mel(np.array(fmin)), _hz_to_mel(np.array(fmax)), n_mels + 2)
+    hz = _mel_to_hz(mel_pts)
+    fb = np.zeros((n_mels, fft_freqs.size))
+    for m in range(n_mels):
+        lo, mid, hi = hz[m], hz[m + 1], hz[m + 2]
+        up = (fft_freqs - lo) / max(mid - lo, 1e-9)
+        down = (hi - fft_freqs) / max(hi - mid, 1e-9)
+        fb[m] = np.clip(np.minimum(up, down), 0.0, None)
+    return fb
+
+
+def mfcc_features(
+    waveforms: Sequence[Any] | np.ndarray | torch.Tensor,
+    sample_rate: int = 16000,
+    n_mfcc: int = 40,
+    *,
+    n_mels: int = 64,
+    win_ms: float = 25.0,
+    hop_ms: float = 10.0,
+) -> np.ndarray:
+    """Clip-level MFCC statistics ``[N, 2 * n_mfcc]``: mean then std over time of each coefficient.
+
+    Per clip: Hann-windowed frames (25 ms / 10 ms), power spectrum, ``n_mels`` HTK-mel triangular filters
+    (20 Hz .. Nyquist), ``log(energy + 1e-10)``, orthonormal DCT-II, first ``n_mfcc`` coefficients (C0 included).
+    ``waveforms``: a ``[N, S]`` array/tensor or a list of 1-D arrays of any lengths (mono, float).
+    Clips shorter than one window are zero-padded to one window.
+    """
+    from scipy.fft import dct, rfft
+
+    if isinstance(waveforms, torch.Tensor):
+        waveforms = waveforms.detach().cpu().numpy()
+    if isinstance(waveforms, np.ndarray):
+        if waveforms.ndim != 2:
+            raise ValueError(f"mfcc_features: expected [N, samples] or a list of 1-D clips, got {waveforms.shape}")
+        waveforms = list(waveforms)
+    if len(waveforms) == 0:
+        raise ValueError("mfcc_features: no waveforms")
+    if n_mfcc > n_mels:
+        raise ValueError(f"mfcc_features: n_mfcc ({n_mfcc}) cannot exceed n_mels ({n_mels})")
+    win = int(round(sample_rate * win_ms / 1000.0))
+    hop = int(round(sample_rate * hop_ms / 1000.0))
+    n_fft = 1 << (win - 1).bit_length()
+    window = np.hanning(win + 1)[:-1]  # periodic Hann
+    fb = _mel_filterbank(n_mels, n_fft, sample_rate, 20.0, sample_rate / 2.0)
+
+    feats = np.empty((len(waveforms), 2 * n_mfcc), dtype=np.float64)
+    for i, w in enumerate(waveforms):
+        w = np.asarray(w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else w, dtype=np.float64)
+        if w.ndim != 1:
+            raise ValueError(f"mfcc_features: clip {i} must be 1-D (mono), got shape {w.shape}")
+        if w.size < win:
+            w = np.pad(w, (0, win - w.size))
+        n_frames = 1 + (w.size - win) // hop
+        idx = np.arange(win)[None, :] + hop * np.arange(n_frames)[:, None]
+        frames = w[idx] * window
+        power = np.abs(rfft(frames, n=n_fft, axis=1)) ** 2
+        log_mel = np.log(power @ fb.T + 1e-10)
+        mfcc = dct(log_mel, type=2, axis=1, norm="ortho")[:, :n_mfcc]
+        feats[i, :n_mfcc] = mfcc.mean(axis=0)
+        feats[i, n_mfcc:] = mfcc.std(axis=0)
+    return feats
+
+
+def mfcc_logreg_baseline(
+    train_wavs: Any,
+    train_y: Any,
+    test_wavs: Any,
+    test_y: Any,
+    *,
+    sample_rate: int = 16000,
+    n_mfcc: int = 40,
+    C: float = 1.0,
+    max_iter: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """MFCC statistics + standardisation + logistic regression, trained and tested in one call.
+
+    Single-label ``[N]`` targets -> multinomial logistic regression, returns ``{"accuracy", "predictions"}``;
+    binary ``[N, C]`` targets -> one-vs-rest, returns :func:`eval.metrics.multilabel_summary` plus ``"scores"``.
+    Always includes ``"n_features"`` and ``"model"`` (a description for the results JSON).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    xtr = mfcc_features(train_wavs, sample_rate, n_mfcc)
+    xte = mfcc_features(test_wavs, sample_rate, n_mfcc)
+    ytr, yte = np.asarray(train_y), np.asarray(test_y)
+    if ytr.shape[0] != xtr.shape[0] or yte.shape[0] != xte.shape[0]:
+        raise ValueError("mfcc_logreg_baseline: number of labels and clips differ")
+    clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
+    desc = f"MFCC({n_mfcc}, mean+std) + StandardScaler + LogisticRegression(C={C})"
+    if ytr.ndim == 2:
+        model = make_pipeline(StandardScaler(), OneVsRestClassifier(clf))
+        model.fit(xtr, ytr.astype(int))
+        scores = model.predict_proba(xte)
+        out: dict = dict(metrics.multilabel_summary(yte > 0.5, scores))
+        out["scores"] = scores
+    else:
+        model = make_pipeline(StandardScaler(), clf)
+        model.fit(xtr, ytr)
+        pred = model.predict(xte)
+        out = {"accuracy": metrics.accuracy(yte, pred), "predictions": pred}
+    out["n_features"] = int(xtr.shape[1])
+    out["model"] = desc
+    return out

@@ -1,0 +1,383 @@
+"""Results JSON and Markdown / HTML reports for evaluation runs.
+
+* :func:`write_results` writes ``{run_dir}/{name}.json``: the numbers, the resolved config, the seed, the git commit
+  (when the code lives in a git checkout that has one), library versions and a UTC timestamp. NaN or infinite
+  numbers are refused (a report must never carry a silent NaN).
+* :func:`write_report` writes ``{run_dir}/{name}.md`` (figures as PNG files next to it) and ``{run_dir}/{name}.html``
+  (the same content, self-contained: figures inlined as base64 PNG).
+* Plot helpers return matplotlib ``Figure`` objects built with the object-oriented API (Agg canvas; pyplot and the
+  global backend are never touched): :func:`plot_confusion_matrix`, :func:`plot_per_class_accuracy`,
+  :func:`plot_probe_by_layer`, :func:`plot_training_curves`.
+
+A report's ``sections`` is a sequence of ``(heading, items)``; each item is one of
+
+* ``str``: a paragraph;
+* a mapping: a table (``{key: value}`` -> two columns; ``{row: {col: value}}`` -> one row per key);
+* a sequence of mappings: a table with one row per mapping;
+* a matplotlib ``Figure``: saved as PNG;
+* a ``pathlib.Path`` to an existing PNG: included as is.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "write_results",
+    "write_report",
+    "library_versions",
+    "git_commit",
+    "plot_confusion_matrix",
+    "plot_per_class_accuracy",
+    "plot_probe_by_layer",
+    "plot_training_curves",
+]
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------------------------------------------
+# provenance
+# --------------------------------------------------------------------------------------------------------------
+def library_versions() -> dict[str, str | None]:
+    """Versions of python and the libraries that shape the numbers (``None`` when not installed).
+
+    Read from package metadata, so nothing heavy is imported.
+    """
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "numpy", "scipy", "scikit-learn", "peft", "sentence-transformers",
+                "pycocoevalcap"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def git_commit(path: str | os.PathLike = _REPO_ROOT) -> dict[str, Any]:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the checkout holding ``path`` (read-only git calls)."""
+    def run(*args: str) -> str | None:
+        try:
+            res = subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return res.stdout.strip() if res.returncode == 0 else None
+
+    commit = run("rev-parse", "HEAD")
+    status = run("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def _jsonable(obj: Any, where: str = "numbers") -> Any:
+    """Convert numpy / torch / Path values to JSON types; raise on NaN or infinity, naming the key."""
+    if hasattr(obj, "detach") and hasattr(obj, "cpu"):  # torch tensor
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, np.ndarray):
+        obj = obj.tolist()
+    elif isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise ValueError(f"write_results: {where} is {obj}; refusing to write a non-finite number")
+        return obj
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    raise ValueError(f"write_results: {where} has type {type(obj).__name__}, which JSON cannot hold")
+
+
+def _atomic_write(path: Path, data: bytes | str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_results(
+    run_dir: str | os.PathLike, name: str, numbers: Mapping[str, Any], config: Mapping[str, Any], seed: int | None
+) -> Path:
+    """Write ``{run_dir}/{name}.json`` and return its path.
+
+    Content: ``name``, ``numbers``, ``config``, ``seed``, ``git`` (``commit``, ``dirty``), ``versions``
+    (:func:`library_versions`), ``command`` (``sys.argv``), ``timestamp`` (UTC ISO 8601). Numpy / torch values are
+    converted; NaN or infinity raises ``ValueError`` naming the offending key.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise ValueError(f"write_results: name {name!r} must be a plain file stem (letters, digits, . _ -)")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "name": name,
+        "numbers": _jsonable(numbers, "numbers"),
+        "config": _jsonable(config, "config"),
+        "seed": _jsonable(seed, "seed"),
+        "git": git_commit(),
+        "versions": library_versions(),
+        "command": list(sys.argv),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = run_dir / f"{name}.json"
+    _atomic_write(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------------------------
+def _fmt(v: Any) -> str:
+    if isinstance(v, (np.generic,)):
+        v = v.item()
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1e5 else f"{v:.4g}"
+    if v is None:
+        return "—"
+    return str(v)
+
+
+def _table_rows(item: Any) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a table item."""
+    if isinstance(item, Mapping):
+        if item and all(isinstance(v, Mapping) for v in item.values()):
+            cols: list[str] = []
+            for v in item.values():
+                cols += [str(c) for c in v if str(c) not in cols]
+            rows = [[str(k)] + [_fmt(dict((str(a), b) for a, b in v.items()).get(c)) for c in cols]
+                    for k, v in item.items()]
+            return [""] + cols, rows
+        return ["key", "value"], [[str(k), _fmt(v)] for k, v in item.items()]
+    cols = []
+    for r in item:
+        cols += [str(c) for c in r if str(c) not in cols]
+    return cols, [[_fmt(dict((str(a), b) for a, b in r.items()).get(c)) for c in cols] for r in item]
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    esc = lambda s: s.replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _is_table(item: Any) -> bool:
+    if isinstance(item, Mapping):
+        return True
+    return isinstance(item, Sequence) and not isinstance(item, str) and bool(item) and all(
+        isinstance(r, Mapping) for r in item
+    )
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", s.lower()).strip("_") or "section"
+
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+    "th{background:#f3f3f3}img{max-width:100%;margin:1em 0}"
+)
+
+
+def write_report(
+    run_dir: str | os.PathLike,
+    title: str,
+    sections: Sequence[tuple[str, Sequence[Any]]] | Mapping[str, Sequence[Any]],
+    *,
+    name: str = "report",
+) -> tuple[Path, Path]:
+    """Write ``{run_dir}/{name}.md`` and a self-contained ``{run_dir}/{name}.html``; return both paths.
+
+    Figures are saved as ``{name}_{section}_{k}.png`` next to the Markdown (which links them) and inlined into the
+    HTML as base64. Figures passed in are closed after saving. See the module docstring for the item types.
+    """
+    from matplotlib.figure import Figure
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(sections, Mapping):
+        sections = list(sections.items())
+    md = [f"# {title}", ""]
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    md += [f"_Generated {stamp}_", ""]
+    body.append(f"<p><em>Generated {html.escape(stamp)}</em></p>")
+
+    for s_idx, (heading, items) in enumerate(sections):
+        if isinstance(items, (str, Figure, os.PathLike)) or _is_table(items) and isinstance(items, Mapping):
+            items = [items]
+        md += [f"## {heading}", ""]
+        body.append(f"<h2>{html.escape(str(heading))}</h2>")
+        for k, item in enumerate(items):
+            if isinstance(item, str):
+                md += [item, ""]
+                body.append(f"<p>{html.escape(item)}</p>")
+            elif isinstance(item, (Figure, os.PathLike)):
+                if isinstance(item, Figure):
+                    png = run_dir / f"{name}_{s_idx}_{_slug(str(heading))}_{k}.png"
+                    item.savefig(png, dpi=110, bbox_inches="tight")
+                else:
+                    png = Path(item)
+                    if not png.is_file():
+                        raise ValueError(f"write_report: image {png} does not exist")
+                rel = os.path.relpath(png, run_dir)
+                md += [f"![{heading}]({rel})", ""]
+                data = base64.b64encode(png.read_bytes()).decode("ascii")
+                body.append(f'<img alt="{html.escape(str(heading))}" src="data:image/png;base64,{data}">')
+            elif _is_table(item):
+                header, rows = _table_rows(item)
+                md += [_md_table(header, rows), ""]
+                body.append(_html_table(header, rows))
+            else:
+                raise ValueError(
+                    f"write_report: section {heading!r} item {k} has type {type(item).__name__}; expected str, "
+                    "mapping, list of mappings, matplotlib Figure or Path to a PNG"
+                )
+
+    md_path = run_dir / f"{name}.md"
+    html_path = run_dir / f"{name}.html"
+    _atomic_write(md_path, "\n".join(md).rstrip() + "\n")
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+    _atomic_write(html_path, page)
+    return md_path, html_path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------------------------
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def plot_confusion_matrix(cm: Any, class_names: Sequence[str] | None = None, *, normalise: bool = True,
+                          title: str = "Confusion matrix"):
+    """Heat map of a ``[C, C]`` count matrix (rows: true class). ``normalise`` divides each row by its count."""
+    m = np.asarray(cm, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"plot_confusion_matrix: expected a square matrix, got shape {m.shape}")
+    c = m.shape[0]
+    if class_names is not None and len(class_names) != c:
+        raise ValueError(f"plot_confusion_matrix: {len(class_names)} names for {c} classes")
+    if normalise:
+        m = m / np.maximum(m.sum(axis=1, keepdims=True), 1.0)
+    size = min(max(4.0, 0.35 * c + 2.0), 16.0)
+    fig = _figure(size + 1.0, size)
+    ax = fig.add_subplot()
+    im = ax.imshow(m, cmap="Blues", vmin=0.0, vmax=1.0 if normalise else None)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if class_names is not None and c <= 60:
+        ax.set_xticks(range(c), class_names, rotation=90, fontsize=7)
+        ax.set_yticks(range(c), class_names, fontsize=7)
+    if c <= 12:
+        for i in range(c):
+            for j in range(c):
+                ax.text(j, i, f"{m[i, j]:.2f}" if normalise else f"{int(m[i, j])}", ha="center", va="center",
+                        fontsize=7, color="white" if m[i, j] > 0.5 * m.max() else "black")
+    return fig
+
+
+def plot_per_class_accuracy(per_class: Mapping[Any, float] | Sequence[float],
+                            class_names: Sequence[str] | None = None, *, title: str = "Per-class accuracy"):
+    """Horizontal bars of per-class accuracy, sorted from worst to best. ``per_class`` is ``{index: acc}`` (as
+    from :func:`eval.metrics.per_class_accuracy`) or a sequence; ``class_names[index]`` labels the bars."""
+    items = list(per_class.items()) if isinstance(per_class, Mapping) else list(enumerate(per_class))
+    if not items:
+        raise ValueError("plot_per_class_accuracy: nothing to plot")
+    items.sort(key=lambda kv: kv[1])
+    labels = [class_names[k] if class_names is not None and isinstance(k, (int, np.integer)) else str(k)
+              for k, _ in items]
+    fig = _figure(7.0, min(max(3.0, 0.22 * len(items) + 1.0), 30.0))
+    ax = fig.add_subplot()
+    ax.barh(range(len(items)), [v for _, v in items], color="tab:blue")
+    ax.set_yticks(range(len(items)), labels, fontsize=7 if len(items) > 20 else 9)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("accuracy")
+    ax.set_title(title)
+    return fig
+
+
+def plot_probe_by_layer(scores: Sequence[float] | Mapping[str, Sequence[float]], *, metric: str = "accuracy",
+                        baselines: Mapping[str, float] | None = None, title: str = "Linear probe by layer"):
+    """Probe metric against layer index (one line per series) with optional horizontal baseline lines
+    (e.g. ``{"MFCC + LR": 0.41, "random init": 0.3}``)."""
+    series = dict(scores) if isinstance(scores, Mapping) else {metric: list(scores)}
+    if not series or not any(len(v) for v in series.values()):
+        raise ValueError("plot_probe_by_layer: nothing to plot")
+    fig = _figure(6.5, 4.0)
+    ax = fig.add_subplot()
+    for label, vals in series.items():
+        ax.plot(range(len(vals)), list(vals), marker="o", label=str(label))
+    for k, (label, value) in enumerate((baselines or {}).items()):
+        ax.axhline(float(value), linestyle="--", color=f"C{(k + len(series)) % 10}", label=str(label))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_training_curves(history: Mapping[str, Sequence[float]], *, x_label: str = "epoch",
+                         title: str = "Training curves"):
+    """Curves of a training history (e.g. :func:`eval.probes.fit_probe`'s): series whose name contains "loss" on a
+    left panel, the other numeric series (metrics, learning rate excluded) on a right panel."""
+    numeric = {k: list(v) for k, v in history.items()
+               if isinstance(v, Sequence) and not isinstance(v, str) and v
+               and all(isinstance(x, (int, float, np.number)) for x in v)}
+    losses = {k: v for k, v in numeric.items() if "loss" in k}
+    others = {k: v for k, v in numeric.items() if "loss" not in k and k != "lr"}
+    if not losses and not others:
+        raise ValueError("plot_training_curves: no numeric series in history")
+    panels = [p for p in (("loss", losses), ("metric", others)) if p[1]]
+    fig = _figure(5.0 * len(panels), 3.8)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, (ylabel, group) in zip(axes, panels):
+        for label, vals in group.items():
+            ax.plot(range(1, len(vals) + 1), vals, label=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
