@@ -181,8 +181,10 @@ def cache_features(rows: Sequence[dict], fbank_cfg: FbankConfig, path: str | Pat
         feats = load_file(str(path))
         if all(r["id"] in feats for r in rows):
             return feats
+    from tqdm import tqdm
+
     feats = {}
-    for r in rows:
+    for r in tqdm(rows, desc=f"caching fbank features ({len(rows)} clips)", mininterval=5.0):
         try:
             wave = load_audio(r["path"], fbank_cfg.sample_rate, fbank_cfg.max_seconds)
         except AudioError:
