@@ -1,0 +1,154 @@
+"""Embedded benchmark: splits disjoint, clips decode, labels backed by their source, determinism, cache."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from encoder.data import embedded as E
+from encoder.data.manifest import load_classes, read_manifest
+
+pytestmark = pytest.mark.data
+
+
+def _task(root, task):
+    classes = load_classes(root / task / "classes.json")
+    return read_manifest(root / task / "manifest.jsonl", classes=classes), classes
+
+
+def _by_split(rows, key):
+    out: dict[str, set] = {}
+    for r in rows:
+        out.setdefault(r["split"], set()).add(r[key])
+    return out
+
+
+def _disjoint(groups: dict[str, set]):
+    names = sorted(groups)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not groups[a] & groups[b], (a, b, sorted(groups[a] & groups[b])[:5])
+
+
+@pytest.mark.parametrize("task", E.TASKS)
+def test_all_classes_in_train_and_test(embedded_root, task):
+    rows, classes = _task(embedded_root, task)
+    for split in ("train", "valid", "test"):
+        assert {r["label"] for r in rows if r["split"] == split} == set(classes), split
+    info = json.loads((embedded_root / "build_info.json").read_text())
+    assert info["profile"] == "small" and info["seed"] == 0 and info["tasks"][task]["clips"] == len(rows)
+
+
+@pytest.mark.parametrize("task, lengths", [("keywords", (0.1, E.KEYWORD_MAX_S)), ("instruments", (2.0, 2.0)),
+                                           ("environment", (2.5, 2.5))])
+def test_every_clip_decodes(embedded_root, task, lengths):
+    rows, _ = _task(embedded_root, task)
+    lo, hi = (int(round(x * 16000)) for x in lengths)
+    for r in rows:
+        info = sf.info(r["path"])
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16"), r["id"]
+        audio, _ = sf.read(r["path"], dtype="float32")
+        assert lo <= audio.size <= hi, (r["id"], audio.size)
+        assert np.isfinite(audio).all() and np.abs(audio).max() > 1e-3, r["id"]
+        assert abs(r["duration"] * 16000 - audio.size) <= 1
+
+
+def test_keywords_speaker_disjoint_and_labels(embedded_root):
+    rows, _ = _task(embedded_root, "keywords")
+    _disjoint(_by_split(rows, "speaker"))
+    for r in rows:
+        assert r["label"] == r["word"] == r["text"]
+        if r["engine"] == "espeak-ng":
+            accent_voice, variant = r["voice"].split("+")
+            assert E.ESPEAK_VARIANT_SPLIT[variant] == r["split"] and r["speaker"] == f"espeak-ng:{variant}"
+            assert r["gender"] == ("male" if variant.startswith("m") else "female")
+            assert r["accent"] == E.ESPEAK_ACCENTS[accent_voice]
+            assert f"_{variant}_{r['word']}_" in r["id"]
+        else:
+            assert r["split"] == "test_xengine" and r["engine"] in ("flite", "festival")
+            table = E.FLITE_VOICES if r["engine"] == "flite" else {k: v[1:] for k, v in E.FESTIVAL_VOICES.items()}
+            assert (r["gender"], r["accent"]) == table[r["voice"]]
+    engines = _by_split(rows, "engine")
+    assert engines["test_xengine"] == {"flite", "festival"} and engines["train"] == {"espeak-ng"}
+    assert {r["voice"] for r in rows if r["split"] == "test_xengine"} == set(E.FLITE_VOICES) | set(E.FESTIVAL_VOICES)
+
+
+def test_instruments_soundfont_disjoint_and_labels(embedded_root):
+    rows, _ = _task(embedded_root, "instruments")
+    fonts = _by_split(rows, "soundfont")
+    assert fonts["test"] == {E.TEST_SOUNDFONT}
+    assert E.TEST_SOUNDFONT not in fonts["train"] | fonts["valid"]
+    programs = _by_split([r for r in rows if r["split"] != "test"], "program")
+    assert not programs["train"] & programs["valid"]  # valid programs are unseen in train
+    for r in rows:
+        assert r["label"] == r["family"] == E.GM_FAMILIES[r["program"] // 8]
+        assert r["program_name"] == E.GM_PROGRAMS[r["program"]]
+        assert r["velocity"] == E.VELOCITIES[r["dynamics"]]
+        assert r["id"] == f"{r['soundfont']}_p{r['program']:03d}_n{r['note']:03d}_v{r['velocity']:03d}"
+        assert r["loudness"] >= E.SILENCE_DB
+
+
+def test_environment_source_disjoint_and_labels(embedded_root):
+    rows, _ = _task(embedded_root, "environment")
+    _disjoint(_by_split(rows, "source"))
+    for r in rows:
+        cls, sub = E.env_label(r["source"].removeprefix("0ad-data/"))
+        assert r["label"] == r["class"] == cls
+        assert all(r[k] == v for k, v in sub.items())
+
+
+@pytest.mark.parametrize("path, cls, sub", [
+    ("audio/actor/singlesteps/fs_gravel3.ogg", "footsteps", {"surface": "gravel"}),
+    ("audio/actor/human/movement/Footsteps/Foorstep_Sand_Running.ogg", "footsteps",
+     {"surface": "sand", "gait": "running"}),
+    ("audio/attack/impact/arrow_metal_07.ogg", "arrow impact", {"material": "metal"}),
+    ("audio/resource/mining/mine_stone_02.ogg", "pick", {"material": "stone"}),
+    ("audio/actor/fauna/death/goat_12.ogg", "farm animals", {"species": "goat"}),
+    ("audio/actor/human/death/female_death_03.ogg", "scream", {"gender": "female"}),
+    ("audio/ambient/weather/rain_11.ogg", "storm", {"weather": "rain"}),
+    ("audio/attack/impact/shield_metal_01.ogg", None, None),
+    ("audio/actor/human/death/death_11.ogg", None, None),
+])
+def test_env_label_rules(path, cls, sub):
+    got = E.env_label(path)
+    assert got == ((cls, sub) if cls else None)
+
+
+def test_cache_hit_is_fast(embedded_root):
+    t0 = time.time()
+    info = E.build(embedded_root, profile="small", seed=0)
+    assert time.time() - t0 < 2.0
+    assert set(info["tasks"]) >= set(E.TASKS)
+
+
+def test_specs_deterministic_and_seeded():
+    assert E.keyword_specs("full", 3) == E.keyword_specs("full", 3)
+    assert E.keyword_specs("full", 3) != E.keyword_specs("full", 4)
+    assert E.instrument_specs("small", 1) == E.instrument_specs("small", 1)
+    ranges = {**{p: E.FAMILY_RANGE[E.gm_family(p)] for p in range(128)}, **E.PROGRAM_RANGE}
+    for s in E.instrument_specs("full", 0):
+        assert ranges[s["program"]][0] <= s["note"] <= ranges[s["program"]][1]
+
+
+def test_keyword_build_deterministic(tmp_path):
+    a = E.build(tmp_path / "a", profile="small", seed=7, tasks=("keywords",), limit=2, jobs=1)
+    b = E.build(tmp_path / "b", profile="small", seed=7, tasks=("keywords",), limit=2, jobs=2)
+    ma = (tmp_path / "a/keywords/manifest.jsonl").read_text()
+    assert ma == (tmp_path / "b/keywords/manifest.jsonl").read_text()
+    assert a["tasks"]["keywords"]["counts"] == b["tasks"]["keywords"]["counts"]
+    rows = read_manifest(tmp_path / "a/keywords/manifest.jsonl")
+    for r in rows[:10]:
+        x, _ = sf.read(r["path"])
+        y, _ = sf.read(tmp_path / "b/keywords" / r["rel_path"])
+        np.testing.assert_array_equal(x, y)
+    assert {r["word"] for r in rows} == set(E.KEYWORDS[:2])
+
+
+def test_missing_tool_names_package():
+    with pytest.raises(E.BuildError, match="apt-get install some-pkg"):
+        E._require("no-such-tool-xyz", "some-pkg")
+    with pytest.raises(ValueError, match="profile"):
+        E.build("/nonexistent", profile="huge")
