@@ -83,6 +83,7 @@ class TrainConfig:
     chunk_size: int = 0  # > 0: GradCache feature caching with chunks of this many clips per rank
     precision: str = "auto"  # auto (bf16 where supported on GPU), bf16, fp32
     device: str = "auto"
+    threads: int = 0  # torch intra-op threads per process; 0 = torch's default (tiny models on busy CPUs: 1)
     log_every: int = 10
     ckpt_every: int = 200
     keep_last: int = 3
@@ -319,6 +320,8 @@ def memory_mb(device: torch.device) -> float:
 
 # ----------------------------------------------------------------------------------------------------- training
 def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
     rank, world, device = init_distributed(cfg)
     run = Path(cfg.run_dir)
     is_main = rank == 0

@@ -84,7 +84,8 @@ def extract(model, waves, fb: FbankConfig, batch_size: int) -> dict:
         pooled = [h[:, 1:].mean(1) for h in out["hidden_states"][:-1]] + [out["pooled"]]
         layers.append(torch.stack(pooled, dim=1))
         tokens.append(out["tokens"])
-    return {"layers": torch.cat(layers), "tokens": torch.cat(tokens)}
+    layers = torch.cat(layers)
+    return {"layers": layers, "last": layers[:, -1], "tokens": torch.cat(tokens)}
 
 
 def _mean_std(xs):
@@ -186,10 +187,6 @@ def _heads(dim: int) -> int:
         if dim % h == 0:
             return h
     return 1
-
-
-class _Feats(dict):
-    pass
 
 
 def _table(numbers: dict) -> dict:

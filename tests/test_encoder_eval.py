@@ -1,0 +1,39 @@
+"""The encoder evaluation harness end to end on the small embedded data (tiny encoder, few probe epochs)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from encoder.config import ConfigError, load_config
+from encoder.model import AudioMosaicViT, EncoderConfig
+from encoder.train import export_encoder
+from eval.encoder_eval import evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_eval_encoder_writes_side_by_side_results(embedded_root, tmp_path):
+    torch.manual_seed(0)
+    export_encoder(AudioMosaicViT(EncoderConfig(size="tiny", depth=2, target_frames=128)), tmp_path / "enc")
+    cfg = load_config(REPO / "configs/eval/encoder_embedded.yaml", [
+        f"data_root={embedded_root}", f"run_dir={tmp_path / 'run'}", f"encoders={{a: {tmp_path / 'enc'}, random: random}}",
+        "probe_seeds=[0]", "probe.epochs=3", "max_clips_per_split=40",
+        "tasks=[configs/data/embedded_keywords.yaml, configs/data/embedded_environment.yaml]"])
+    res = evaluate(cfg)
+    out = json.loads((tmp_path / "run/encoder_eval.json").read_text())
+    assert set(out["numbers"]["tasks"]) == {"embedded_keywords", "embedded_environment"}
+    kw = out["numbers"]["tasks"]["embedded_keywords"]
+    assert set(kw) == {"mfcc_logreg", "a", "random"}
+    for probe in ("linear", "weighted", "attentive"):
+        acc = kw["a"][probe]["test"]["accuracy"]["mean"]
+        assert 0.0 <= acc <= 1.0
+    assert "test_xengine" in kw["a"]["linear"]
+    assert len(kw["a"]["linear_by_layer_test"]) == 3  # embeddings + 2 blocks
+    assert (tmp_path / "run/encoder_eval.md").is_file() and (tmp_path / "run/encoder_eval.html").is_file()
+    assert res["seconds"] > 0
+
+
+def test_eval_encoder_rejects_unknown_keys(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key"):
+        evaluate({"seed": 0, "run_dir": str(tmp_path), "typo": 1})
