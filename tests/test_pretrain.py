@@ -100,7 +100,8 @@ def test_two_process_gloo_equals_single_process_on_concatenated_batch(tmp_path):
 def _keyword_overrides(root, run_dir, steps, batch=8):
     return [f"data.root={root}", "data.manifests=[keywords/manifest.jsonl]", f"run_dir={run_dir}",
             f"train.max_steps={steps}", f"train.batch_size={batch}", "train.progress=false", "train.ckpt_every=2",
-            "model.depth=2", "data.num_workers=0", "data.cached_features=false", "augment.enabled=true"]
+            "model.depth=2", "data.num_workers=0", "data.cached_features=false", "augment.enabled=true",
+            "train.threads=1"]
 
 
 def test_resume_continues_bit_identically(embedded_root, tmp_path):
@@ -119,13 +120,13 @@ def test_resume_continues_bit_identically(embedded_root, tmp_path):
 
 
 def test_tiny_encoder_reduces_loss_on_real_audio(embedded_root, tmp_path):
-    over = _keyword_overrides(embedded_root, tmp_path / "r", 30, batch=16) + ["data.cached_features=true",
-                                                                            "optim.lr=2e-3", "optim.warmup_steps=3"]
+    over = _keyword_overrides(embedded_root, tmp_path / "r", 40, batch=32) + ["data.cached_features=true",
+                                                                            "optim.lr=1e-3", "optim.warmup_steps=3"]
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", over)
     hist = train(PretrainConfig.from_raw(raw), raw)["history"]
     first = sum(h["loss"] for h in hist[:5]) / 5
     last = sum(h["loss"] for h in hist[-5:]) / 5
-    assert last < first - 0.3, (first, last)
+    assert last < first - 1.0, (first, last)
     assert (tmp_path / "r/encoder/config.json").is_file()
     assert list((tmp_path / "r/tb").iterdir())
 
