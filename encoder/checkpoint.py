@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 log = logging.getLogger(__name__)
 PREFIX = "step_"
@@ -38,14 +38,38 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_hook_seen: dict[str, int] = {}
+
+
 def _hook(stage: str, path: Path) -> None:
+    """Test hook. ``MOSAIC_ALM_CKPT_PAUSE=<stage>`` pauses the writer (after writing ``<path>.paused``) the
+    ``MOSAIC_ALM_CKPT_PAUSE_SKIP``+1-th time this process reaches ``stage``, so a test can SIGKILL it mid-write."""
     if WRITE_HOOK is not None:
         WRITE_HOOK(stage, path)
     elif os.environ.get("MOSAIC_ALM_CKPT_PAUSE") == stage:  # used by the kill-during-save test
-        Path(str(path) + ".paused").write_text("paused")
+        seen = _hook_seen[stage] = _hook_seen.get(stage, 0) + 1
+        if seen <= int(os.environ.get("MOSAIC_ALM_CKPT_PAUSE_SKIP", "0")):
+            return
+        marker = path / "writer.paused" if path.is_dir() else Path(str(path) + ".paused")
+        marker.write_text("paused")
         import time
 
         time.sleep(3600)
+
+
+def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    """safetensors bytes written in chunks (the ``mid-<name>`` hook fires with half the file on disk)."""
+    from safetensors.torch import save
+
+    data = save(tensors)
+    half = len(data) // 2
+    with open(path, "wb") as f:
+        f.write(data[:half])
+        f.flush()
+        _hook(f"mid-{name}", path)
+        f.write(data[half:])
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def flatten_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -86,7 +110,7 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, tensors: dict[str, d
         for name, tdict in tensors.items():
             path = tmp / f"{name}.safetensors"
             _hook(f"before-{name}", path)
-            save_file({k: v.detach().cpu().contiguous() for k, v in tdict.items()}, str(path))
+            _write_safetensors({k: v.detach().cpu().contiguous() for k, v in tdict.items()}, path, name)
             sums[path.name] = _sha256(path)
         spath = tmp / "state.json"
         spath.write_text(json.dumps(state, indent=1, default=_json_default))
@@ -96,6 +120,7 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, tensors: dict[str, d
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        _hook("before-rename", tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -106,7 +131,7 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, tensors: dict[str, d
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    prune(ckpt_dir, keep_last)
+    prune(ckpt_dir, keep_last, newest=final)
     return final
 
 
@@ -147,7 +172,10 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
     if ckpt_dir.is_dir():
         for junk in ckpt_dir.glob(f".tmp-{PREFIX}*"):
             log.warning("removing partial checkpoint %s left by an interrupted write", junk)
-            shutil.rmtree(junk, ignore_errors=True)
+            if junk.is_dir():
+                shutil.rmtree(junk, ignore_errors=True)
+            else:
+                junk.unlink(missing_ok=True)
     for path in reversed(list_checkpoints(ckpt_dir)):
         reason = verify(path)
         if reason is None:
@@ -171,10 +199,15 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.
     return tensors, json.loads((path / "state.json").read_text())
 
 
-def prune(ckpt_dir: Path, keep_last: int) -> None:
+def prune(ckpt_dir: Path, keep_last: int, newest: Path | None = None) -> None:
+    """Keep the ``keep_last`` newest checkpoints up to ``newest`` (the one just written); older ones go. Folders
+    after ``newest`` (left by a run that was rolled back, or corrupt) never push a good checkpoint out."""
     if keep_last <= 0:
         return
-    for old in list_checkpoints(ckpt_dir)[:-keep_last]:
+    ckpts = list_checkpoints(ckpt_dir)
+    if newest is not None:
+        ckpts = [p for p in ckpts if p.name <= newest.name]
+    for old in ckpts[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -90,11 +90,13 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, max_seco
     if data.shape[0] == 0:
         raise AudioError(path, "holds no audio samples (zero length)")
     wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
-    return prepare_waveform(wave, sr, sample_rate, source=path)
+    return prepare_waveform(wave, sr, sample_rate, source=path, max_seconds=max_seconds)
 
 
-def prepare_waveform(wave, orig_sr: int, sample_rate: int = SAMPLE_RATE, source="<waveform>") -> torch.Tensor:
-    """Check a mono waveform for emptiness and non-finite values, resample it to ``sample_rate``."""
+def prepare_waveform(wave, orig_sr: int, sample_rate: int = SAMPLE_RATE, source="<waveform>",
+                     max_seconds: float = 600.0) -> torch.Tensor:
+    """Check a mono waveform for emptiness, non-finite values and length (``max_seconds`` at ``orig_sr``, checked
+    before resampling, so a tiny rate cannot blow up memory), resample it to ``sample_rate``."""
     wave = torch.as_tensor(wave, dtype=torch.float32)
     if wave.dim() == 2:  # [channels, samples]
         wave = wave.mean(0)
@@ -107,6 +109,9 @@ def prepare_waveform(wave, orig_sr: int, sample_rate: int = SAMPLE_RATE, source=
         raise AudioError(source, f"contains {bad} NaN/inf samples")
     if orig_sr <= 0:
         raise AudioError(source, f"invalid sample rate {orig_sr}")
+    if wave.numel() > max_seconds * orig_sr:
+        raise AudioError(source, f"is {wave.numel() / orig_sr:.1f} s long at {orig_sr} Hz, above the "
+                                 f"{max_seconds:g} s maximum")
     if orig_sr != sample_rate:
         wave = resample(wave, orig_sr, sample_rate)
     return wave

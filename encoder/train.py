@@ -40,6 +40,10 @@ from .model import AudioMosaicPretrainModel, EncoderConfig, ProjectorConfig, cou
 log = logging.getLogger("encoder.train")
 
 
+class TrainingError(RuntimeError):
+    """The run cannot go on (too many non-finite losses, a bad clip with ``data.on_bad_clip=fail``); says why."""
+
+
 @dataclass
 class MaskingConfig:
     time_view: str = "time"
@@ -158,12 +162,19 @@ def init_distributed(cfg: PretrainConfig) -> tuple[int, int, torch.device]:
                 import importlib
 
                 importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-            deepspeed.init_distributed(dist_backend=backend)
+            deepspeed.init_distributed(dist_backend=backend, timeout=_dist_timeout())
         else:
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend=backend, timeout=_dist_timeout())
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), device
     return 0, 1, device
+
+
+def _dist_timeout():
+    """How long a collective may wait for a rank that is gone before it raises (MOSAIC_ALM_DIST_TIMEOUT_S)."""
+    import datetime
+
+    return datetime.timedelta(seconds=float(os.environ.get("MOSAIC_ALM_DIST_TIMEOUT_S", "600")))
 
 
 def all_reduce_mean_grads(params: list[torch.nn.Parameter], world: int) -> None:
@@ -407,6 +418,8 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
     backward = engine.backward if engine is not None else (lambda loss: loss.backward())
     step_fn = contrastive_step if cfg.objective == "contrastive" else mae_step
     bad_steps, bad_clips, last_finite = 0, 0, None
+    skipped_steps = sum(1 for h in history if h.get("skipped"))
+    last_finite = next((h["loss"] for h in reversed(history) if h.get("loss") is not None), None)
     quarantine = run / f"quarantine.rank{rank}.jsonl"
     bar = None
     if is_main and cfg.train.progress:
@@ -422,8 +435,8 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
                 for b in batch["bad"]:
                     f.write(json.dumps({"step": step, **b}) + "\n")
             if cfg.data.on_bad_clip == "fail":
-                raise RuntimeError(f"bad clip {batch['bad'][0]['id']}: {batch['bad'][0]['error']} "
-                                   f"(data.on_bad_clip=fail)")
+                raise TrainingError(f"bad clip {batch['bad'][0]['id']}: {batch['bad'][0]['error']} "
+                                    f"(data.on_bad_clip=fail; listed in {quarantine})")
         views = batch["views"].to(device, non_blocking=True)
         lr = lr_at(step, total, cfg.optim)
         for group in optimizer.param_groups:
@@ -436,15 +449,24 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
             _v["ok"] = not any_rank(not _finite(loss), world, device)
             return _v["ok"]
 
+        # BatchNorm running statistics move in the forward pass: a skipped step must not leave them poisoned
+        saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]
         out = step_fn(model, views, cfg, step, rank, backward, amp, agree)
-        if not verdict.get("ok", False):
+        skipped = not verdict.get("ok", False)
+        if skipped:
             bad_steps += 1
+            skipped_steps += 1
+            with torch.no_grad():
+                for b, old in saved_buffers:
+                    b.copy_(old)
             if engine is None:
                 optimizer.zero_grad(set_to_none=True)
-            log.warning("step %d: non-finite loss on some rank; step skipped (%d in a row)", step, bad_steps)
+            log.warning("step %d: non-finite loss on some rank; step skipped (%d in a row, %d in all)", step,
+                        bad_steps, skipped_steps)
             if bad_steps >= cfg.train.max_bad_steps:
-                raise RuntimeError(f"stopping: {bad_steps} consecutive non-finite losses at step {step} "
-                                   f"(lr {lr:.3g}, last finite loss {last_finite})")
+                raise TrainingError(f"stopping: {bad_steps} consecutive non-finite losses, the last at step {step} "
+                                    f"(lr {lr:.3g}, last finite loss {last_finite}); "
+                                    f"train.max_bad_steps={cfg.train.max_bad_steps}")
         else:
             bad_steps = 0
             last_finite = float(out["loss"])
@@ -457,11 +479,18 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
                 optimizer.step()
         step += 1
         loss_val, acc_val = float(out["loss"]), float(out["accuracy"])
-        history.append({"step": step, "loss": loss_val, "accuracy": acc_val, "lr": lr})
+        if skipped or not math.isfinite(loss_val):  # no NaN/inf in any output: a skipped step records None
+            history.append({"step": step, "loss": None, "accuracy": None, "lr": lr, "skipped": True})
+            loss_val = acc_val = float("nan")
+        else:
+            history.append({"step": step, "loss": loss_val, "accuracy": acc_val if math.isfinite(acc_val) else None,
+                            "lr": lr})
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_val:.4f}", acc=f"{acc_val:.3f}")
-        if writer is not None and (step % cfg.train.log_every == 0 or step == total):
+        if writer is not None and skipped:
+            writer.add_scalar("train/skipped_steps", skipped_steps, step)
+        if writer is not None and not skipped and (step % cfg.train.log_every == 0 or step == total):
             dt = time.time() - t_last
             t_last = time.time()
             writer.add_scalar("train/loss", loss_val, step)
@@ -481,7 +510,7 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
         bar.close()
     if writer is not None:
         writer.close()
-    summary = {"steps": step, "history": history, "bad_clips": bad_clips}
+    summary = {"steps": step, "history": history, "bad_clips": bad_clips, "skipped_steps": skipped_steps}
     if is_main:
         export_encoder(model.encoder, run / "encoder")
         (run / "history.json").write_text(json.dumps(history))
@@ -538,13 +567,23 @@ def main(argv=None, objective: str | None = None) -> int:
     if objective is not None:
         raw["objective"] = objective
     cfg = PretrainConfig.from_raw(raw)
-    summary = train(cfg, raw)
+    try:
+        summary = train(cfg, raw)
+    except (ckpt.CheckpointError, TrainingError) as exc:  # a clear reason, non-zero exit
+        if dist.is_initialized():  # several ranks: say which one failed, with its traceback
+            import traceback
+
+            print(f"[pretrain] rank {dist.get_rank()} failed: {exc}\n{traceback.format_exc()}", file=sys.stderr,
+                  flush=True)
+        else:
+            print(f"[pretrain] error: {exc}", file=sys.stderr, flush=True)
+        return 1
     if not dist.is_initialized() or dist.get_rank() == 0:
-        h = summary["history"]
+        h = [x for x in summary["history"] if x.get("loss") is not None]
         if h:
             print(f"[pretrain] done: {summary['steps']} steps, first loss {h[0]['loss']:.4f}, "
-                  f"last loss {h[-1]['loss']:.4f}, bad clips {summary['bad_clips']}; encoder -> "
-                  f"{Path(cfg.run_dir) / 'encoder'}", flush=True)
+                  f"last loss {h[-1]['loss']:.4f}, bad clips {summary['bad_clips']}, skipped steps "
+                  f"{summary['skipped_steps']}; encoder -> {Path(cfg.run_dir) / 'encoder'}", flush=True)
     return 0
 
 
@@ -552,7 +591,7 @@ def main_mae(argv=None) -> int:
     return main(argv, objective="mae")
 
 
-__all__ = ["PretrainConfig", "train", "contrastive_step", "main", "main_mae"]
+__all__ = ["PretrainConfig", "TrainingError", "train", "contrastive_step", "main", "main_mae"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -41,10 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     from encoder.features import AudioError
 
     user_errors: tuple[type[BaseException], ...] = (ConfigError, AudioError, FileNotFoundError)
-    try:
-        from encoder.data.manifest import ManifestError
+    from encoder.checkpoint import CheckpointError
+    from encoder.data.manifest import ManifestError
 
-        user_errors += (ManifestError,)
+    user_errors += (ManifestError, CheckpointError)
+    try:
+        from encoder.train import TrainingError
+
+        user_errors += (TrainingError,)
     except ImportError:
         pass
     try:

@@ -16,6 +16,11 @@ def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", default=False, help="also run tests marked slow")
 
 
+def pytest_configure(config):
+    if config.getoption("--run-slow"):
+        os.environ["MOSAIC_ALM_SLOW"] = "1"  # tests gated by the environment (full kill loop, long fuzz) see it
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--run-slow") or os.environ.get("MOSAIC_ALM_SLOW") == "1":
         return

@@ -8,6 +8,7 @@ counts it and writes it to a quarantine file (or fails, if so configured).
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,8 +179,13 @@ def cache_features(rows: Sequence[dict], fbank_cfg: FbankConfig, path: str | Pat
 
     path = Path(path)
     if path.is_file():
-        feats = load_file(str(path))
-        if all(r["id"] in feats for r in rows):
+        try:  # safetensors only: a planted pickle or a corrupt file is refused (never unpickled) and rebuilt
+            feats = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            logging.getLogger(__name__).warning("feature cache %s is not a valid safetensors file (%s: %s); "
+                                                "ignoring it and recomputing", path, type(exc).__name__, exc)
+            feats = {}
+        if feats and all(r["id"] in feats for r in rows):
             return feats
     from tqdm import tqdm
 

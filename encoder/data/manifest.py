@@ -63,11 +63,15 @@ def read_manifest(
     known = set(classes) if classes is not None else None
     seen: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ManifestError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -83,7 +87,7 @@ def read_manifest(
             seen[rid] = lineno
             if known is not None:
                 labels = row["label"] if isinstance(row["label"], list) else [row["label"]]
-                bad = [lab for lab in labels if lab not in known]
+                bad = [lab for lab in labels if not isinstance(lab, str) or lab not in known]
                 if bad:
                     raise ManifestError(f"{where}: unknown label {bad[0]!r} (not among {len(known)} classes)")
             rel = str(row["path"])
