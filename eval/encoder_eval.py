@@ -27,7 +27,7 @@ from .metrics import confusion_matrix
 from .report import plot_confusion_matrix, plot_probe_by_layer, write_report, write_results
 
 TOP_KEYS = {"seed", "run_dir", "data_root", "tasks", "encoders", "mfcc_baseline", "probes", "layer_sweep", "probe",
-            "probe_seeds", "max_clips_per_split", "batch_size"}
+            "probe_seeds", "max_clips_per_split", "batch_size", "threads"}
 
 
 def load_task(task_cfg_path: str, data_root: str, max_clips: int = 0, seed: int = 0) -> dict:
@@ -97,6 +97,8 @@ def evaluate(cfg: dict) -> dict:
     unknown = sorted(set(cfg) - TOP_KEYS)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in encoder-eval config")
+    if int(cfg.get("threads", 0)) > 0:
+        torch.set_num_threads(int(cfg["threads"]))
     run = Path(cfg["run_dir"])
     run.mkdir(parents=True, exist_ok=True)
     seed = int(cfg["seed"])
