@@ -12,6 +12,7 @@ COMMANDS = {
     "pretrain": ("encoder.train", "main", "contrastive AudioMosaic pretraining (python or the deepspeed launcher)"),
     "pretrain-mae": ("encoder.train", "main_mae", "same-budget masked-reconstruction (MAE) baseline pretraining"),
     "eval-encoder": ("eval.encoder_eval", "main", "probe an encoder checkpoint on the embedded tasks with baselines"),
+    "finetune": ("eval.finetune", "main", "fine-tune an encoder on a task (mixup, SpecAugment, LLRD, folds)"),
     "train-alm": ("mosaic_alm.train", "main", "train one stage (or all four) of the audio-language model"),
     "ask": ("mosaic_alm.infer", "main_ask", "ask a question about an audio file"),
     "caption": ("mosaic_alm.infer", "main_caption", "caption an audio file"),
