@@ -1,0 +1,287 @@
+"""The audio-language model: frozen AudioMosaic encoder + projector + any Hugging Face causal LM (LoRA via peft).
+
+Text is laid out by the tokenizer's own chat template (see :mod:`mosaic_alm.data`). The prompt holds ``n_audio``
+*slots* -- token positions whose word embeddings are replaced by the projected audio embeddings. With
+``audio.position: placeholder`` the slots sit where the ``<audio>`` placeholder is in the user turn (it is put in
+front of the question when the question has none); with ``prepend`` they come before the whole templated text.
+``audio.enabled: false`` is the no-audio baseline: the same LLM (+ LoRA) sees only the text.
+
+Encoder features are cached per clip (keyed by file, size, mtime and target_frames) while the encoder is frozen.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from encoder.config import ConfigError
+
+from .llm import LLMConfig, LoRAConfig, add_lora, load_llm
+from .projector import AudioProjector, ProjectorConfig, num_audio_tokens
+
+
+@dataclass
+class AudioConfig:
+    enabled: bool = True  # false: the no-audio baseline (no encoder, no projector, no audio slots)
+    encoder: str = "random:tiny"  # an AudioMosaic HF folder, or "random:<size>" for a randomly initialised encoder
+    target_frames: int = 256  # every clip is padded/cropped to this many frames (256 -> 8 audio tokens)
+    position: str = "placeholder"  # placeholder | prepend
+    placeholder: str = "<audio>"
+    cache_features: bool = True  # cache frozen-encoder tokens per clip (in memory)
+
+    def __post_init__(self):
+        if self.position not in ("placeholder", "prepend"):
+            raise ValueError(f"audio.position must be placeholder or prepend, got {self.position!r}")
+        if self.target_frames % 32:
+            raise ValueError(f"audio.target_frames must be a multiple of 32 (16-frame patches, pooled by 2), "
+                             f"got {self.target_frames}")
+
+
+@dataclass
+class TrainableConfig:
+    projector: bool = True
+    lora: bool = False
+    encoder: bool = False
+
+
+@dataclass
+class PromptConfig:
+    system: str | None = None  # None: the chat template's own default system turn (if any)
+    loss_on: str = "answer"  # answer | all (all text tokens; audio slots never carry loss)
+
+    def __post_init__(self):
+        if self.loss_on not in ("answer", "all"):
+            raise ValueError(f"prompt.loss_on must be answer or all, got {self.loss_on!r}")
+
+
+@dataclass
+class ALMConfig:
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    trainable: TrainableConfig = field(default_factory=TrainableConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+
+MODEL_SECTIONS = {"llm": LLMConfig, "lora": LoRAConfig, "audio": AudioConfig, "projector": ProjectorConfig,
+                  "trainable": TrainableConfig, "prompt": PromptConfig}
+
+
+def alm_config_from_dict(cfg: dict) -> ALMConfig:
+    from encoder.config import from_dict
+
+    return ALMConfig(**{k: from_dict(cls, cfg.get(k), k) for k, cls in MODEL_SECTIONS.items()})
+
+
+def load_encoder(spec: str):
+    """``"random:tiny"`` -> a randomly initialised encoder (seeded by the caller); else an HF folder."""
+    from encoder.hf import AudioMosaicConfig, AudioMosaicModel
+
+    if spec.startswith("random:"):
+        return AudioMosaicModel(AudioMosaicConfig(size=spec.split(":", 1)[1]))
+    path = Path(spec).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"audio.encoder {spec!r}: not an AudioMosaic folder (config.json + model.safetensors)"
+                                " and not random:<size>")
+    return AudioMosaicModel.from_pretrained(str(path))
+
+
+class AudioLanguageModel(nn.Module):
+    def __init__(self, cfg: ALMConfig, llm, tokenizer, encoder=None):
+        super().__init__()
+        self.cfg = cfg
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.encoder = encoder if cfg.audio.enabled else None
+        self.projector = None
+        self._feature_cache: dict[tuple, torch.Tensor] = {}
+        self.feature_cache_hits = 0
+        if cfg.audio.enabled:
+            if encoder is None:
+                raise ConfigError("audio.enabled is true but no encoder was given")
+            emb = self.base_llm().get_input_embeddings().weight
+            rms = float(emb.detach().float().pow(2).mean().sqrt())
+            self.projector = AudioProjector(encoder.config.embed_dim, emb.shape[1],
+                                            n_freq=encoder.config.num_mel_bins // encoder.config.patch_size,
+                                            cfg=cfg.projector, target_rms=rms)
+            self.projector.to(emb.device)
+
+    # ------------------------------------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, cfg: ALMConfig, device="cpu", encoder=None, llm_and_tokenizer=None) -> "AudioLanguageModel":
+        llm, tok = llm_and_tokenizer or load_llm(cfg.llm, device)
+        if cfg.lora.enabled:
+            llm = add_lora(llm, cfg.lora)
+        if cfg.audio.enabled and encoder is None:
+            encoder = load_encoder(cfg.audio.encoder).to(device)
+        return cls(cfg, llm, tok, encoder)
+
+    def base_llm(self):
+        """The ``transformers`` model under any peft wrapper."""
+        from peft import PeftModel
+
+        return self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
+
+    @property
+    def device(self) -> torch.device:
+        return self.base_llm().get_input_embeddings().weight.device
+
+    @property
+    def n_audio_tokens(self) -> int:
+        if not self.cfg.audio.enabled:
+            return 0
+        return num_audio_tokens(self.cfg.audio.target_frames, self.encoder.config.patch_size, self.cfg.projector.pool)
+
+    def fbank_config(self):
+        return self.encoder.config.fbank_config(self.cfg.audio.target_frames)
+
+    # ------------------------------------------------------------------------------------------- trainability
+    def apply_trainable(self, verbose: bool = True) -> dict:
+        """Set ``requires_grad`` from ``cfg.trainable`` (checked), return and print counts per module."""
+        t = self.cfg.trainable
+        if not self.cfg.audio.enabled and (t.projector or t.encoder):
+            raise ConfigError("trainable.projector/encoder must be false when audio.enabled is false")
+        if t.lora and not self.cfg.lora.enabled:
+            raise ConfigError("trainable.lora is true but lora.enabled is false")
+        for p in self.parameters():
+            p.requires_grad_(False)
+        if self.projector is not None and t.projector:
+            for p in self.projector.parameters():
+                p.requires_grad_(True)
+        if self.encoder is not None and t.encoder:
+            for p in self.encoder.parameters():
+                p.requires_grad_(True)
+        if t.lora:
+            for n, p in self.llm.named_parameters():
+                if "lora_" in n:
+                    p.requires_grad_(True)
+        counts = self.parameter_counts()
+        if not any(c["trainable"] for c in counts.values()):
+            raise ConfigError("nothing to train: trainable.projector, .lora and .encoder are all false")
+        # the encoder runs in eval mode (no dropout/drop-path) unless it trains
+        if self.encoder is not None:
+            self.encoder.train(t.encoder and self.training)
+        if verbose:
+            print("trainable parameters:")
+            for name, c in counts.items():
+                print(f"  {name:<10} {c['trainable']:>12,} / {c['total']:>12,}")
+        return counts
+
+    def parameter_counts(self) -> dict:
+        def count(params):
+            params = list(params)
+            return {"trainable": sum(p.numel() for p in params if p.requires_grad),
+                    "total": sum(p.numel() for p in params)}
+
+        lora = [p for n, p in self.llm.named_parameters() if "lora_" in n]
+        llm = [p for n, p in self.llm.named_parameters() if "lora_" not in n]
+        return {"encoder": count(self.encoder.parameters() if self.encoder is not None else []),
+                "projector": count(self.projector.parameters() if self.projector is not None else []),
+                "lora": count(lora), "llm": count(llm)}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.encoder is not None and not self.cfg.trainable.encoder:
+            self.encoder.eval()
+        return self
+
+    # ---------------------------------------------------------------------------------------------- audio side
+    def _cache_key(self, path) -> tuple:
+        p = Path(path).resolve()
+        st = p.stat()
+        return (str(p), st.st_size, st.st_mtime_ns, self.cfg.audio.target_frames)
+
+    def load_spectrogram(self, audio) -> torch.Tensor:
+        """A file path or a 1-D 16 kHz waveform -> normalised [target_frames, 128]."""
+        from encoder.features import file_to_input, waveform_to_input
+
+        if isinstance(audio, (str, os.PathLike)):
+            return file_to_input(audio, self.fbank_config())
+        return waveform_to_input(torch.as_tensor(audio), self.fbank_config())
+
+    def encode_spectrograms(self, spec: torch.Tensor) -> torch.Tensor:
+        """[B, T, 128] -> encoder tokens [B, n_time * 8, D] (time-major); gradients only if the encoder trains."""
+        with torch.set_grad_enabled(self.cfg.trainable.encoder and torch.is_grad_enabled()):
+            return self.encoder.encoder.forward_features(spec.to(self.device))["tokens"]
+
+    def audio_tokens(self, audios) -> torch.Tensor:
+        """Encoder tokens for a list of paths / waveforms, with the per-clip cache for paths (frozen encoder)."""
+        use_cache = self.cfg.audio.cache_features and not self.cfg.trainable.encoder
+        keys = [self._cache_key(a) if use_cache and isinstance(a, (str, os.PathLike)) else None for a in audios]
+        missing = [i for i, k in enumerate(keys) if k is None or k not in self._feature_cache]
+        self.feature_cache_hits += len(audios) - len(missing)
+        fresh = {}
+        if missing:
+            spec = torch.stack([self.load_spectrogram(audios[i]) for i in missing])
+            toks = self.encode_spectrograms(spec)
+            for j, i in enumerate(missing):
+                fresh[i] = toks[j]
+                if keys[i] is not None:
+                    self._feature_cache[keys[i]] = toks[j].detach()
+        return torch.stack([fresh[i] if i in fresh else self._feature_cache[keys[i]] for i in range(len(audios))])
+
+    def clear_feature_cache(self):
+        self._feature_cache.clear()
+
+    # ----------------------------------------------------------------------------------------------- LLM side
+    def embed(self, input_ids, audio_mask=None, audios=None, audio_tokens=None) -> torch.Tensor:
+        """Word embeddings with the audio slots (``audio_mask``) replaced by projected audio embeddings."""
+        emb = self.base_llm().get_input_embeddings()(input_ids.to(self.device))
+        if not self.cfg.audio.enabled:
+            return emb
+        if audio_tokens is None:
+            audio_tokens = self.audio_tokens(audios)
+        proj = self.projector(audio_tokens.to(self.device)).to(emb.dtype)  # [B, A, H]
+        mask = audio_mask.to(self.device)
+        if proj.shape[0] != emb.shape[0] or (mask.sum(1) != proj.shape[1]).any():
+            raise ValueError(f"each sequence needs exactly {proj.shape[1]} audio slots, got {mask.sum(1).tolist()}")
+        return emb.masked_scatter(mask.unsqueeze(-1), proj)
+
+    def forward(self, input_ids, attention_mask, labels=None, audio_mask=None, audios=None, audio_tokens=None,
+                **_):
+        """Without labels: the LLM's output (full logits). With labels: the mean next-token cross-entropy over the
+        labelled positions, computing the vocabulary projection ONLY at those positions (for answer-only labels
+        that is a few tokens per row instead of the whole sequence: ~20% less compute for SmolLM2's 49k vocab).
+        ``logits`` then holds the logits of the labelled positions, flattened [n_labelled, vocab]."""
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        emb = self.embed(input_ids, audio_mask, audios, audio_tokens)
+        am = attention_mask.to(self.device)
+        if labels is None:
+            return self.llm(inputs_embeds=emb, attention_mask=am, use_cache=False)
+        base = self.base_llm()  # peft injects LoRA into the base model's modules, so this path runs the adapter
+        hidden = base.model(inputs_embeds=emb, attention_mask=am, use_cache=False).last_hidden_state
+        target = labels[:, 1:].to(self.device)
+        keep = target != -100
+        logits = base.lm_head(hidden[:, :-1][keep]).float()
+        loss = torch.nn.functional.cross_entropy(logits, target[keep])
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, audio_mask=None, audios=None, audio_tokens=None,
+                 max_new_tokens: int = 32, **gen_kwargs) -> torch.Tensor:
+        """Greedy by default; inputs must be LEFT-padded. Returns only the new token ids [B, <= max_new_tokens]."""
+        emb = self.embed(input_ids, audio_mask, audios, audio_tokens)
+        attention_mask = attention_mask.to(self.device)
+        # explicit positions so a left-padded row sees the same positions as it would alone
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        kwargs = dict(do_sample=False, max_new_tokens=max_new_tokens,
+                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_token_ids())
+        kwargs.update(gen_kwargs)
+        return self.llm.generate(inputs_embeds=emb, attention_mask=attention_mask, position_ids=position_ids,
+                                 **kwargs)
+
+    def eos_token_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        gen_eos = self.base_llm().generation_config.eos_token_id
+        if gen_eos is not None:
+            ids.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
+        return sorted(i for i in ids if i is not None)
+
+
+__all__ = ["ALMConfig", "AudioConfig", "TrainableConfig", "PromptConfig", "AudioLanguageModel",
+           "alm_config_from_dict", "load_encoder", "MODEL_SECTIONS"]

@@ -1,0 +1,305 @@
+"""Stage training for the ALM (one readable recipe).
+
+    mosaic-alm train-alm --config configs/alm/stage1.yaml [key=value ...]
+    mosaic-alm train-alm --config configs/alm/stage1.yaml configs/alm/stage2.yaml ... [key=value ...]
+    mosaic-alm train-alm --all [key=value ...]            # the four curriculum stages in sequence
+
+Several configs run in sequence; ``train.init_from: previous`` starts a stage from the artifact of the stage before it
+(``{output_dir}/{name}/stage{N-1}/artifact``); overrides apply to every stage. Each stage writes its run folder
+``{output_dir}/{name}/stage{N}/`` with ``config.yaml`` (resolved), TensorBoard events, ``summary.json`` and
+``artifact/`` (see :mod:`mosaic_alm.artifact`).
+
+With ``train.deepspeed: configs/deepspeed/alm_zero2.json`` (or zero3) the step runs through a DeepSpeed engine; launch
+with ``deepspeed --num_gpus N -m mosaic_alm.train --config ...`` or torchrun. lr, batch size, accumulation and
+clipping in the JSON are overwritten from this config so there is one source of truth.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from encoder.config import ConfigError, from_dict, load_config, save_yaml
+
+from .artifact import build_from, save_artifact
+from .data import Collator, DataConfig, InstructionDataset, PromptFormatter, load_records
+from .model import MODEL_SECTIONS, alm_config_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = [REPO / "configs" / "alm" / f"stage{i}.yaml" for i in (1, 2, 3, 4)]
+TOP_KEYS = {"seed", "name", "stage", "output_dir", "data", "train", *MODEL_SECTIONS}
+
+
+@dataclass
+class TrainConfig:
+    init_from: str | None = None  # None | "previous" | an artifact folder
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0: exactly this many optimizer steps (epochs is then ignored)
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    log_every: int = 10
+    eval_batches: int = 4  # batches of the eval split for a held-out loss at the end (0: none)
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = False  # autocast to bfloat16 (CUDA, or CPU if it helps)
+    deepspeed: str | None = None  # a DeepSpeed JSON (ZeRO 2/3)
+    num_workers: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_top_level(cfg: dict, where: str) -> None:
+    unknown = sorted(set(cfg) - TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown} in {where}; known: {sorted(TOP_KEYS)}")
+
+
+def run_dir(cfg: dict) -> Path:
+    return Path(cfg.get("output_dir", "runs/alm")) / str(cfg.get("name", "alm")) / f"stage{cfg.get('stage', 1)}"
+
+
+def resolve_init(cfg: dict, tcfg: TrainConfig) -> Path | None:
+    if tcfg.init_from in (None, "", "none"):
+        return None
+    if tcfg.init_from == "previous":
+        prev = dict(cfg, stage=int(cfg.get("stage", 1)) - 1)
+        return run_dir(prev) / "artifact"
+    return Path(tcfg.init_from)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _lr_lambda(total: int, warmup: int):
+    def f(step):
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        prog = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
+    return f
+
+
+def _ds_config(path: str, tcfg: TrainConfig, world: int, device: torch.device) -> dict:
+    cfg = json.loads(Path(path).read_text())
+    cfg["train_micro_batch_size_per_gpu"] = tcfg.batch_size
+    cfg["gradient_accumulation_steps"] = tcfg.grad_accum
+    cfg["train_batch_size"] = tcfg.batch_size * tcfg.grad_accum * world
+    cfg["gradient_clipping"] = tcfg.max_grad_norm
+    cfg.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    cfg["optimizer"]["params"].update(lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    cfg.pop("scheduler", None)  # our LambdaLR drives the schedule
+    cfg["bf16"] = {"enabled": bool(tcfg.bf16)}
+    if device.type == "cpu":  # no JIT-compiled fused Adam on CPU (NOTES.md): plain torch AdamW inside DeepSpeed
+        cfg["optimizer"]["params"]["torch_adam"] = True
+    return cfg
+
+
+def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
+    """Train one stage from a resolved config dict; returns the summary (also written to the run folder)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    check_top_level(cfg, f"stage {cfg.get('stage')}")
+    tcfg = from_dict(TrainConfig, cfg.get("train"), "train")
+    dcfg = from_dict(DataConfig, cfg.get("data"), "data")
+    alm_config_from_dict(cfg)  # validate the model sections before loading anything
+    seed = int(cfg.get("seed", 0))
+    seed_everything(seed)
+    out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    device = _device(tcfg.device)
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if dist else 0
+    world = torch.distributed.get_world_size() if dist else 1
+
+    init = resolve_init(cfg, tcfg)
+    t_load = time.perf_counter()
+    model = build_from(cfg, init_from=init, device=device, llm_and_tokenizer=llm_and_tokenizer)
+    model.train()
+    counts = model.apply_trainable(verbose=rank == 0 and not quiet)
+    fmt = PromptFormatter.for_model(model)
+    train_recs = load_records(dcfg.root, dcfg.train_split, dcfg.tasks, dcfg.kind, dcfg.max_train, seed, dcfg.qtypes)
+    if not train_recs:
+        raise ConfigError(f"stage {cfg.get('stage')}: no training records in {dcfg.root} for tasks={dcfg.tasks} "
+                          f"qtypes={dcfg.qtypes} kind={dcfg.kind}")
+    ds = InstructionDataset(train_recs, fmt)
+    pad = model.tokenizer.pad_token_id
+    g = torch.Generator().manual_seed(seed)
+    sampler = (torch.utils.data.DistributedSampler(ds, world, rank, shuffle=True, seed=seed) if dist else
+               torch.utils.data.RandomSampler(ds, generator=g))
+    loader = torch.utils.data.DataLoader(ds, batch_size=tcfg.batch_size, sampler=sampler,
+                                         collate_fn=Collator(pad, "right"), num_workers=tcfg.num_workers)
+    steps_per_epoch = max(1, len(loader) // tcfg.grad_accum)
+    total = int(math.ceil(tcfg.epochs * steps_per_epoch))
+    if tcfg.max_steps > 0:
+        total = tcfg.max_steps  # an explicit step budget wins over epochs (the loader cycles)
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine = None
+    if tcfg.deepspeed:
+        import deepspeed
+
+        if not dist:
+            if device.type == "cpu":  # skip the shared-memory comm op JIT build (NOTES.md)
+                import importlib
+
+                importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+            for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                         "MASTER_PORT": os.environ.get("MASTER_PORT", "29513")}.items():
+                os.environ.setdefault(k, v)
+
+        # the engine steps the scheduler at accumulation boundaries; it is built on DeepSpeed's basic optimizer
+        engine, opt, _, sched = deepspeed.initialize(
+            model=model, model_parameters=params, config=_ds_config(tcfg.deepspeed, tcfg, world, device),
+            lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(total, int(tcfg.warmup_ratio
+                                                                                             * total))))
+    else:
+        opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(tcfg.warmup_ratio * total)))
+    writer = SummaryWriter(str(out / "tb")) if rank == 0 else None
+    load_s = time.perf_counter() - t_load
+
+    t0 = time.perf_counter()
+    step, micro, losses, tokens = 0, 0, [], 0
+    bar = tqdm(total=total, desc=f"stage {cfg.get('stage')}", disable=rank != 0 or quiet, dynamic_ncols=True)
+    use_amp = tcfg.bf16
+    done = False
+    epoch = 0
+    while not done:
+        if dist:
+            sampler.set_epoch(epoch)
+        for batch in loader:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = (engine or model)(**batch).loss
+            tokens += int((batch["labels"] != -100).sum())
+            if engine is not None:
+                engine.backward(loss)
+                engine.step()
+            else:
+                (loss / tcfg.grad_accum).backward()
+            losses.append(float(loss.detach()))
+            micro += 1
+            if micro % tcfg.grad_accum:
+                continue
+            if engine is None:
+                if tcfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, tcfg.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                sched.step()
+            step += 1
+            recent = float(np.mean(losses[-tcfg.grad_accum:]))
+            bar.update(1)
+            bar.set_postfix(loss=f"{recent:.3f}")
+            if writer is not None and (step % tcfg.log_every == 0 or step == 1):
+                writer.add_scalar("train/loss", recent, step)
+                writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
+            if step >= total:
+                done = True
+                break
+        epoch += 1
+    bar.close()
+    train_s = time.perf_counter() - t0
+
+    eval_loss = evaluate_loss(model, dcfg, fmt, tcfg, seed) if tcfg.eval_batches > 0 else None
+    n = max(1, len(losses) // 10)
+    summary = {"stage": cfg.get("stage"), "name": cfg.get("name"), "seed": seed, "steps": step,
+               "micro_batches": micro, "train_records": len(train_recs), "train_seconds": round(train_s, 2),
+               "load_seconds": round(load_s, 2), "seconds_per_step": round(train_s / max(1, step), 3),
+               "answer_tokens": tokens, "first_loss": float(np.mean(losses[:n])), "last_loss": float(np.mean(losses[-n:])),
+               "eval_loss": eval_loss, "parameters": counts, "init_from": str(init) if init else None,
+               "feature_cache_hits": model.feature_cache_hits}
+    if writer is not None:
+        if eval_loss is not None:
+            writer.add_scalar("eval/loss", eval_loss, step)
+        writer.close()
+    art = save_artifact(model, out / "artifact", cfg, meta={"stage": cfg.get("stage"), "seed": seed,
+                                                          "train_summary": summary})
+    summary["artifact"] = str(art)
+    if rank == 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if not quiet:
+            print(f"stage {cfg.get('stage')}: {step} steps in {train_s:.1f}s, loss {summary['first_loss']:.3f} -> "
+                  f"{summary['last_loss']:.3f}" + (f", eval loss {eval_loss:.3f}" if eval_loss is not None else "")
+                  + f"; artifact {art}")
+    return summary
+
+
+@torch.no_grad()
+def evaluate_loss(model, dcfg: DataConfig, fmt, tcfg: TrainConfig, seed: int) -> float | None:
+    try:
+        recs = load_records(dcfg.root, dcfg.eval_split, dcfg.tasks, dcfg.kind, tcfg.eval_batches * tcfg.batch_size,
+                            seed, dcfg.qtypes)
+    except FileNotFoundError:
+        return None
+    if not recs:
+        return None
+    was = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(InstructionDataset(recs, fmt), batch_size=tcfg.batch_size,
+                                         collate_fn=Collator(model.tokenizer.pad_token_id, "right"))
+    tot, n = 0.0, 0
+    for batch in loader:
+        k = int((batch["labels"][:, 1:] != -100).sum())
+        tot += float(model(**batch).loss) * k
+        n += k
+    model.train(was)
+    return tot / max(1, n)
+
+
+def run_stages(config_paths: Sequence[str | os.PathLike], overrides: Sequence[str] = (), quiet: bool = False,
+               share_llm: bool = False) -> list[dict]:
+    """Run stage configs in order (overrides applied to each); returns the summaries."""
+    summaries = []
+    for path in config_paths:
+        cfg = load_config(path, overrides)
+        summaries.append(train_stage(cfg, quiet=quiet))
+    return summaries
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mosaic-alm train-alm", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", nargs="+", default=None, help="stage YAML(s), run in order")
+    ap.add_argument("--all", action="store_true", help="run configs/alm/stage1..4.yaml in order")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    ap.add_argument("overrides", nargs="*", help="dotted key=value overrides (applied to every stage)")
+    args = ap.parse_args(argv)
+    if not args.config and not args.all:
+        ap.error("give --config PATH [PATH ...] or --all")
+    # `--config a.yaml b.yaml k=v` : argparse's nargs="+" swallows the overrides too; split them back out
+    overrides = [c for c in (args.config or []) if "=" in c] + list(args.overrides)
+    configs = [c for c in (args.config or []) if "=" not in c]
+    paths = [str(p) for p in STAGES] if args.all else configs
+    if os.environ.get("WORLD_SIZE", "1") != "1" and not torch.distributed.is_initialized():
+        import deepspeed
+
+        if not torch.cuda.is_available():  # CPU/gloo: skip the shared-memory comm op JIT build (NOTES.md)
+            import importlib
+
+            importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+        deepspeed.init_distributed()
+    run_stages(paths, overrides)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

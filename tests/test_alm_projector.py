@@ -1,0 +1,41 @@
+"""Projector shapes and pooling (no LLM needed)."""
+import pytest
+import torch
+
+from mosaic_alm.projector import AudioProjector, ProjectorConfig, num_audio_tokens
+
+
+@pytest.mark.parametrize("frames,expected", [(1024, 32), (256, 8), (128, 4), (208, 6)])
+def test_token_counts(frames, expected):
+    assert num_audio_tokens(frames) == expected
+    proj = AudioProjector(192, 576)
+    tokens = torch.randn(2, (frames // 16) * 8, 192)
+    assert proj(tokens).shape == (2, expected, 576)
+
+
+def test_pooling_is_freq_mean_then_time_pairs():
+    d = 4
+    proj = AudioProjector(d, 6, cfg=ProjectorConfig(scale=0.5))
+    n_time = 4
+    grid = torch.randn(1, n_time, 8, d)  # [B, time, freq, D]
+    tokens = grid.reshape(1, n_time * 8, d)  # time-major: index = t * 8 + f
+    pooled = proj.pool_tokens(tokens)
+    per_t = grid.mean(2)
+    expected = torch.stack([(per_t[:, 0] + per_t[:, 1]) / 2, (per_t[:, 2] + per_t[:, 3]) / 2], 1) * 0.5
+    torch.testing.assert_close(pooled, expected)
+
+
+def test_output_rms_matches_target():
+    torch.manual_seed(0)
+    proj = AudioProjector(192, 576, target_rms=0.05)
+    with torch.no_grad():
+        out = proj(torch.randn(4, 16 * 8, 192) * 3 + 1)
+    assert 0.04 < float(out.pow(2).mean().sqrt()) < 0.06
+
+
+def test_rejects_wrong_shapes():
+    proj = AudioProjector(192, 576)
+    with pytest.raises(ValueError, match="encoder tokens"):
+        proj(torch.randn(1, 13, 192))
+    with pytest.raises(ValueError, match="encoder tokens"):
+        proj(torch.randn(1, 16, 100))
