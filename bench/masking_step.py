@@ -47,6 +47,12 @@ def run_mode(args) -> dict:
         times.append(time.perf_counter() - t)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    # FLOPs of the same step (machine-independent; counted on one clip and scaled, FLOPs are linear in batch)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        contrastive_step(model, views[:1], cfg, 0, 0, lambda loss: loss.backward(), contextlib.nullcontext())
+    gflops = counter.get_total_flops() * args.batch / 1e9
     n_time, n_freq = cfg.model.grid(args.frames)
     tokens = {"unmasked": 2 * n_time * n_freq}.get(args.mode, None)  # both views, CLS not counted
     if tokens is None:
@@ -54,7 +60,7 @@ def run_mode(args) -> dict:
 
         tokens = kept_count(n_time, cfg.masking.time_ratio) * n_freq + n_time * kept_count(n_freq, cfg.masking.freq_ratio)
     return {"mode": args.mode, "s_per_step": sum(times[1:]) / args.steps, "warmup_s": times[0], "peak_mb": peak,
-            "tokens_per_clip_both_views": tokens, "loss": float(out["loss"]), "device": str(device),
+            "tokens_per_clip_both_views": tokens, "loss": float(out["loss"]), "device": str(device), "gflop_per_step": gflops,
             "threads": torch.get_num_threads()}
 
 
@@ -86,10 +92,11 @@ def main() -> None:
         results[m]["all_s_per_step"] = [r["s_per_step"] for r in runs[m]]
     s, u = results["structured"], results["unmasked"]
     print(f"ViT-{args.size} batch {args.batch} x {args.frames} frames on {s['device']} ({s['threads']} threads)")
-    print(f"{'mode':<12}{'tokens/clip':>12}{'s/step':>10}{'peak MB':>10}  all repeats (s/step)")
+    print(f"{'mode':<12}{'tokens/clip':>12}{'GFLOP/step':>12}{'s/step':>10}{'peak MB':>10}  all repeats (s/step)")
     for r in (s, u):
-        print(f"{r['mode']:<12}{r['tokens_per_clip_both_views']:>12}{r['s_per_step']:>10.2f}{r['peak_mb']:>10.0f}  "
-              + " ".join(f"{v:.2f}" for v in r["all_s_per_step"]))
+        print(f"{r['mode']:<12}{r['tokens_per_clip_both_views']:>12}{r['gflop_per_step']:>12.0f}{r['s_per_step']:>10.2f}"
+              f"{r['peak_mb']:>10.0f}  " + " ".join(f"{v:.2f}" for v in r["all_s_per_step"]))
+    print(f"structured / unmasked: FLOPs {s['gflop_per_step'] / u['gflop_per_step']:.3f} x")
     ratio = s["s_per_step"] / u["s_per_step"]
     print(f"structured / unmasked: time {ratio:.3f} x (target <= 0.45), peak memory "
           f"{s['peak_mb'] / u['peak_mb']:.3f} x")
