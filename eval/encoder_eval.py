@@ -192,10 +192,12 @@ def _heads(dim: int) -> int:
 
 
 def _table(numbers: dict) -> dict:
+    """{"encoder / probe": {"task split": "mean ± std"}}; the MFCC baseline has no probe level."""
     rows = {}
     for task, by_enc in numbers.items():
         for enc, by_probe in by_enc.items():
-            for probe, by_role in by_probe.items():
+            items = [("logreg", by_probe)] if enc == "mfcc_logreg" else by_probe.items()
+            for probe, by_role in items:
                 if not isinstance(by_role, dict):
                     continue
                 for role, m in by_role.items():
