@@ -17,11 +17,11 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 
-class _Loader(yaml.SafeLoader):
+class _FloatSafeLoader(yaml.SafeLoader):
     """Safe loader that also reads ``1e-3`` (no dot) as a float, as YAML 1.2 does."""
 
 
-_Loader.add_implicit_resolver(
+_FloatSafeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
@@ -33,7 +33,7 @@ _Loader.add_implicit_resolver(
 
 
 def safe_load(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_FloatSafeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ConfigError(ValueError):

@@ -64,8 +64,9 @@ class _Probe(nn.Module):
 
     # -- inputs -----------------------------------------------------------------------------------------------
     def pack(self, x: Any) -> tuple[torch.Tensor, ...]:
-        """Turn user input into a tuple of tensors whose first dimension is the example index."""
-        raise NotImplementedError
+        """Turn user input into a tuple of tensors whose first dimension is the example index (the subclasses
+        say what a single input looks like; the base class takes one [N, dim] tensor)."""
+        return (self._check_tensor(x, 2, "[N, dim] features"),)
 
     def _check_tensor(self, x: Any, ndim: int, what: str) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
