@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from .masking import VIEWS, view_indices
-from .model import AudioMosaicViT, Block, EncoderConfig, sincos_2d
+from .model import AudioMosaicViT, Block, EncoderConfig, init_transformer_weights, sincos_2d
 
 
 @dataclass
@@ -95,16 +95,8 @@ class MAEPretrainModel(nn.Module):
 
     def _reset_decoder(self):
         nn.init.normal_(self.mask_token, std=0.02)
-        for name, m in self.named_modules():
-            if name.startswith("encoder"):
-                continue  # the encoder initialises itself
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        # the encoder initialises itself
+        init_transformer_weights(m for name, m in self.named_modules() if not name.startswith("encoder"))
 
     def decoder_pos_embed(self, n_time: int, n_freq: int, device, dtype) -> torch.Tensor:
         """[n_time * n_freq, decoder_dim] fixed 2-D sin-cos positions of the actual grid (time-major)."""

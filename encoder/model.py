@@ -80,6 +80,18 @@ def sincos_2d(dim: int, n_time: int, n_freq: int) -> torch.Tensor:
     return torch.cat([sincos_1d(dim // 2, t), sincos_1d(dim // 2, f)], dim=1).float()
 
 
+def init_transformer_weights(modules) -> None:
+    """Xavier-uniform Linear weights, zero biases, unit LayerNorms (the MAE/ViT initialisation)."""
+    for m in modules:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class DropPath(nn.Module):
     def __init__(self, p: float):
         super().__init__()
@@ -142,14 +154,7 @@ class AudioMosaicViT(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch_embed.bias)
         nn.init.normal_(self.cls_token, std=0.02)
-        for m in self.blocks.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_transformer_weights(self.blocks.modules())
 
     def pos_embed(self, n_time: int, n_freq: int, device, dtype) -> torch.Tensor:
         key = (n_time, n_freq)
