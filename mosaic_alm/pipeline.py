@@ -6,7 +6,8 @@
 2. pretrain the tiny AudioMosaic encoder (contrastive) and, same data/steps/batch, the MAE baseline;
 3. probe both, a random encoder and MFCC on the three tasks (results JSON + Markdown/HTML report);
 4. train the audio-language model's four stages with (a) the pretrained encoder, (b) a random encoder, (c) no audio,
-   and report closed-ended QA accuracy per question type.
+   report closed-ended QA accuracy per question type, then evaluate (a)'s artifact (QA, captions, classify by
+   generation).
 Every step resumes or reuses what an earlier run left (data cache, checkpoints).
 """
 from __future__ import annotations
@@ -85,6 +86,14 @@ def main(argv=None) -> int:
                         "--max-test", str(args.alm_test), "--seed", str(args.seed),
                         "--output-dir", str(out / "alm"), "--out", str(out / "alm_qa.json")])
         timings["alm_s"] = round(time.time() - t, 1)
+        t = time.time()
+        from eval.alm_eval import evaluate_alm
+
+        stages = sorted((out / "alm" / "pretrained").glob("stage*/artifact"))
+        if stages:
+            print(f"== ALM evaluation of {stages[-1]} (QA, captions, classify-by-generation)", flush=True)
+            evaluate_alm(str(stages[-1]), str(root), str(out / "eval-alm"), seed=args.seed)
+        timings["eval_alm_s"] = round(time.time() - t, 1)
     (out / "pipeline.json").write_text(json.dumps({"args": vars(args), "timings": timings}, indent=1))
     print(f"== done: {out} (timings {timings})", flush=True)
     return 0
