@@ -211,7 +211,7 @@ def test_static_scan_no_unsafe_loading_anywhere():
                 problems.append(f"{where}: yaml.{name}")
             if owner == "yaml" and name == "load":
                 loader = kw.get("Loader")
-                if loader is None or not (isinstance(loader, ast.Name) and loader.id in ("_Loader", "SafeLoader",
+                if loader is None or not (isinstance(loader, ast.Name) and loader.id in ("_FloatSafeLoader", "SafeLoader",
                                                                                            "CSafeLoader")):
                     problems.append(f"{where}: yaml.load without a safe loader")
             tr = kw.get("trust_remote_code")
