@@ -284,11 +284,16 @@ def mae_step(model, views, cfg: PretrainConfig, step: int, rank: int, backward, 
 
 
 # ---------------------------------------------------------------------------------------------------- schedule
+def warmup_cosine(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then half-cosine from ``lr`` to ``min_lr`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
 def lr_at(step: int, total: int, o: OptimConfig) -> float:
-    if o.warmup_steps > 0 and step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    progress = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
-    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+    return warmup_cosine(step, total, o.warmup_steps, o.lr, o.min_lr)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float):

@@ -49,6 +49,7 @@ from encoder.config import ConfigError, from_dict, load_config, read_yaml, save_
 from encoder.data.manifest import ManifestError, load_classes, read_manifest
 from encoder.features import AudioError, FbankConfig, load_audio, waveform_to_input
 from encoder.model import AudioMosaicViT, EncoderConfig
+from encoder.train import warmup_cosine
 
 from .augment import class_balanced_weights, layerwise_lr_groups, mixup, roll_and_magnitude, spec_augment
 from .metrics import accuracy, equal_error_rate, multilabel_summary
@@ -450,12 +451,7 @@ def build_optimizer(model: FinetuneModel, oc: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=oc.lr, betas=tuple(oc.betas))
 
 
-def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
-    """Linear warmup over ``warmup`` steps, then half-cosine from ``lr`` to ``min_lr`` at ``total``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+lr_at = warmup_cosine  # the pretraining schedule: linear warm-up, then half-cosine to min_lr
 
 
 # ================================================================================================ train / eval
