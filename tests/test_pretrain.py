@@ -55,12 +55,13 @@ def test_gradcache_equals_plain_step():
             assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), (name, (p.grad - q.grad).abs().max())
 
 
-def _dist_worker(rank, world, port, state, x, k1, k2, out_dir):
+def _dist_worker(rank, world, rendezvous, state, x, k1, k2, out_dir):
     import torch.distributed as dist
 
     from encoder.train import all_reduce_mean_grads
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a file rendezvous: no TCP port to race other processes for
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = AudioMosaicPretrainModel(EncoderConfig(**TINY), ProjectorConfig())
     model.load_state_dict(state)
@@ -87,7 +88,7 @@ def test_two_process_gloo_equals_single_process_on_concatenated_batch(tmp_path):
     z1, z2 = model(x, k1, x, k2)
     single = nt_xent(z1, z2, 0.1)
     single["loss"].backward()
-    mp.spawn(_dist_worker, args=(2, _free_port(), state, x, k1, k2, tmp_path), nprocs=2, join=True)
+    mp.spawn(_dist_worker, args=(2, tmp_path / "rendezvous", state, x, k1, k2, tmp_path), nprocs=2, join=True)
     got = torch.load(tmp_path / "dist.pt", weights_only=True)
     assert torch.allclose(got["loss"], single["loss"], atol=1e-6)
     for (name, p), gd in zip(model.named_parameters(), got["grads"]):
