@@ -16,6 +16,8 @@ COMMANDS = {
     "train-alm": ("mosaic_alm.train", "main", "train one stage (or all four) of the audio-language model"),
     "ask": ("mosaic_alm.infer", "main_ask", "ask a question about an audio file"),
     "caption": ("mosaic_alm.infer", "main_caption", "caption an audio file"),
+    "alm-experiment": ("mosaic_alm.experiment", "main", "does the encoder matter? closed QA with a pretrained vs a "
+                                                        "random encoder vs no audio"),
     "eval-alm": ("eval.alm_eval", "main", "evaluate an ALM artifact: QA accuracy, captions, classify-by-generation"),
     "pipeline": ("mosaic_alm.pipeline", "main", "the whole pipeline at tiny scale on the embedded default"),
 }

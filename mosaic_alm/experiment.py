@@ -6,9 +6,13 @@ same seed, data and step budgets, then answers the held-out (test split) closed-
 (default ``results/alm_qa.json``) with per-qtype accuracies (normalised exact match of the greedy answer, option match,
 and the option with the highest log-likelihood), per-stage training time, seed, versions and the resolved configs.
 
-    python -m mosaic_alm.experiment --data data/embedded-small --encoder runs/pretrain-tiny/encoder \\
+    mosaic-alm alm-experiment --data data/embedded-small --encoder runs/pretrain-tiny/encoder \\
         --steps 60,40,60,30 --max-test 300 --out results/alm_qa.json
-    python -m mosaic_alm.experiment --smoke     # CI: toy data, random encoders, a few steps
+    mosaic-alm alm-experiment --smoke     # CI: toy data, random encoders, a few steps
+
+Variants can run in parallel processes (``--variants pretrained --out a.json`` ...) and be merged with ``--combine
+a.json b.json c.json --out results/alm_qa.json``; ``--reuse`` continues from stages that already ran with the
+identical config (a longer curriculum reuses a finished stage 1).
 
 :func:`make_toy_data` writes a small real-audio instruction set (tones and noise) used by the tests and the smoke run.
 """
@@ -110,20 +114,66 @@ def evaluate_closed(model, records: list[dict], batch_size: int = 16, max_new_to
     acc["loglik_seconds"] = round(ll_s, 2)
     acc["examples"] = [dict(id=r["id"], question=q, prediction=p, label=r["output"])
                        for r, q, p in list(zip(records, qs, preds))[:12]]
+    # per-question outcomes: variants answer the same questions, so differences can be tested pairwise
+    acc["questions"] = [dict(id=r["id"], qtype=r["qtype"], exact=_norm(p) == _norm(r["output"]), loglik=ll_ok.get(i))
+                        for i, (r, p) in enumerate(zip(records, preds))]
     return acc
 
 
-def _exact_match(scored):
+def _norm(s) -> str:
+    """SQuAD normalisation (eval.qa's, where eval/ is installed)."""
     import re
     import string
 
-    def norm(s):
-        s = "".join(c for c in s.lower() if c not in string.punctuation)
-        return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+    s = s if isinstance(s, str) else s[0]
+    try:
+        from eval.qa import normalise_answer
+        return normalise_answer(s)
+    except ImportError:
+        pass
+    s = "".join(c for c in s.lower() if c not in string.punctuation)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
 
+
+def paired_comparison(res_a: dict, res_b: dict, key: str = "exact", n_boot: int = 2000, seed: int = 0) -> dict:
+    """Accuracy difference a - b on the questions both answered, with a paired bootstrap 95% interval (questions
+    resampled) and the exact two-sided McNemar (sign) test p-value on the discordant pairs."""
+    from math import comb
+
+    qa = {q["id"]: q[key] for q in res_a["questions"] if q.get(key) is not None}
+    qb = {q["id"]: q[key] for q in res_b["questions"] if q.get(key) is not None}
+    ids = sorted(set(qa) & set(qb))
+    if not ids:
+        raise ValueError("paired_comparison: the two results share no questions")
+    a = np.array([qa[i] for i in ids], dtype=float)
+    b = np.array([qb[i] for i in ids], dtype=float)
+    d = a - b
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    only_a, only_b = int((d > 0).sum()), int((d < 0).sum())
+    n = only_a + only_b
+    p = min(1.0, 2 * sum(comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n) if n else 1.0
+    return {"metric": key, "questions": len(ids), "a": float(a.mean()), "b": float(b.mean()),
+            "difference": float(d.mean()), "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+            "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": float(p)}
+
+
+def compare_variants(results: dict) -> dict:
+    """(a) pretrained vs (b) random and vs (c) no audio, for exact match and log-likelihood option choice."""
+    v = results["variants"]
+    out = {}
+    for other in ("random", "no_audio"):
+        if "pretrained" in v and other in v and "questions" in v["pretrained"]["accuracy"] \
+                and "questions" in v[other]["accuracy"]:
+            out[f"pretrained_vs_{other}"] = {k: paired_comparison(v["pretrained"]["accuracy"], v[other]["accuracy"], k)
+                                             for k in ("exact", "loglik")}
+    return out
+
+
+def _exact_match(scored):
     per = defaultdict(list)
     for r in scored:
-        per[r["qtype"]].append(norm(r["prediction"]) == norm(r["output"]))
+        per[r["qtype"]].append(_norm(r["prediction"]) == _norm(r["output"]))
     allv = [v for vs in per.values() for v in vs]
     return {"overall": {"exact_match": float(np.mean(allv)), "count": len(allv)},
             "per_qtype": {q: {"exact_match": float(np.mean(v)), "count": len(v)} for q, v in per.items()}}
@@ -168,8 +218,27 @@ def _versions() -> dict:
             "threads": torch.get_num_threads()}
 
 
+def finished_stage(cfg: dict) -> dict | None:
+    """The summary of an earlier run of exactly this resolved stage config (same folder, config and artifact), or
+    None. Used by ``--reuse`` so a longer curriculum can continue from stages that already ran."""
+    import yaml
+
+    from .train import run_dir
+
+    d = run_dir(cfg)
+    try:
+        old_cfg = yaml.safe_load((d / "config.yaml").read_text())
+        summary = json.loads((d / "summary.json").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if old_cfg != json.loads(json.dumps(cfg)) or not (d / "artifact" / "meta.json").is_file():
+        return None
+    return summary
+
+
 def run_variant(variant: str, encoder: str, data_root: str, steps: Sequence[int], common: Sequence[str],
-                output_dir: str, seed: int, test_records: list[dict], eval_batch: int, random_size: str) -> dict:
+                output_dir: str, seed: int, test_records: list[dict], eval_batch: int, random_size: str,
+                reuse: bool = False) -> dict:
     from encoder.config import load_config
 
     from .artifact import load_alm
@@ -190,14 +259,21 @@ def run_variant(variant: str, encoder: str, data_root: str, steps: Sequence[int]
             first = False
         if n_steps <= 0:
             continue
-        print(f"== {variant}: stage {cfg['stage']} ({n_steps} steps)", flush=True)
-        summary = train_stage(cfg, quiet=False)
+        summary = finished_stage(cfg) if reuse else None
+        if summary is not None:
+            print(f"== {variant}: stage {cfg['stage']} ({n_steps} steps) already ran with this config; reusing "
+                  f"{summary['artifact']}", flush=True)
+            summary["reused"] = True
+        else:
+            print(f"== {variant}: stage {cfg['stage']} ({n_steps} steps)", flush=True)
+            summary = train_stage(cfg, quiet=False)
         stages.append(summary)
     model = load_alm(stages[-1]["artifact"])
     print(f"== {variant}: evaluating {len(test_records)} closed-ended test questions", flush=True)
     acc = evaluate_closed(model, test_records, batch_size=eval_batch)
-    return {"stages": [{k: s[k] for k in ("stage", "steps", "train_records", "train_seconds", "seconds_per_step",
-                                          "first_loss", "last_loss", "eval_loss", "artifact")} for s in stages],
+    return {"stages": [{k: s.get(k) for k in ("stage", "steps", "train_records", "train_seconds", "seconds_per_step",
+                                              "first_loss", "last_loss", "eval_loss", "artifact", "reused")}
+                       for s in stages],
             "accuracy": acc}
 
 
@@ -223,8 +299,44 @@ def evaluate_stage(results_path: str | Path, stage: int, variants: Sequence[str]
     return done
 
 
+SAME_EXPERIMENT = ("data", "seed", "steps_per_stage", "test_questions", "test_qtypes", "overrides",
+                   "random_encoder_size")
+
+
+def combine_results(paths: Sequence[str | Path], out: str | Path) -> dict:
+    """Merge per-variant results files into one; they must describe the same experiment (data, seed, steps, test
+    questions, overrides) and hold different variants."""
+    merged = None
+    for p in paths:
+        r = json.loads(Path(p).read_text())
+        if merged is None:
+            merged = r
+            continue
+        diff = [k for k in SAME_EXPERIMENT if r.get(k) != merged.get(k)]
+        if diff:
+            raise SystemExit(f"--combine: {p} differs from {paths[0]} in {diff}; not the same experiment")
+        both = sorted(set(r["variants"]) & set(merged["variants"]))
+        if both:
+            raise SystemExit(f"--combine: variant(s) {both} appear in more than one file ({p})")
+        if not r.get("encoder", "").startswith("random:"):
+            merged["encoder"] = r["encoder"]
+        merged["variants"].update(r["variants"])
+    if merged is None:
+        raise SystemExit("--combine: no files given")
+    merged["combined_from"] = [str(p) for p in paths]
+    merged["comparisons"] = compare_variants(merged)
+    _print_summary(merged)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(merged, indent=2))
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return merged
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mosaic_alm.experiment", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="mosaic-alm alm-experiment", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="data/embedded-small")
     ap.add_argument("--encoder", default="runs/pretrain-tiny/encoder", help="the pretrained AudioMosaic folder")
     ap.add_argument("--random-size", default=None, help="size preset of the random encoder (default: the "
@@ -241,12 +353,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--eval-stage", type=int, default=0, help="only evaluate stage N's artifacts of the variants "
                                                                   "in --out, writing --eval-out")
     ap.add_argument("--eval-out", default=None)
+    ap.add_argument("--reuse", action="store_true", help="skip stages whose run folder already holds a finished run "
+                                                         "of the identical resolved config (e.g. to extend a run)")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                    help="merge results files of the same experiment (each variant run on its own, e.g. in "
+                         "parallel) into --out, then exit")
     ap.add_argument("--smoke", action="store_true", help="toy data, random encoders, 3 steps per stage")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every stage (e.g. train.batch_size=4)")
     args = ap.parse_args(argv)
 
     from .data import load_records
 
+    if args.combine:
+        combine_results(args.combine, args.out)
+        return 0
     if args.eval_stage:
         evaluate_stage(args.out, args.eval_stage, args.variants.split(","),
                        args.eval_out or str(Path(args.out).with_name(f"{Path(args.out).stem}_stage{args.eval_stage}.json")),
@@ -283,18 +403,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     for v in args.variants.split(","):
         t0 = time.perf_counter()
         results["variants"][v] = run_variant(v, args.encoder, args.data, steps, common, args.output_dir, args.seed,
-                                             test, args.eval_batch, random_size)
+                                             test, args.eval_batch, random_size, args.reuse)
         results["variants"][v]["total_seconds"] = round(time.perf_counter() - t0, 1)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(json.dumps(results, indent=2))
         tmp.replace(out)
+    results["comparisons"] = compare_variants(results)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(out)
     print(f"wrote {out}")
+    _print_summary(results)
+    return 0
+
+
+def _print_summary(results: dict) -> None:
     for v, r in results["variants"].items():
         a = r["accuracy"]["overall"]
         print(f"{v:<11} exact {a['exact_match']:.3f}  option {a.get('option_match', float('nan')):.3f}  "
               f"loglik {a.get('loglik_option') or float('nan'):.3f}")
-    return 0
+    for name, c in results.get("comparisons", {}).items():
+        for k, x in c.items():
+            print(f"{name} ({k}): {x['difference']:+.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}] "
+                  f"McNemar p={x['mcnemar_p']:.3g} over {x['questions']} questions")
 
 
 if __name__ == "__main__":

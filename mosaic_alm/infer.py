@@ -109,12 +109,12 @@ def option_loglik(model, audios: Sequence, questions: Sequence[str], options: Se
             tgt[i, :len(x)] = torch.tensor(x)
         scores = first[0, tgt[:, 0].clamp(min=0).to(dev)].clone()
         if width > 1:
-            cache = out.past_key_values
+            cache = out.cache  # transformers 5.x: `cache` (was past_key_values)
             cache.batch_repeat_interleave(n)
             feed = tgt[:, :-1].clamp(min=0).masked_fill(tgt[:, :-1] == IGNORE, pad).to(dev)
             mask = torch.cat([torch.ones(n, n_prompt, dtype=torch.long), (tgt[:, :-1] != IGNORE).long()], 1).to(dev)
             pos = (n_prompt + torch.arange(width - 1)).unsqueeze(0).expand(n, -1).to(dev)
-            logits = model.llm(input_ids=feed, attention_mask=mask, position_ids=pos, past_key_values=cache,
+            logits = model.llm(input_ids=feed, attention_mask=mask, position_ids=pos, cache=cache,
                                use_cache=True).logits.float()
             lp = torch.log_softmax(logits, -1)
             t = tgt[:, 1:].to(dev)

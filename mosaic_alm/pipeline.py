@@ -84,7 +84,7 @@ def main(argv=None) -> int:
 
         alm_experiment(["--data", str(root), "--encoder", encoders["audiomosaic"], "--steps", args.alm_steps,
                         "--max-test", str(args.alm_test), "--seed", str(args.seed),
-                        "--output-dir", str(out / "alm"), "--out", str(out / "alm_qa.json")])
+                        "--output-dir", str(out / "alm"), "--out", str(out / "alm_qa.json"), "--reuse"])
         timings["alm_s"] = round(time.time() - t, 1)
         t = time.time()
         from eval.alm_eval import evaluate_alm

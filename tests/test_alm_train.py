@@ -124,3 +124,54 @@ def test_llm_4bit_loads_and_generates():
     ids = tok("Hello", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=2, do_sample=False)
     assert out.shape[1] == ids["input_ids"].shape[1] + 2
+
+
+def test_experiment_reuses_finished_stages_and_combines_variants(toy, tmp_path, capsys):
+    from mosaic_alm.experiment import main
+
+    common = ["--data", str(toy), "--encoder", "random:tiny", "--max-test", "3", "--variants", "random",
+              "--output-dir", str(tmp_path / "runs"), "data.qtypes=null", "prompt.system=''", "train.batch_size=4",
+              "train.eval_batches=0"]
+    first = tmp_path / "first.json"
+    assert main([*common, "--steps", "2,0,0,0", "--out", str(first)]) == 0
+    art1 = tmp_path / "runs" / "random" / "stage1" / "artifact"
+    stamp = (art1 / "meta.json").stat().st_mtime_ns
+    longer = tmp_path / "random.json"
+    assert main([*common, "--steps", "2,2,0,0", "--reuse", "--out", str(longer)]) == 0
+    res = json.loads(longer.read_text())["variants"]["random"]["stages"]
+    assert [s["stage"] for s in res] == [1, 2] and res[0]["reused"] and not res[1]["reused"]
+    assert (art1 / "meta.json").stat().st_mtime_ns == stamp  # stage 1 was not trained again
+    # a different stage-1 budget is a different config: it trains again instead of reusing
+    assert main([*common, "--steps", "3,0,0,0", "--reuse", "--out", str(tmp_path / "other.json")]) == 0
+    assert not json.loads((tmp_path / "other.json").read_text())["variants"]["random"]["stages"][0]["reused"]
+
+    # combine: another variant of the same experiment merges; a different experiment is refused
+    other = json.loads(longer.read_text())
+    other["variants"] = {"no_audio": other["variants"].pop("random")}
+    (tmp_path / "no_audio.json").write_text(json.dumps(other))
+    assert main(["--combine", str(longer), str(tmp_path / "no_audio.json"), "--out", str(tmp_path / "all.json")]) == 0
+    assert sorted(json.loads((tmp_path / "all.json").read_text())["variants"]) == ["no_audio", "random"]
+    with pytest.raises(SystemExit, match="steps_per_stage"):
+        main(["--combine", str(longer), str(tmp_path / "other.json"), "--out", str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit, match="more than one file"):
+        main(["--combine", str(longer), str(longer), "--out", str(tmp_path / "bad.json")])
+
+
+def test_paired_comparison_of_variants():
+    from mosaic_alm.experiment import compare_variants, paired_comparison
+
+    def res(flags):
+        return {"questions": [{"id": f"q{i}", "qtype": "t", "exact": f, "loglik": f} for i, f in enumerate(flags)]}
+
+    a, b = res([True, True, True, False] * 5), res([False, False, True, False] * 5)
+    c = paired_comparison(a, b, "exact")
+    assert c["questions"] == 20 and c["difference"] == 0.5 and (c["only_a_right"], c["only_b_right"]) == (10, 0)
+    assert c["ci95"][0] > 0.2 and c["ci95"][1] <= 0.75
+    assert abs(c["mcnemar_p"] - 2 / 2 ** 10) < 1e-12  # exact binomial: all 10 discordant pairs favour a
+    same = paired_comparison(a, a, "loglik")
+    assert same["difference"] == 0 and same["mcnemar_p"] == 1.0
+    with pytest.raises(ValueError, match="no questions"):
+        paired_comparison(a, {"questions": [{"id": "other", "exact": True}]}, "exact")
+    both = compare_variants({"variants": {"pretrained": {"accuracy": a}, "random": {"accuracy": b},
+                                          "no_audio": {"accuracy": b}}})
+    assert set(both) == {"pretrained_vs_random", "pretrained_vs_no_audio"}
