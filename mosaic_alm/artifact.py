@@ -4,7 +4,7 @@ Layout (written to a temporary sibling folder, then renamed into place)::
 
     artifact/
       alm_config.yaml         the resolved run config (model sections, data, train, seed, stage)
-      projector.safetensors   LayerNorm + Linear (absent for the no-audio baseline)
+      projector.safetensors   feature statistics + LayerNorm + Linear (absent for the no-audio baseline)
       adapter/                peft LoRA adapter (adapter_config.json + adapter_model.safetensors), if LoRA is on
       encoder/                the AudioMosaic encoder used (config.json + model.safetensors), if audio is on
       meta.json               stage, seed, versions, parameter counts, time
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -150,7 +151,13 @@ def build_from(cfg_dict: dict, init_from: str | os.PathLike | None = None, devic
     model = AudioLanguageModel(cfg, llm, tok, encoder)
     if art is not None and model.projector is not None:
         state = load_file(str(art / "projector.safetensors"))
-        model.projector.load_state_dict(state, strict=True)
+        missing, unexpected = model.projector.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - set(model.projector.STATS_KEYS):
+            raise RuntimeError(f"{art / 'projector.safetensors'}: does not match the projector (missing {missing}, "
+                               f"unexpected {unexpected})")
+        if missing and model.cfg.projector.standardize:  # an artifact from before feature statistics existed
+            logging.getLogger(__name__).warning("%s has no projector feature statistics; standardisation is the "
+                                                "identity", art)
     return model
 
 

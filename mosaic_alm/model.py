@@ -224,6 +224,17 @@ class AudioLanguageModel(nn.Module):
                     self._feature_cache[keys[i]] = toks[j].detach()
         return torch.stack([fresh[i] if i in fresh else self._feature_cache[keys[i]] for i in range(len(audios))])
 
+    @torch.no_grad()
+    def calibrate_projector(self, audios, batch_size: int = 32) -> int:
+        """Measure the projector's feature statistics on ``audios`` (training clips); returns how many were used."""
+        if self.projector is None:
+            raise ConfigError("calibrate_projector: this model has no audio projector (audio.enabled is false)")
+        audios = list(audios)
+        pooled = torch.cat([self.projector.pool_tokens(self.audio_tokens(audios[i:i + batch_size]).float())
+                            for i in range(0, len(audios), batch_size)])
+        self.projector.set_feature_stats(pooled, len(audios))
+        return len(audios)
+
     def clear_feature_cache(self):
         self._feature_cache.clear()
 

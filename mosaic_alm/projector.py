@@ -4,7 +4,17 @@
   -> mean over the n_freq (8) frequency patches      [B, n_time, D]
   -> average-pool time by ``pool`` (2)               [B, n_time // pool, D]   (1024 frames: 64 -> 32 tokens)
   -> multiply by ``scale``                           (a fixed constant from the config)
+  -> standardise per feature (``standardize``)       (x - mean) / std, frozen statistics of the training clips
   -> LayerNorm(D) + Linear(D, llm_hidden)            [B, n_audio, H]
+
+Why standardise: a frozen encoder's pooled tokens share one dominant direction. For the tiny AudioMosaic encoder
+the mean cosine similarity between clips is 0.9996 (99.96 % of the energy is the common mean), so LayerNorm, which
+works per token, passes along inputs that are nearly identical for every clip, and a Linear trained through a frozen
+LLM learns the answer prior long before the small differences between clips (a stage-1 run at 250 steps answered
+"synth effects" to every instrument). A linear probe on the same features goes from 0.30 to 0.68 keyword accuracy
+once the features are standardised. The mean and std are measured once, on training clips, when a stage starts
+without an artifact (:meth:`AudioProjector.set_feature_stats`); they are buffers, saved in the artifact and never
+trained.
 
 A trailing odd time step is dropped (floor), so ``n_audio = (frames // 16) // pool``.
 The Linear is initialised so its output RMS matches ``target_rms`` (the LLM's text-embedding RMS when the ALM builds
@@ -26,10 +36,14 @@ class ProjectorConfig:
     pool: int = 2  # average-pool factor over time
     scale: float = 1.0  # multiplies the pooled encoder features before the LayerNorm
     match_embedding_rms: bool = True  # initialise the Linear so outputs have the LLM's word-embedding RMS
+    standardize: bool = True  # per-feature (x - mean) / std with statistics measured on training clips
+    stats_clips: int = 256  # training clips the statistics are measured on (stage start, fresh projector only)
 
     def __post_init__(self):
         if self.pool < 1:
             raise ValueError(f"projector.pool must be >= 1, got {self.pool}")
+        if self.stats_clips < 1:
+            raise ValueError(f"projector.stats_clips must be >= 1, got {self.stats_clips}")
 
 
 def num_audio_tokens(frames: int, patch_size: int = 16, pool: int = 2) -> int:
@@ -44,7 +58,25 @@ class AudioProjector(nn.Module):
         self.in_dim, self.out_dim, self.n_freq = in_dim, out_dim, n_freq
         self.norm = nn.LayerNorm(in_dim)
         self.linear = nn.Linear(in_dim, out_dim)
+        # feature statistics (identity until measured; stats_count = clips they were measured on)
+        self.register_buffer("feat_mean", torch.zeros(in_dim))
+        self.register_buffer("feat_std", torch.ones(in_dim))
+        self.register_buffer("stats_count", torch.zeros((), dtype=torch.long))
         self.reset_parameters(target_rms)
+
+    STATS_KEYS = ("feat_mean", "feat_std", "stats_count")
+
+    @torch.no_grad()
+    def set_feature_stats(self, pooled: torch.Tensor, n_clips: int | None = None) -> None:
+        """Measure the per-feature mean and std from pooled features [N, n_audio, D] (or [M, D])."""
+        x = pooled.reshape(-1, self.in_dim).double()
+        if x.shape[0] < 2:
+            raise ValueError("projector statistics need at least two pooled feature vectors")
+        std = x.std(0)
+        floor = max(float(std.max()) * 1e-6, 1e-12)  # a constant feature stays finite (and carries nothing)
+        self.feat_mean.copy_(x.mean(0).to(self.feat_mean.dtype))
+        self.feat_std.copy_(std.clamp_min(floor).to(self.feat_std.dtype))
+        self.stats_count.fill_(int(n_clips if n_clips is not None else pooled.shape[0]))
 
     def reset_parameters(self, target_rms: float | None = None):
         self.norm.reset_parameters()
@@ -71,6 +103,8 @@ class AudioProjector(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.pool_tokens(tokens)
+        if self.cfg.standardize:
+            x = (x - self.feat_mean.to(x.dtype)) / self.feat_std.to(x.dtype)
         return self.linear(self.norm(x.to(self.linear.weight.dtype)))
 
 

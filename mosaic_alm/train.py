@@ -142,6 +142,12 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     if not train_recs:
         raise ConfigError(f"stage {cfg.get('stage')}: no training records in {dcfg.root} for tasks={dcfg.tasks} "
                           f"qtypes={dcfg.qtypes} kind={dcfg.kind}")
+    if init is None and model.projector is not None and model.cfg.projector.standardize:
+        clips = sorted({r["audio_path"] for r in train_recs})
+        pick = torch.randperm(len(clips), generator=torch.Generator().manual_seed(seed))[:model.cfg.projector.stats_clips]
+        n = model.calibrate_projector([clips[i] for i in sorted(pick.tolist())])
+        if rank == 0 and not quiet:
+            print(f"projector feature statistics measured on {n} training clips")
     ds = InstructionDataset(train_recs, fmt)
     pad = model.tokenizer.pad_token_id
     g = torch.Generator().manual_seed(seed)

@@ -89,6 +89,9 @@ def test_artifact_round_trip_bit_exact(alm, toy, tmp_path):
 
     cfg = {k: dataclasses.asdict(getattr(alm.cfg, k)) for k in ("llm", "lora", "audio", "projector", "trainable",
                                                               "prompt")}
+    clips = sorted(str(p) for p in (toy / "clips").glob("*.wav"))[:4]
+    assert alm.calibrate_projector(clips) == 4 and int(alm.projector.stats_count) == 4
+    assert not torch.equal(alm.projector.feat_std, torch.ones_like(alm.projector.feat_std))  # measured, then saved
     art = save_artifact(alm, tmp_path / "artifact", cfg, meta={"stage": 0})
     assert (art / "projector.safetensors").is_file() and (art / "adapter" / "adapter_model.safetensors").is_file()
     assert (art / "encoder" / "model.safetensors").is_file() and json.loads((art / "meta.json").read_text())

@@ -39,3 +39,27 @@ def test_rejects_wrong_shapes():
         proj(torch.randn(1, 13, 192))
     with pytest.raises(ValueError, match="encoder tokens"):
         proj(torch.randn(1, 16, 100))
+
+
+def test_standardisation_removes_the_shared_direction():
+    torch.manual_seed(0)
+    common = torch.randn(16) * 50  # every clip shares it: what a frozen encoder's pooled tokens look like
+    pooled = common + 0.1 * torch.randn(32, 4, 16)
+    proj = AudioProjector(16, 8, n_freq=1, cfg=ProjectorConfig(pool=1))
+    with pytest.raises(ValueError, match="two"):
+        proj.set_feature_stats(pooled[:1, :1])
+    before = proj(pooled)  # identity statistics: outputs nearly the same for every clip
+    proj.set_feature_stats(pooled)
+    assert int(proj.stats_count) == 32
+    z = (pooled - proj.feat_mean) / proj.feat_std
+    assert torch.allclose(z.reshape(-1, 16).mean(0), torch.zeros(16), atol=1e-4)
+    assert torch.allclose(z.reshape(-1, 16).std(0), torch.ones(16), atol=1e-3)
+    after = proj(pooled)
+    spread = lambda y: float(y.reshape(-1, 8).std(0).mean() / y.reshape(-1, 8).mean(0).abs().mean())
+    assert spread(after) > 20 * spread(before)
+    off = AudioProjector(16, 8, n_freq=1, cfg=ProjectorConfig(pool=1, standardize=False))
+    off.load_state_dict(proj.state_dict())
+    assert torch.allclose(off(pooled), before)
+    const = torch.ones(10, 2, 16)  # a constant feature keeps finite statistics
+    proj.set_feature_stats(const)
+    assert torch.isfinite(proj(const)).all()
