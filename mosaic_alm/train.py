@@ -43,6 +43,7 @@ TOP_KEYS = {"seed", "name", "stage", "output_dir", "data", "train", *MODEL_SECTI
 class TrainConfig:
     init_from: str | None = None  # None | "previous" | an artifact folder
     lr: float = 1e-3
+    projector_lr: float | None = None  # the projector's own lr (LLaVA's mm_projector_lr); None: ``lr``
     weight_decay: float = 0.0
     epochs: float = 1.0
     max_steps: int = 0  # > 0: exactly this many optimizer steps (epochs is then ignored)
@@ -113,6 +114,17 @@ def _ds_config(path: str, tcfg: TrainConfig, world: int, device: torch.device) -
     return cfg
 
 
+def param_groups(model, tcfg: TrainConfig) -> list[dict]:
+    """Optimizer parameter groups: the trainable projector at ``projector_lr`` (when set), the rest at ``lr``."""
+    proj = {id(p) for p in model.projector.parameters()} if model.projector is not None else set()
+    trainable = [(p, id(p) in proj) for p in model.parameters() if p.requires_grad]
+    if tcfg.projector_lr is None or not any(is_proj for _, is_proj in trainable):
+        return [{"params": [p for p, _ in trainable], "lr": tcfg.lr}]
+    groups = [{"params": [p for p, is_proj in trainable if is_proj], "lr": tcfg.projector_lr},
+              {"params": [p for p, is_proj in trainable if not is_proj], "lr": tcfg.lr}]
+    return [g for g in groups if g["params"]]
+
+
 def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     """Train one stage from a resolved config dict; returns the summary (also written to the run folder)."""
     from torch.utils.tensorboard import SummaryWriter
@@ -160,6 +172,7 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     if tcfg.max_steps > 0:
         total = tcfg.max_steps  # an explicit step budget wins over epochs (the loader cycles)
     params = [p for p in model.parameters() if p.requires_grad]
+    groups = param_groups(model, tcfg)
     engine = None
     if tcfg.deepspeed:
         import deepspeed
@@ -175,11 +188,11 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
 
         # the engine steps the scheduler at accumulation boundaries; it is built on DeepSpeed's basic optimizer
         engine, opt, _, sched = deepspeed.initialize(
-            model=model, model_parameters=params, config=_ds_config(tcfg.deepspeed, tcfg, world, device),
+            model=model, model_parameters=groups, config=_ds_config(tcfg.deepspeed, tcfg, world, device),
             lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(total, int(tcfg.warmup_ratio
                                                                                              * total))))
     else:
-        opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(tcfg.warmup_ratio * total)))
     writer = SummaryWriter(str(out / "tb")) if rank == 0 else None
     load_s = time.perf_counter() - t_load

@@ -175,3 +175,26 @@ def test_paired_comparison_of_variants():
     both = compare_variants({"variants": {"pretrained": {"accuracy": a}, "random": {"accuracy": b},
                                           "no_audio": {"accuracy": b}}})
     assert set(both) == {"pretrained_vs_random", "pretrained_vs_no_audio"}
+
+
+def test_projector_gets_its_own_learning_rate():
+    from mosaic_alm.train import TrainConfig, param_groups
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.projector = torch.nn.Linear(3, 3)
+            self.lora = torch.nn.Linear(3, 3)
+            self.frozen = torch.nn.Linear(3, 3).requires_grad_(False)
+
+    m = M()
+    one = param_groups(m, TrainConfig(lr=1e-4))
+    assert len(one) == 1 and one[0]["lr"] == 1e-4 and len(one[0]["params"]) == 4  # frozen parameters left out
+    two = param_groups(m, TrainConfig(lr=1e-4, projector_lr=1e-3))
+    assert [g["lr"] for g in two] == [1e-3, 1e-4]
+    assert {id(p) for p in two[0]["params"]} == {id(p) for p in m.projector.parameters()}
+    m.projector.requires_grad_(False)  # a stage that freezes the projector: one group at lr
+    assert [g["lr"] for g in param_groups(m, TrainConfig(lr=1e-4, projector_lr=1e-3))] == [1e-4]
+    opt = torch.optim.AdamW(two, lr=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
+    assert sched.get_last_lr() == [5e-4, 5e-5]  # the schedule scales both groups
