@@ -358,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                     help="merge results files of the same experiment (each variant run on its own, e.g. in "
                          "parallel) into --out, then exit")
+    ap.add_argument("--markdown", action="store_true", help="print --out's per-question-type table as Markdown, exit")
     ap.add_argument("--smoke", action="store_true", help="toy data, random encoders, 3 steps per stage")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every stage (e.g. train.batch_size=4)")
     args = ap.parse_args(argv)
@@ -366,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.combine:
         combine_results(args.combine, args.out)
+        return 0
+    if args.markdown:
+        print(markdown_table(json.loads(Path(args.out).read_text())))
         return 0
     if args.eval_stage:
         evaluate_stage(args.out, args.eval_stage, args.variants.split(","),
@@ -416,6 +420,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {out}")
     _print_summary(results)
     return 0
+
+
+def markdown_table(results: dict) -> str:
+    """Per-question-type accuracy of every variant (exact match / highest-log-likelihood option) as Markdown."""
+    vs = list(results["variants"])
+    qtypes = sorted({q for v in vs for q in results["variants"][v]["accuracy"]["per_qtype"]})
+    lines = ["| question type | n | " + " | ".join(vs) + " |", "|---|---|" + "---|" * len(vs)]
+
+    def cell(d):
+        ll = d.get("loglik_option")
+        return f"{d['exact_match']:.3f} / " + (f"{ll:.3f}" if ll is not None else "-")
+
+    for q in qtypes + ["overall"]:
+        row = [results["variants"][v]["accuracy"]["per_qtype"].get(q) if q != "overall" else
+               results["variants"][v]["accuracy"]["overall"] for v in vs]
+        n = next((d["count"] for d in row if d), 0)
+        lines.append(f"| {'**overall**' if q == 'overall' else q} | {n} | " +
+                     " | ".join(cell(d) if d else "-" for d in row) + " |")
+    return "\n".join(lines)
 
 
 def _print_summary(results: dict) -> None:
