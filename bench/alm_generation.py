@@ -24,18 +24,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def run(model, audios, questions, batch_size: int, max_new_tokens: int) -> dict:
     from mosaic_alm.data import PromptFormatter, collate
+    from mosaic_alm.featurizer import AudioFeaturizer
 
     fmt = PromptFormatter.for_model(model)
+    feats = AudioFeaturizer.for_model(model)
     items = [dict(fmt.encode(q), audio=a, index=i) for i, (a, q) in enumerate(zip(audios, questions))]
     pad = model.tokenizer.pad_token_id
-    if model.cfg.audio.enabled:
-        model.audio_tokens(list(audios))  # warm the per-clip feature cache
+    if feats is not None:
+        feats.tokens(list(audios))  # warm the per-clip feature cache
 
     def gen(chunk):
         b = collate(chunk, pad, "left")
-        return model.generate(b["input_ids"], b["attention_mask"], b["audio_mask"],
-                              audios=b["audios"] if model.cfg.audio.enabled else None,
-                              max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
+        audio = feats.inputs(b["audios"]) if feats is not None else {}
+        return model.generate(b["input_ids"], b["attention_mask"], b["audio_mask"], max_new_tokens=max_new_tokens,
+                              min_new_tokens=max_new_tokens, **audio)
 
     gen(items[:1])  # warm-up
     res = {}
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
     try:
         recs = load_records(args.data, "test", kind="closed")
     except FileNotFoundError:
-        from mosaic_alm.experiment import make_toy_data
+        from mosaic_alm.toy import make_toy_data
 
         recs = load_records(make_toy_data("/tmp/mosaic-alm-bench-toy"), "test", kind="closed")
     step = max(1, len(recs) // args.n)

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from encoder.data.dataset import AugmentConfig, EpochBatchSampler, PretrainDataset, collate_views  # noqa: E402
+from encoder.data.dataset import WaveAugmentConfig, EpochBatchSampler, PretrainDataset, collate_views  # noqa: E402
 from encoder.data.manifest import read_manifest  # noqa: E402
 from encoder.features import FbankConfig  # noqa: E402
 
@@ -69,7 +69,7 @@ def build(rows, folder: Path, bad_fraction: float, seed: int = 0) -> list[dict]:
 
 def epoch_time(rows, args) -> tuple[float, int]:
     fb = FbankConfig(target_frames=args.frames, max_seconds=30)
-    ds = PretrainDataset(rows, fb, AugmentConfig(enabled=args.augment), seed=0)
+    ds = PretrainDataset(rows, fb, WaveAugmentConfig(enabled=args.augment), seed=0)
     steps = len(rows) // args.batch
     sampler = EpochBatchSampler(len(rows), args.batch, 0, 1, 0, 0, steps)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate_views,

@@ -25,8 +25,8 @@ def run_mode(args) -> dict:
 
     import torch
 
-    from encoder.config import load_config
-    from encoder.train import PretrainConfig, build_model, contrastive_step
+    from mosaic_core.config import build, load_config
+    from encoder.pretraining import PretrainConfig, build_pretrain_model, contrastive_step
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -35,9 +35,9 @@ def run_mode(args) -> dict:
     if args.mode == "unmasked":
         over += ["masking.time_view=none", "masking.freq_view=none"]
     raw = load_config("configs/pretrain/vit_base.yaml", over)
-    cfg = PretrainConfig.from_raw(raw)
+    cfg = build(PretrainConfig, raw)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(cfg).to(device)
+    model = build_pretrain_model(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     views = torch.randn(args.batch, 2, args.frames, 128, device=device)
     amp = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"

@@ -8,11 +8,19 @@ self-contained.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, BatchFeature, PretrainedConfig,
-                          PreTrainedModel, SequenceFeatureExtractor)
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    BatchFeature,
+    PretrainedConfig,
+    PreTrainedModel,
+    SequenceFeatureExtractor,
+)
 
 from .features import AudioError, FbankConfig, prepare_waveform, waveform_to_input
 from .model import AudioMosaicViT, EncoderConfig
@@ -137,4 +145,30 @@ def register_auto_classes() -> None:
 
 register_auto_classes()
 
-__all__ = ["AudioMosaicConfig", "AudioMosaicModel", "AudioMosaicFeatureExtractor", "AudioError"]
+def resolve_encoder(spec: str, *, reference: str | None = None, **overrides) -> AudioMosaicModel:
+    """The one way to name an encoder: a folder written by pretraining (``config.json`` + ``model.safetensors``),
+    ``random:<size>`` (a randomly initialised preset: tiny, small, base, large), or ``random`` (the architecture of
+    the ``reference`` folder, else tiny). ``overrides`` change architecture fields (e.g. ``drop_path``); a random
+    encoder is initialised from torch's current seed, so seed before calling. Bad specs raise ConfigError."""
+    from mosaic_core.config import ConfigError
+
+    spec = str(spec)
+    if spec == "random" or spec.startswith("random:"):
+        try:
+            if ":" in spec or reference is None:
+                enc = EncoderConfig(size=spec.partition(":")[2] or "tiny", **overrides)
+            else:
+                enc = dataclasses.replace(AudioMosaicConfig.from_pretrained(str(reference)).to_encoder_config(),
+                                          **overrides)
+            return AudioMosaicModel(AudioMosaicConfig(**dataclasses.asdict(enc)))
+        except ValueError as exc:
+            raise ConfigError(f"encoder {spec!r}: {exc}") from None
+    path = Path(spec).expanduser()
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"encoder {spec!r}: not a folder written by pretraining (config.json + "
+                          f"model.safetensors, e.g. runs/pretrain-tiny/encoder) and not random[:<size>]")
+    model = AudioMosaicModel.from_pretrained(str(path), **overrides)
+    return model
+
+
+__all__ = ["AudioMosaicConfig", "AudioMosaicModel", "AudioMosaicFeatureExtractor", "AudioError", "resolve_encoder"]

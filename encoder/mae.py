@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from mosaic_core.config import PositiveInt, Ratio
+
 from .masking import VIEWS, view_indices
 from .model import AudioMosaicViT, Block, EncoderConfig, init_transformer_weights, sincos_2d
 
@@ -29,10 +31,10 @@ from .model import AudioMosaicViT, Block, EncoderConfig, init_transformer_weight
 class MAEConfig:
     """Decoder and masking of the MAE baseline (the encoder is configured by :class:`EncoderConfig`)."""
 
-    decoder_dim: int = 128
-    decoder_depth: int = 2
-    decoder_heads: int = 4
-    mask_ratio: float = 0.8  # fraction of patches DROPPED (and reconstructed)
+    decoder_dim: PositiveInt = 128
+    decoder_depth: PositiveInt = 2
+    decoder_heads: PositiveInt = 4
+    mask_ratio: Ratio = 0.8  # fraction of patches DROPPED (and reconstructed)
     mask_kind: str = "random"  # "random" (AudioMAE, unstructured), "time" or "freq" (structured views)
     norm_pix_loss: bool = True
 

@@ -13,6 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from mosaic_core.config import PositiveFloat, PositiveInt, Probability, Ratio
+
 from .features import AUDIOSET_MEAN, AUDIOSET_STD
 
 PRESETS = {
@@ -31,13 +33,13 @@ class EncoderConfig:
     embed_dim: int = 0
     depth: int = 0
     num_heads: int = 0
-    mlp_ratio: float = 4.0
-    patch_size: int = 16
-    num_mel_bins: int = 128
-    target_frames: int = 1024
+    mlp_ratio: PositiveFloat = 4.0
+    patch_size: PositiveInt = 16
+    num_mel_bins: PositiveInt = 128
+    target_frames: PositiveInt = 1024
     qkv_bias: bool = True
-    drop_path: float = 0.0
-    checkpoint_fraction: float = 0.0  # share of blocks (from the bottom) run with activation checkpointing
+    drop_path: Ratio = 0.0
+    checkpoint_fraction: Probability = 0.0  # share of blocks (from the bottom) run with activation checkpointing
     norm_mean: float = AUDIOSET_MEAN
     norm_std: float = AUDIOSET_STD
     sample_rate: int = 16000
@@ -259,18 +261,18 @@ class Projector(nn.Module):
 
 
 @dataclass
-class ProjectorConfig:
-    hidden_dim: int = 512
-    out_dim: int = 128
+class PretrainProjectorConfig:
+    hidden_dim: PositiveInt = 512
+    out_dim: PositiveInt = 128
     batch_norm: bool = True
 
 
 class AudioMosaicPretrainModel(nn.Module):
     """Encoder + projector used for contrastive pretraining (the projector is dropped afterwards)."""
 
-    def __init__(self, enc: EncoderConfig, proj: ProjectorConfig | None = None):
+    def __init__(self, enc: EncoderConfig, proj: PretrainProjectorConfig | None = None):
         super().__init__()
-        proj = proj or ProjectorConfig()
+        proj = proj or PretrainProjectorConfig()
         self.encoder = AudioMosaicViT(enc)
         self.projector = Projector(enc.embed_dim, proj.hidden_dim, proj.out_dim, proj.batch_norm)
 
@@ -286,5 +288,5 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["EncoderConfig", "ProjectorConfig", "AudioMosaicViT", "AudioMosaicPretrainModel", "Projector",
+__all__ = ["EncoderConfig", "PretrainProjectorConfig", "AudioMosaicViT", "AudioMosaicPretrainModel", "Projector",
            "GlobalBatchNorm1d", "sincos_2d", "PRESETS", "count_parameters"]

@@ -12,8 +12,6 @@ Writes ``alm_eval.json`` (config, seed, versions, numbers) and a Markdown/HTML r
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -30,9 +28,9 @@ def evaluate_alm(artifact: str, data: str, out: str, max_closed: int = 200, max_
     from encoder.data.manifest import load_classes, read_manifest
     from mosaic_alm.artifact import load_alm
     from mosaic_alm.data import load_records
-    from mosaic_alm.experiment import evaluate_closed, sample_per_qtype
     from mosaic_alm.infer import caption
 
+    from .alm_qa import evaluate_closed, sample_per_qtype
     from .caption_metrics import caption_scores
     from .classify_by_generation import TextEmbedder, classify_by_generation
     from .report import write_report, write_results
@@ -97,24 +95,3 @@ def evaluate_alm(artifact: str, data: str, out: str, max_closed: int = 200, max_
     write_report(out, f"ALM evaluation: {artifact}", sections, name="alm_eval")
     print(f"[eval-alm] closed QA exact {qa['overall']['exact_match']:.3f}, results in {out}/alm_eval.json", flush=True)
     return numbers
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="mosaic-alm eval-alm", description=__doc__.split("\n\n")[0])
-    p.add_argument("artifact", help="a stage artifact folder (written by mosaic-alm train-alm)")
-    p.add_argument("--data", default="data/embedded-small", help="embedded data root with instructions/")
-    p.add_argument("--out", default="runs/eval-alm")
-    p.add_argument("--max-closed", type=int, default=200)
-    p.add_argument("--max-captions", type=int, default=60)
-    p.add_argument("--max-classify", type=int, default=40, help="test clips per task")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    if not Path(a.artifact).is_dir():
-        raise FileNotFoundError(f"{a.artifact}: no such artifact folder")
-    evaluate_alm(a.artifact, a.data, a.out, a.max_closed, a.max_captions, a.max_classify, a.seed, a.batch_size)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,15 +26,17 @@ import html
 import json
 import math
 import os
-import platform
 import re
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mosaic_core.io import atomic_write_text
+from mosaic_core.provenance import git_commit, library_versions
+from mosaic_core.tables import html_table, markdown_table
 
 __all__ = [
     "write_results",
@@ -47,43 +49,11 @@ __all__ = [
     "plot_training_curves",
 ]
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 # --------------------------------------------------------------------------------------------------------------
 # provenance
 # --------------------------------------------------------------------------------------------------------------
-def library_versions() -> dict[str, str | None]:
-    """Versions of python and the libraries that shape the numbers (``None`` when not installed).
-
-    Read from package metadata, so nothing heavy is imported.
-    """
-    from importlib import metadata
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "numpy", "scipy", "scikit-learn", "peft", "sentence-transformers",
-                "pycocoevalcap"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def git_commit(path: str | os.PathLike = _REPO_ROOT) -> dict[str, Any]:
-    """``{"commit": sha or None, "dirty": bool or None}`` of the checkout holding ``path`` (read-only git calls)."""
-    def run(*args: str) -> str | None:
-        try:
-            res = subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return res.stdout.strip() if res.returncode == 0 else None
-
-    commit = run("rev-parse", "HEAD")
-    status = run("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
-
-
 def _jsonable(obj: Any, where: str = "numbers") -> Any:
     """Convert numpy / torch / Path values to JSON types; raise on NaN or infinity, naming the key."""
     if hasattr(obj, "detach") and hasattr(obj, "cpu"):  # torch tensor
@@ -105,15 +75,6 @@ def _jsonable(obj: Any, where: str = "numbers") -> Any:
     if isinstance(obj, (list, tuple, set)):
         return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
     raise ValueError(f"write_results: {where} has type {type(obj).__name__}, which JSON cannot hold")
-
-
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def write_results(
@@ -140,7 +101,7 @@ def write_results(
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     path = run_dir / f"{name}.json"
-    _atomic_write(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
     return path
 
 
@@ -172,19 +133,6 @@ def _table_rows(item: Any) -> tuple[list[str], list[list[str]]]:
     for r in item:
         cols += [str(c) for c in r if str(c) not in cols]
     return cols, [[_fmt(dict((str(a), b) for a, b in r.items()).get(c)) for c in cols] for r in item]
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    esc = lambda s: s.replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _is_table(item: Any) -> bool:
@@ -253,8 +201,8 @@ def write_report(
                 body.append(f'<img alt="{html.escape(str(heading))}" src="data:image/png;base64,{data}">')
             elif _is_table(item):
                 header, rows = _table_rows(item)
-                md += [_md_table(header, rows), ""]
-                body.append(_html_table(header, rows))
+                md += [markdown_table(header, rows), ""]
+                body.append(html_table(header, rows))
             else:
                 raise ValueError(
                     f"write_report: section {heading!r} item {k} has type {type(item).__name__}; expected str, "
@@ -263,12 +211,12 @@ def write_report(
 
     md_path = run_dir / f"{name}.md"
     html_path = run_dir / f"{name}.html"
-    _atomic_write(md_path, "\n".join(md).rstrip() + "\n")
+    atomic_write_text(md_path, "\n".join(md).rstrip() + "\n")
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
-    _atomic_write(html_path, page)
+    atomic_write_text(html_path, page)
     return md_path, html_path
 
 

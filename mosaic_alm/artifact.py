@@ -21,18 +21,18 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from mosaic_core.config import ConfigError, read_yaml, save_yaml
+from mosaic_core.io import atomic_replace_dir
 from safetensors.torch import load_file, save_file
 
-from encoder.config import ConfigError, read_yaml, save_yaml
-
 from .llm import load_llm
-from .model import AudioLanguageModel, alm_config_from_dict, load_encoder
+from encoder.hf import resolve_encoder
+
+from .model import AudioLanguageModel, alm_config_from_dict
 
 CONFIG_NAME = "alm_config.yaml"
 
@@ -76,9 +76,15 @@ def save_artifact(model: AudioLanguageModel, path: str | os.PathLike, run_cfg: d
     enc = module_state(model.encoder) if model.encoder is not None else None
     if _rank() != 0:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+    import peft
+    import transformers
+
+    info = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__,
+            "n_audio_tokens": model.n_audio_tokens, "parameters": model.parameter_counts()}
+    info.update(meta or {})
+
+    def fill(tmp: Path) -> None:
         save_yaml(run_cfg, tmp / CONFIG_NAME)
         if proj is not None:
             save_file(proj, str(tmp / "projector.safetensors"), metadata={"format": "pt"})
@@ -86,24 +92,9 @@ def save_artifact(model: AudioLanguageModel, path: str | os.PathLike, run_cfg: d
             model.llm.save_pretrained(str(tmp / "adapter"), state_dict=lora, safe_serialization=True)
         if enc is not None:
             model.encoder.save_pretrained(str(tmp / "encoder"), state_dict=enc, safe_serialization=True)
-        import peft
-        import transformers
-
-        info = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__,
-                "transformers": transformers.__version__, "peft": peft.__version__,
-                "n_audio_tokens": model.n_audio_tokens, "parameters": model.parameter_counts()}
-        info.update(meta or {})
         (tmp / "meta.json").write_text(json.dumps(info, indent=2, default=str))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_replace_dir(path, fill)
     return path
 
 
@@ -144,9 +135,9 @@ def build_from(cfg_dict: dict, init_from: str | os.PathLike | None = None, devic
     encoder = None
     if cfg.audio.enabled:
         if art is not None and (art / "encoder" / "config.json").is_file():
-            encoder = load_encoder(str(art / "encoder"))
+            encoder = resolve_encoder(str(art / "encoder"))
         else:
-            encoder = load_encoder(cfg.audio.encoder)
+            encoder = resolve_encoder(cfg.audio.encoder)
         encoder.to(device)
     model = AudioLanguageModel(cfg, llm, tok, encoder)
     if art is not None and model.projector is not None:

@@ -17,29 +17,25 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 
-from encoder.config import ConfigError
+from mosaic_core.config import ConfigError, NonNegInt
 
 IGNORE = -100
 
 
 @dataclass
-class DataConfig:
+class InstructionDataConfig:
     root: str = "data/embedded-small"  # holds instructions/{train,valid,test}.json
     train_split: str = "train"
     eval_split: str = "valid"
-    tasks: list | None = None  # None: all tasks
-    qtypes: list | None = None  # None: all question types (e.g. [keyword_word, instrument_family, sound_event])
-    kind: str = "closed"  # closed | open | all (closed-ended, open-ended or both)
-    max_train: int = 0  # 0: all
-    max_eval: int = 0
-
-    def __post_init__(self):
-        if self.kind not in ("closed", "open", "all"):
-            raise ValueError(f"data.kind must be closed, open or all, got {self.kind!r}")
+    tasks: list[str] | None = None  # None: all tasks
+    qtypes: list[str] | None = None  # None: all question types (e.g. [keyword_word, instrument_family, sound_event])
+    kind: Literal["closed", "open", "all"] = "closed"  # closed-ended, open-ended or both
+    max_train: NonNegInt = 0  # 0: all
+    max_eval: NonNegInt = 0
 
 
 def load_records(root: str | os.PathLike, split: str, tasks: Sequence[str] | None = None, kind: str = "all",
@@ -196,5 +192,5 @@ class Collator:
         return collate(items, self.pad_id, self.padding_side)
 
 
-__all__ = ["DataConfig", "load_records", "PromptFormatter", "InstructionDataset", "collate", "Collator",
+__all__ = ["InstructionDataConfig", "load_records", "PromptFormatter", "InstructionDataset", "collate", "Collator",
            "question_text", "answer_text", "IGNORE"]

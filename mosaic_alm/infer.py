@@ -2,24 +2,20 @@
 
 Batched greedy generation with LEFT padding (explicit position ids, so a padded row generates exactly what it would
 alone). Requests are sorted by prompt length before batching to waste little padding, and answers come back in the
-caller's order. Encoder features are cached per clip file by the model (a clip asked several questions is encoded
-once).
+caller's order. Audio becomes tensors through the model's :class:`~mosaic_alm.featurizer.AudioFeaturizer`, which
+caches frozen-encoder tokens per clip file (a clip asked several questions is encoded once).
 
-CLI::
-
-    mosaic-alm ask --artifact runs/alm/x/stage4/artifact --audio a.wav [b.wav ...] --question "Which word is spoken?"
-    mosaic-alm caption --artifact runs/alm/x/stage4/artifact --audio a.wav [b.wav ...]
+The command-line front ends (``mosaic-alm ask`` / ``caption``) are the recipe ``recipes/infer.py``.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from typing import Sequence
 
 import torch
 
 from .data import IGNORE, PromptFormatter, collate
+from .featurizer import AudioFeaturizer
 
 CAPTION_PROMPT = "Write a short caption for this audio."
 
@@ -41,6 +37,7 @@ def generate_answers(model, audios: Sequence, questions: Sequence[str], batch_si
         raise ValueError(f"{len(audios)} audios but {len(questions)} questions")
     model.eval()
     fmt = PromptFormatter.for_model(model)
+    feats = AudioFeaturizer.for_model(model)
     items = [dict(fmt.encode(q), audio=a, index=i) for i, (a, q) in enumerate(zip(audios, questions))]
     order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"])) if sort_by_length else \
         list(range(len(items)))
@@ -49,8 +46,9 @@ def generate_answers(model, audios: Sequence, questions: Sequence[str], batch_si
     for s in range(0, len(order), batch_size):
         chunk = [items[i] for i in order[s:s + batch_size]]
         b = collate(chunk, pad, "left")
-        out = model.generate(b["input_ids"], b["attention_mask"], b["audio_mask"],
-                             audios=b["audios"] if model.cfg.audio.enabled else None, max_new_tokens=max_new_tokens)
+        audio = feats.inputs(b["audios"]) if feats is not None else {}
+        out = model.generate(b["input_ids"], b["attention_mask"], b["audio_mask"], max_new_tokens=max_new_tokens,
+                             **audio)
         for row, item in zip(out, chunk):
             answers[item["index"]] = model.tokenizer.decode(row, skip_special_tokens=True).strip()
     return answers  # type: ignore[return-value]
@@ -90,14 +88,14 @@ def option_loglik(model, audios: Sequence, questions: Sequence[str], options: Se
                           model.cfg.audio.placeholder, model.cfg.prompt.system, "answer")
     pad = model.tokenizer.pad_token_id
     dev = model.device
+    feats = AudioFeaturizer.for_model(model)
     best, all_scores = [], []
     for a, q, opts in zip(audios, questions, options):
         if not opts:
             raise ValueError(f"question {q!r} has no options to score")
         enc = fmt.encode(q)
         ids = torch.tensor([enc["input_ids"]])
-        emb = model.embed(ids, torch.tensor([enc["audio_mask"]]).bool(),
-                          [a] if model.cfg.audio.enabled else None)
+        emb = model.embed(ids, torch.tensor([enc["audio_mask"]]).bool(), **(feats.inputs([a]) if feats else {}))
         n_prompt = ids.shape[1]
         out = model.llm(inputs_embeds=emb, attention_mask=torch.ones_like(ids, device=dev), use_cache=True)
         first = torch.log_softmax(out.logits[:, -1].float(), -1)  # [1, V]: predicts the first answer token
@@ -126,51 +124,4 @@ def option_loglik(model, audios: Sequence, questions: Sequence[str], options: Se
     return (best, all_scores) if return_scores else best
 
 
-def _common_args(ap: argparse.ArgumentParser):
-    ap.add_argument("--artifact", required=True, help="a stage artifact folder (mosaic-alm train-alm writes one)")
-    ap.add_argument("--audio", nargs="+", required=True, help="audio file(s)")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", action="store_true", help="print JSON lines {audio, question, answer}")
-
-
-def _print(audios, questions, answers, as_json):
-    for a, q, ans in zip(audios, questions, answers):
-        if as_json:
-            print(json.dumps({"audio": str(a), "question": q, "answer": ans}, ensure_ascii=False))
-        elif len(audios) == 1:
-            print(ans)
-        else:
-            print(f"{a}\t{ans}")
-
-
-def main_ask(argv: Sequence[str] | None = None) -> int:
-    from .artifact import load_alm
-
-    ap = argparse.ArgumentParser(prog="mosaic-alm ask", description="answer a question about audio file(s)")
-    _common_args(ap)
-    ap.add_argument("--question", "-q", required=True)
-    args = ap.parse_args(argv)
-    model = load_alm(args.artifact, args.device)
-    answers = ask(model, list(args.audio), args.question, args.batch_size, args.max_new_tokens or 32)
-    answers = answers if isinstance(answers, list) else [answers]
-    _print(args.audio, [args.question] * len(args.audio), answers, args.json)
-    return 0
-
-
-def main_caption(argv: Sequence[str] | None = None) -> int:
-    from .artifact import load_alm
-
-    ap = argparse.ArgumentParser(prog="mosaic-alm caption", description="caption audio file(s)")
-    _common_args(ap)
-    ap.add_argument("--prompt", default=CAPTION_PROMPT)
-    args = ap.parse_args(argv)
-    model = load_alm(args.artifact, args.device)
-    caps = caption(model, list(args.audio), args.prompt, args.batch_size, args.max_new_tokens or 48)
-    caps = caps if isinstance(caps, list) else [caps]
-    _print(args.audio, [args.prompt] * len(args.audio), caps, args.json)
-    return 0
-
-
-__all__ = ["ask", "caption", "generate_answers", "option_loglik", "main_ask", "main_caption", "CAPTION_PROMPT"]
+__all__ = ["ask", "caption", "generate_answers", "option_loglik", "CAPTION_PROMPT"]

@@ -12,17 +12,22 @@ keyword split goes to ``test``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import soundfile as sf
 
-from encoder.data.embedded import GM_FAMILIES, KEYWORDS, SR, ENV_CLASSES, item_rng, loudness_db
+from encoder.data.embedded import (
+    ENV_CLASSES,
+    GM_FAMILIES,
+    KEYWORDS,
+    SR,
+    item_rng,
+    loudness_db,
+)
 from encoder.data.manifest import read_manifest, write_manifest
 
 OUT_SPLITS = ("train", "valid", "test")
@@ -199,23 +204,3 @@ def generate(root: str | os.PathLike, seed: int = 0, mixtures: bool = True) -> d
             counts[rec["qtype"]] = counts.get(rec["qtype"], 0) + 1
         summary[split] = {"records": len(recs), "qtypes": dict(sorted(counts.items()))}
     return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mosaic-alm data instructions", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--root", default="data/embedded-small", help="embedded data root (built beforehand)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-mixtures", action="store_true")
-    args = ap.parse_args(argv)
-    try:
-        summary = generate(args.root, seed=args.seed, mixtures=not args.no_mixtures)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for split, s in summary.items():
-        print(f"{split}: {s['records']} records " + ", ".join(f"{k}={v}" for k, v in s["qtypes"].items()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,10 +17,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from encoder.config import ConfigError
+from mosaic_core.config import ConfigError, PositiveInt, Ratio
 
 DEFAULT_LLM = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -29,8 +30,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 @dataclass
 class LLMConfig:
     name_or_path: str = DEFAULT_LLM  # "smollm2" (packaged GGUF, converted once) or a local HF folder
-    dtype: str = "float32"  # float32 | bfloat16 | float16 (weights of the LLM)
-    quantization: str = "none"  # none | 4bit | 8bit (bitsandbytes)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights of the LLM
+    quantization: Literal["none", "4bit", "8bit"] = "none"  # bitsandbytes
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"  # eager | sdpa (| flash_attention_2 where installed)
 
@@ -44,10 +45,10 @@ class LLMConfig:
 @dataclass
 class LoRAConfig:
     enabled: bool = True
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list = field(default_factory=lambda: ["q_proj", "v_proj"])
+    r: PositiveInt = 8
+    alpha: PositiveInt = 16
+    dropout: Ratio = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

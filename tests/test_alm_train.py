@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from mosaic_alm.experiment import make_toy_data
+from mosaic_alm.toy import make_toy_data
 
 REPO_CONFIGS = "configs/alm"
 
@@ -32,10 +32,11 @@ def _fixed_batch_loss(model, toy):
 
 
 def test_stage1_reduces_loss_and_cli_answers(toy, tmp_path, capsys):
-    from encoder.config import load_config
+    from mosaic_core.config import load_config
     from mosaic_alm.artifact import build_from, load_alm
-    from mosaic_alm.infer import caption, main_ask
-    from mosaic_alm.train import train_stage
+    from mosaic_alm.infer import caption
+    from recipes.infer import main_ask
+    from recipes.train_alm import train_stage
 
     cfg = load_config(f"{REPO_CONFIGS}/stage1.yaml", _overrides(toy, tmp_path))
     torch.manual_seed(cfg["seed"])
@@ -59,7 +60,7 @@ def test_stage1_reduces_loss_and_cli_answers(toy, tmp_path, capsys):
 
 
 def test_cli_reports_missing_artifact_as_one_line(tmp_path, capsys):
-    from mosaic_alm.cli import main
+    from recipes.cli import main
 
     assert main(["ask", "--artifact", str(tmp_path / "nope"), "--audio", "x.wav", "--question", "q"]) == 1
     err = capsys.readouterr().err.strip()
@@ -67,8 +68,8 @@ def test_cli_reports_missing_artifact_as_one_line(tmp_path, capsys):
 
 
 def test_unknown_config_key_is_an_error(toy, tmp_path):
-    from encoder.config import ConfigError, load_config
-    from mosaic_alm.train import train_stage
+    from mosaic_core.config import ConfigError, load_config
+    from recipes.train_alm import train_stage
 
     with pytest.raises(ConfigError):
         load_config(f"{REPO_CONFIGS}/stage1.yaml", ["train.learning_rate=1"])
@@ -82,7 +83,7 @@ def test_unknown_config_key_is_an_error(toy, tmp_path):
 def test_four_stage_chain(toy, tmp_path):
     from mosaic_alm.artifact import load_alm
     from mosaic_alm.infer import ask
-    from mosaic_alm.train import main
+    from recipes.train_alm import main
 
     assert main(["--all", *_overrides(toy, tmp_path, steps=2), "data.qtypes=null"]) == 0
     for s in (1, 2, 3, 4):
@@ -101,9 +102,9 @@ def test_deepspeed_zero_single_process(toy, tmp_path, zero, monkeypatch):
     """One process through the DeepSpeed engine (ZeRO 2 / 3 on CPU, gloo): trains, and the ZeRO-3 aware save writes
     an artifact that loads."""
     pytest.importorskip("deepspeed")
-    from encoder.config import load_config
+    from mosaic_core.config import load_config
     from mosaic_alm.artifact import load_alm
-    from mosaic_alm.train import train_stage
+    from recipes.train_alm import train_stage
 
     monkeypatch.setenv("MASTER_PORT", str(29600 + zero))
     cfg = load_config(f"{REPO_CONFIGS}/stage2.yaml", _overrides(toy, tmp_path, steps=2)
@@ -127,7 +128,7 @@ def test_llm_4bit_loads_and_generates():
 
 
 def test_experiment_reuses_finished_stages_and_combines_variants(toy, tmp_path, capsys):
-    from mosaic_alm.experiment import main
+    from recipes.alm_experiment import main
 
     common = ["--data", str(toy), "--encoder", "random:tiny", "--max-test", "3", "--variants", "random",
               "--output-dir", str(tmp_path / "runs"), "data.qtypes=null", "prompt.system=''", "train.batch_size=4",
@@ -158,7 +159,8 @@ def test_experiment_reuses_finished_stages_and_combines_variants(toy, tmp_path, 
 
 
 def test_paired_comparison_of_variants():
-    from mosaic_alm.experiment import compare_variants, paired_comparison
+    from eval.stats import paired_comparison
+    from recipes.alm_experiment import compare_variants
 
     def res(flags):
         return {"questions": [{"id": f"q{i}", "qtype": "t", "exact": f, "loglik": f} for i, f in enumerate(flags)]}
@@ -178,7 +180,7 @@ def test_paired_comparison_of_variants():
 
 
 def test_projector_gets_its_own_learning_rate():
-    from mosaic_alm.train import TrainConfig, param_groups
+    from recipes.train_alm import StageTrainConfig, param_groups
 
     class M(torch.nn.Module):
         def __init__(self):
@@ -188,13 +190,13 @@ def test_projector_gets_its_own_learning_rate():
             self.frozen = torch.nn.Linear(3, 3).requires_grad_(False)
 
     m = M()
-    one = param_groups(m, TrainConfig(lr=1e-4))
+    one = param_groups(m, StageTrainConfig(lr=1e-4))
     assert len(one) == 1 and one[0]["lr"] == 1e-4 and len(one[0]["params"]) == 4  # frozen parameters left out
-    two = param_groups(m, TrainConfig(lr=1e-4, projector_lr=1e-3))
+    two = param_groups(m, StageTrainConfig(lr=1e-4, projector_lr=1e-3))
     assert [g["lr"] for g in two] == [1e-3, 1e-4]
     assert {id(p) for p in two[0]["params"]} == {id(p) for p in m.projector.parameters()}
     m.projector.requires_grad_(False)  # a stage that freezes the projector: one group at lr
-    assert [g["lr"] for g in param_groups(m, TrainConfig(lr=1e-4, projector_lr=1e-3))] == [1e-4]
+    assert [g["lr"] for g in param_groups(m, StageTrainConfig(lr=1e-4, projector_lr=1e-3))] == [1e-4]
     opt = torch.optim.AdamW(two, lr=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
     assert sched.get_last_lr() == [5e-4, 5e-5]  # the schedule scales both groups

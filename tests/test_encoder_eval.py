@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from encoder.config import ConfigError, load_config
+from mosaic_core.config import ConfigError, load_recipe
 from encoder.model import AudioMosaicViT, EncoderConfig
-from encoder.train import export_encoder
-from eval.encoder_eval import evaluate
+from encoder.pretraining import export_encoder
+from recipes.eval_encoder import EncoderEvalConfig, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_eval_encoder_writes_side_by_side_results(embedded_root, tmp_path):
     torch.manual_seed(0)
     export_encoder(AudioMosaicViT(EncoderConfig(size="tiny", depth=2, target_frames=128)), tmp_path / "enc")
-    cfg = load_config(REPO / "configs/eval/encoder_embedded.yaml", [
+    cfg, _ = load_recipe(EncoderEvalConfig, REPO / "configs/eval/encoder_embedded.yaml", [
         f"data_root={embedded_root}", f"run_dir={tmp_path / 'run'}", f"encoders={{a: {tmp_path / 'enc'}, random: random}}",
         "probe_seeds=[0]", "probe.epochs=3", "max_clips_per_split=40",
         "tasks=[configs/data/embedded_keywords.yaml, configs/data/embedded_environment.yaml]"])
@@ -35,5 +35,7 @@ def test_eval_encoder_writes_side_by_side_results(embedded_root, tmp_path):
 
 
 def test_eval_encoder_rejects_unknown_keys(tmp_path):
-    with pytest.raises(ConfigError, match="unknown key"):
-        evaluate({"seed": 0, "run_dir": str(tmp_path), "typo": 1})
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text(f"base: {REPO / 'configs/eval/encoder_embedded.yaml'}\nprobe: {{typo: 1}}\n")
+    with pytest.raises(ConfigError, match="unknown key 'probe.typo'"):
+        load_recipe(EncoderEvalConfig, recipe)

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from encoder.config import ConfigError, apply_overrides, from_dict
+from mosaic_core.config import ConfigError, apply_overrides, from_dict
 from encoder.loss import nt_xent
 from encoder.masking import freq_view_indices, time_view_indices
-from encoder.model import AudioMosaicPretrainModel, AudioMosaicViT, EncoderConfig, ProjectorConfig
+from encoder.model import AudioMosaicPretrainModel, AudioMosaicViT, EncoderConfig, PretrainProjectorConfig
 
 
 def naive_nt_xent(z1, z2, tau):
@@ -89,7 +89,7 @@ def test_activation_checkpointing_gives_same_gradients():
 def test_projector_bn_sees_both_views_at_once():
     """Projector statistics are over the concatenation of both views (no per-view statistics leak)."""
     torch.manual_seed(0)
-    m = AudioMosaicPretrainModel(EncoderConfig(size="tiny", target_frames=64, depth=1), ProjectorConfig())
+    m = AudioMosaicPretrainModel(EncoderConfig(size="tiny", target_frames=64, depth=1), PretrainProjectorConfig())
     x = torch.randn(4, 64, 128)
     k1, k2 = time_view_indices(4, 4, 8, 0.6), freq_view_indices(4, 4, 8, 0.4)
     z1, z2 = m(x, k1, x, k2)

@@ -11,11 +11,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from encoder.config import load_config
+from mosaic_core.config import build, load_config
 from encoder.loss import nt_xent
 from encoder.masking import freq_view_indices, time_view_indices
-from encoder.model import AudioMosaicPretrainModel, EncoderConfig, ProjectorConfig
-from encoder.train import PretrainConfig, contrastive_step, train
+from encoder.model import AudioMosaicPretrainModel, EncoderConfig, PretrainProjectorConfig
+from encoder.pretraining import PretrainConfig, contrastive_step
+from recipes.pretrain import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(size="tiny", target_frames=64, depth=2)
@@ -34,7 +35,7 @@ def _cfg(**over) -> PretrainConfig:
     for k, v in over.items():
         sec, key = k.split(".")
         raw[sec][key] = v
-    return PretrainConfig.from_raw(raw)
+    return build(PretrainConfig, raw)
 
 
 def test_gradcache_equals_plain_step():
@@ -58,12 +59,12 @@ def test_gradcache_equals_plain_step():
 def _dist_worker(rank, world, rendezvous, state, x, k1, k2, out_dir):
     import torch.distributed as dist
 
-    from encoder.train import all_reduce_mean_grads
+    from encoder.pretraining import all_reduce_mean_grads
 
     # a file rendezvous: no TCP port to race other processes for
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model = AudioMosaicPretrainModel(EncoderConfig(**TINY), ProjectorConfig())
+    model = AudioMosaicPretrainModel(EncoderConfig(**TINY), PretrainProjectorConfig())
     model.load_state_dict(state)
     sl = slice(rank * x.shape[0] // world, (rank + 1) * x.shape[0] // world)
     z1, z2 = model(x[sl], k1[sl], x[sl], k2[sl])
@@ -80,7 +81,7 @@ def _dist_worker(rank, world, rendezvous, state, x, k1, k2, out_dir):
 
 def test_two_process_gloo_equals_single_process_on_concatenated_batch(tmp_path):
     torch.manual_seed(0)
-    model = AudioMosaicPretrainModel(EncoderConfig(**TINY), ProjectorConfig())
+    model = AudioMosaicPretrainModel(EncoderConfig(**TINY), PretrainProjectorConfig())
     x = torch.randn(8, 64, 128)
     g = torch.Generator().manual_seed(3)
     k1, k2 = time_view_indices(8, 4, 8, 0.6, g), freq_view_indices(8, 4, 8, 0.4, g)
@@ -107,11 +108,11 @@ def _keyword_overrides(root, run_dir, steps, batch=8):
 
 def test_resume_continues_bit_identically(embedded_root, tmp_path):
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", _keyword_overrides(embedded_root, tmp_path / "a", 4))
-    full = train(PretrainConfig.from_raw(raw), raw)
+    full = train(build(PretrainConfig, raw), raw)
     raw_b = load_config(REPO / "configs/pretrain/tiny.yaml", _keyword_overrides(embedded_root, tmp_path / "b", 2))
-    train(PretrainConfig.from_raw(raw_b), raw_b)
+    train(build(PretrainConfig, raw_b), raw_b)
     raw_b["train"]["max_steps"] = 4
-    resumed = train(PretrainConfig.from_raw(raw_b), raw_b)
+    resumed = train(build(PretrainConfig, raw_b), raw_b)
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
     from safetensors.torch import load_file
 
@@ -124,7 +125,7 @@ def test_tiny_encoder_reduces_loss_on_real_audio(embedded_root, tmp_path):
     over = _keyword_overrides(embedded_root, tmp_path / "r", 40, batch=32) + ["data.cached_features=true",
                                                                             "optim.lr=1e-3", "optim.warmup_steps=3"]
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", over)
-    hist = train(PretrainConfig.from_raw(raw), raw)["history"]
+    hist = train(build(PretrainConfig, raw), raw)["history"]
     first = sum(h["loss"] for h in hist[:5]) / 5
     last = sum(h["loss"] for h in hist[-5:]) / 5
     assert last < first - 1.0, (first, last)
@@ -135,7 +136,7 @@ def test_tiny_encoder_reduces_loss_on_real_audio(embedded_root, tmp_path):
 def _deepspeed_run(root, run, steps):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     launcher = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or "deepspeed"
-    cmd = [launcher, "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "encoder.train",
+    cmd = [launcher, "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "recipes.pretrain",
            "--config", str(REPO / "configs/pretrain/tiny.yaml"),
            *_keyword_overrides(root, run, steps), "distributed.backend=deepspeed", "data.cached_features=true"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -165,7 +166,7 @@ def test_deepspeed_launcher_zero2_two_processes(embedded_root, tmp_path):
     run = tmp_path / "ds"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     launcher = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or "deepspeed"
-    cmd = [launcher, "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "encoder.train",
+    cmd = [launcher, "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "recipes.pretrain",
            "--config", str(REPO / "configs/pretrain/tiny.yaml"),
            *_keyword_overrides(embedded_root, run, 2), "distributed.backend=deepspeed",
            "data.cached_features=true"]

@@ -269,7 +269,7 @@ def test_path_with_spaces_and_non_ascii(tmp_path):
 def test_dataset_replaces_and_reports_every_bad_file(tmp_path):
     """All the refused inputs above, mixed with good clips, through PretrainDataset (decode + augmentation):
     every returned view is finite and every bad file is reported, with its reason."""
-    from encoder.data.dataset import AugmentConfig, PretrainDataset, collate_views
+    from encoder.data.dataset import WaveAugmentConfig, PretrainDataset, collate_views
 
     rows, bad_ids = [], set()
     for i in range(6):
@@ -290,7 +290,7 @@ def test_dataset_replaces_and_reports_every_bad_file(tmp_path):
         rows.append({"id": name, "path": str(p)})
         bad_ids.add(name)
     cfg = FbankConfig(target_frames=64, max_seconds=10)
-    ds = PretrainDataset(rows, cfg, AugmentConfig(), seed=3)
+    ds = PretrainDataset(rows, cfg, WaveAugmentConfig(), seed=3)
     items = [ds[(0, i)] for i in range(len(rows))]
     batch = collate_views(items)
     assert batch["views"].shape == (len(rows), 2, 64, 128)

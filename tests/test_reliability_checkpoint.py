@@ -1,6 +1,6 @@
 """Reliability, item 3: checkpoints survive crashes, full disks and corruption; resuming is bit-identical.
 
-The kill loop runs the real trainer (``python -m encoder.train``) in a subprocess and SIGKILLs it many times:
+The kill loop runs the real trainer (``python -m recipes.pretrain``) in a subprocess and SIGKILLs it many times:
 paused by the ``MOSAIC_ALM_CKPT_PAUSE`` hook at every stage of a checkpoint write (before a file, with half a file on
 disk, before the checksums, before the rename), and at random moments while it trains. After every kill the newest
 complete checkpoint verifies and loads; the partial one is detected and removed with a warning on restart. The
@@ -27,8 +27,9 @@ import torch
 from safetensors.torch import load_file
 
 from encoder import checkpoint as ckpt
-from encoder.config import load_config
-from encoder.train import PretrainConfig, train
+from mosaic_core.config import build, load_config
+from encoder.pretraining import PretrainConfig
+from recipes.pretrain import train
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def _env(**extra):
 
 
 def _start(over, **env):
-    cmd = [sys.executable, "-m", "encoder.train", "--config", str(REPO / "configs/pretrain/tiny.yaml"), *over]
+    cmd = [sys.executable, "-m", "recipes.pretrain", "--config", str(REPO / "configs/pretrain/tiny.yaml"), *over]
     return subprocess.Popen(cmd, cwd=REPO, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -153,7 +154,7 @@ def test_kill_at_many_moments_then_resume_bit_identically(embedded_root, tmp_pat
 
     # the same steps without interruption, in this process
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", _overrides(embedded_root, tmp_path / "ref", steps, keep))
-    ref = train(PretrainConfig.from_raw(raw), raw)
+    ref = train(build(PretrainConfig, raw), raw)
     got = json.loads((run / "history.json").read_text())
     assert [h["loss"] for h in got] == [h["loss"] for h in ref["history"]]
     assert all(h["loss"] is not None for h in got)
@@ -172,11 +173,11 @@ def test_resume_with_augmentation_in_workers_is_bit_identical(embedded_root, tmp
     an uninterrupted one (every draw derives from (seed, epoch, index) or (seed, step, rank))."""
     extra = ["data.cached_features=false", "augment.enabled=true", f"data.num_workers={workers}"]
     a = load_config(REPO / "configs/pretrain/tiny.yaml", _overrides(embedded_root, tmp_path / "a", 3, extra=extra))
-    full = train(PretrainConfig.from_raw(a), a)
+    full = train(build(PretrainConfig, a), a)
     b = load_config(REPO / "configs/pretrain/tiny.yaml", _overrides(embedded_root, tmp_path / "b", 1, extra=extra))
-    train(PretrainConfig.from_raw(b), b)
+    train(build(PretrainConfig, b), b)
     b["train"]["max_steps"] = 3
-    resumed = train(PretrainConfig.from_raw(b), b)
+    resumed = train(build(PretrainConfig, b), b)
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
     wa = load_file(str(tmp_path / "a/encoder/model.safetensors"))
     wb = load_file(str(tmp_path / "b/encoder/model.safetensors"))
@@ -234,7 +235,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, stage, monkeypatch):
 
 
 def test_full_disk_during_training_stops_with_a_clear_message(embedded_root, tmp_path, monkeypatch, capsys):
-    from encoder import train as train_mod
+    import recipes.pretrain as train_mod
 
     over = _overrides(embedded_root, tmp_path / "run", 4)
     real_write = ckpt._write_safetensors

@@ -26,9 +26,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from encoder.config import load_config
+from mosaic_core.config import build, load_config
 from encoder.data.manifest import ManifestError, read_manifest, write_manifest
-from encoder.train import PretrainConfig, TrainingError, train
+from encoder.pretraining import PretrainConfig, TrainingError
+from recipes.pretrain import train
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +107,7 @@ def test_bad_clips_are_skipped_counted_and_quarantined(embedded_root, tmp_path, 
     bad_ids = _bad_dataset(embedded_root, root)
     raw = load_config(REPO / "configs/pretrain/tiny.yaml",
                       _over(root, tmp_path / "run", 5, f"data.cached_features={str(cached).lower()}"))
-    out = train(PretrainConfig.from_raw(raw), raw)  # 5 steps x 8 = one epoch: every clip is drawn once
+    out = train(build(PretrainConfig, raw), raw)  # 5 steps x 8 = one epoch: every clip is drawn once
     assert out["bad_clips"] == 2
     q = [json.loads(line) for line in (tmp_path / "run/quarantine.rank0.jsonl").read_text().splitlines()]
     assert {e["id"] for e in q} == bad_ids
@@ -120,13 +121,13 @@ def test_bad_clip_fails_the_run_when_configured(embedded_root, tmp_path):
     bad_ids = _bad_dataset(embedded_root, root)
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", _over(root, tmp_path / "run", 5, "data.on_bad_clip=fail"))
     with pytest.raises(TrainingError, match="bad clip .*on_bad_clip=fail") as info:
-        train(PretrainConfig.from_raw(raw), raw)
+        train(build(PretrainConfig, raw), raw)
     assert any(b in str(info.value) for b in bad_ids)
     assert (tmp_path / "run/quarantine.rank0.jsonl").is_file()
 
 
 def test_evaluation_lists_bad_clips(embedded_root, tmp_path):
-    from eval.encoder_eval import load_waves
+    from eval.embeddings import load_waves
 
     root = tmp_path / "data"
     bad_ids = _bad_dataset(embedded_root, root, n=12, bad=(3, 8))
@@ -142,9 +143,10 @@ _DRIVER = r"""
 import os, signal, sys
 sys.path.insert(0, {repo!r})
 import torch
-from encoder.config import load_config
+from mosaic_core.config import load_config
 from encoder.data import dataset
-from encoder.train import PretrainConfig, train
+from encoder.pretraining import PretrainConfig
+from recipes.pretrain import train
 real = dataset.PretrainDataset._views
 def views(self, epoch, index):
     info = torch.utils.data.get_worker_info()
@@ -155,7 +157,7 @@ def views(self, epoch, index):
     return real(self, epoch, index)
 dataset.PretrainDataset._views = views
 raw = load_config({cfg!r}, {over!r})
-train(PretrainConfig.from_raw(raw), raw)
+train(build(PretrainConfig, raw), raw)
 """
 
 
@@ -182,7 +184,7 @@ def test_dead_data_loader_worker_fails_the_run_never_hangs(embedded_root, tmp_pa
 
 # ------------------------------------------------------------------------------------------- numerical faults
 def _nan_at(monkeypatch, steps_bad):
-    from encoder import train as train_mod
+    from encoder import pretraining as train_mod
 
     real = train_mod.nt_xent
     calls = {"n": 0}
@@ -203,7 +205,7 @@ def test_non_finite_loss_steps_are_skipped_and_counted(embedded_root, tmp_path, 
     over = _over(embedded_root, tmp_path / "run", 5, "data.manifests=[keywords/manifest.jsonl]",
                  "data.cached_features=true", "train.ckpt_every=1", "train.keep_last=0")
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", over)
-    out = train(PretrainConfig.from_raw(raw), raw)
+    out = train(build(PretrainConfig, raw), raw)
     assert out["skipped_steps"] == 2
     hist = _strict_json((tmp_path / "run/history.json").read_text())
     assert [h.get("skipped", False) for h in hist] == [False, True, False, True, False]
@@ -228,7 +230,7 @@ def test_consecutive_non_finite_losses_stop_the_run(embedded_root, tmp_path, mon
                  "data.cached_features=true", "train.max_bad_steps=3")
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", over)
     with pytest.raises(TrainingError) as info:
-        train(PretrainConfig.from_raw(raw), raw)
+        train(build(PretrainConfig, raw), raw)
     msg = str(info.value)
     assert "3 consecutive non-finite losses" in msg and "at step 4" in msg
     assert "lr " in msg and "last finite loss" in msg and "None" not in msg, msg
@@ -250,7 +252,7 @@ def test_gradient_clipping_is_configurable(embedded_root, tmp_path, monkeypatch,
     over = _over(embedded_root, tmp_path / "run", 2, "data.manifests=[keywords/manifest.jsonl]",
                  "data.cached_features=true", f"optim.grad_clip={clip}")
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", over)
-    train(PretrainConfig.from_raw(raw), raw)
+    train(build(PretrainConfig, raw), raw)
     assert seen == ([clip, clip] if clip > 0 else [])
 
 
@@ -266,7 +268,7 @@ def test_one_rank_failing_ends_the_gloo_job_with_its_traceback(embedded_root, tm
     _bad_dataset(embedded_root, root, bad=(victim,))
     over = _over(root, tmp_path / "run", 3, "data.on_bad_clip=fail", "data.cached_features=false")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "encoder.train", "--config", str(REPO / "configs/pretrain/tiny.yaml"), *over]
+           str(_free_port()), "-m", "recipes.pretrain", "--config", str(REPO / "configs/pretrain/tiny.yaml"), *over]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MOSAIC_ALM_DIST_TIMEOUT_S="60")
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)

@@ -18,27 +18,29 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from mosaic_core.config import Probability
+
 from ..features import AudioError, FbankConfig, fbank, load_audio, normalise, pad_or_crop
 
 
 @dataclass
-class AugmentConfig:
+class WaveAugmentConfig:
     """Waveform augmentations (audiomentations) applied independently to each view; p = probability."""
 
     enabled: bool = True
-    polarity_inversion: float = 0.5
-    time_stretch: float = 0.3
-    gaussian_snr: float = 0.5
+    polarity_inversion: Probability = 0.5
+    time_stretch: Probability = 0.3
+    gaussian_snr: Probability = 0.5
     min_snr_db: float = 10.0
     max_snr_db: float = 40.0
-    gain: float = 0.5
-    high_pass: float = 0.2
-    band_stop: float = 0.2
-    pitch_shift: float = 0.2
-    roll: float = 0.5  # circular shift by a random magnitude (up to the whole clip)
+    gain: Probability = 0.5
+    high_pass: Probability = 0.2
+    band_stop: Probability = 0.2
+    pitch_shift: Probability = 0.2
+    roll: Probability = 0.5  # circular shift by a random magnitude (up to the whole clip)
 
 
-def build_augment(cfg: AugmentConfig, sample_rate: int):
+def build_augment(cfg: WaveAugmentConfig, sample_rate: int):
     import audiomentations as A
 
     return A.Compose([
@@ -67,7 +69,7 @@ class PretrainDataset(Dataset):
     With ``features`` (from :func:`cache_features`), decoding and augmentation are skipped.
     """
 
-    def __init__(self, rows: Sequence[dict], fbank_cfg: FbankConfig, augment: AugmentConfig | None = None,
+    def __init__(self, rows: Sequence[dict], fbank_cfg: FbankConfig, augment: WaveAugmentConfig | None = None,
                  seed: int = 0, features: dict[str, torch.Tensor] | None = None):
         self.rows = list(rows)
         self.cfg = fbank_cfg

@@ -14,148 +14,28 @@ Variants can run in parallel processes (``--variants pretrained --out a.json`` .
 a.json b.json c.json --out results/alm_qa.json``; ``--reuse`` continues from stages that already ran with the
 identical config (a longer curriculum reuses a finished stage 1).
 
-:func:`make_toy_data` writes a small real-audio instruction set (tones and noise) used by the tests and the smoke run.
+``--smoke`` runs on :func:`mosaic_alm.toy.make_toy_data` (tones and noise), random encoders and 3 steps per stage.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import torch
+from eval.alm_qa import evaluate_closed, sample_per_qtype
+from eval.stats import paired_comparison
+from mosaic_alm.artifact import load_alm
+from mosaic_alm.data import load_records
+from mosaic_alm.toy import make_toy_data
+from mosaic_core.config import load_config
+from mosaic_core.io import atomic_write_json
+from mosaic_core.provenance import provenance
+from mosaic_core.tables import markdown_table
 
-REPO = Path(__file__).resolve().parents[1]
-
-TOY_CLASSES = {"beep": "a high beep", "hum": "a low hum", "noise": "white noise"}
-
-
-# --------------------------------------------------------------------------------------------------- toy data
-def _toy_wave(cls: str, rng: np.random.Generator, sr: int = 16000) -> np.ndarray:
-    n = int(sr * rng.uniform(0.6, 1.2))
-    t = np.arange(n) / sr
-    if cls == "beep":
-        w = np.sin(2 * np.pi * rng.uniform(2500, 3500) * t)
-    elif cls == "hum":
-        w = np.sin(2 * np.pi * rng.uniform(100, 200) * t) + 0.3 * np.sin(2 * np.pi * 2 * 150 * t)
-    else:
-        w = rng.standard_normal(n)
-    w = w / (np.abs(w).max() + 1e-9) * rng.uniform(0.2, 0.8)
-    return w.astype(np.float32)
-
-
-def make_toy_data(root: str | Path, per_class: dict | None = None, seed: int = 0) -> Path:
-    """Write ``{root}/clips/*.wav`` and ``{root}/instructions/{train,valid,test}.json`` (closed + open records)."""
-    import soundfile as sf
-
-    root = Path(root)
-    per_class = per_class or {"train": 6, "valid": 2, "test": 3}
-    rng = np.random.default_rng(seed)
-    opts = sorted(TOY_CLASSES)
-    (root / "clips").mkdir(parents=True, exist_ok=True)
-    for split, n in per_class.items():
-        recs = []
-        for cls in opts:
-            for i in range(n):
-                cid = f"{split}_{cls}_{i}"
-                rel = f"clips/{cid}.wav"
-                if not (root / rel).exists():
-                    sf.write(str(root / rel), _toy_wave(cls, rng), 16000)
-                recs += [
-                    {"id": f"{cid}_cls", "audio_id": cid, "audio_path": rel, "task": "toy", "qtype": "sound_event",
-                     "instruction": f"Which sound is heard? Answer with one of: {', '.join(opts)}.", "input": "",
-                     "output": cls, "open_ended": False, "options": opts},
-                    {"id": f"{cid}_open", "audio_id": cid, "audio_path": rel, "task": "toy", "qtype": "caption",
-                     "instruction": "Write a short caption for this audio.", "input": "",
-                     "output": f"The sound of {TOY_CLASSES[cls]}.", "open_ended": True, "options": []},
-                ]
-        (root / "instructions").mkdir(exist_ok=True)
-        (root / "instructions" / f"{split}.json").write_text(json.dumps(recs, indent=0))
-    return root
-
-
-# ------------------------------------------------------------------------------------------------- evaluation
-def evaluate_closed(model, records: list[dict], batch_size: int = 16, max_new_tokens: int = 8) -> dict:
-    """Greedy answers + highest-log-likelihood option for closed-ended records -> accuracies per qtype."""
-    from .data import question_text
-    from .infer import generate_answers, option_loglik
-
-    audios = [r["audio_path"] if model.cfg.audio.enabled else None for r in records]
-    qs = [question_text(r) for r in records]
-    t0 = time.perf_counter()
-    preds = generate_answers(model, audios, qs, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    gen_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with_opts = [i for i, r in enumerate(records) if r.get("options")]
-    best = option_loglik(model, [audios[i] for i in with_opts], [qs[i] for i in with_opts],
-                         [records[i]["options"] for i in with_opts])
-    ll_s = time.perf_counter() - t0
-    ll_ok = {i: records[i]["options"][b] == records[i]["output"] for i, b in zip(with_opts, best)}
-    scored = [dict(qtype=r["qtype"], prediction=p, output=r["output"], options=r.get("options") or None)
-              for r, p in zip(records, preds)]
-    try:
-        from eval.qa import closed_ended_accuracy
-        acc = closed_ended_accuracy(scored)
-    except ImportError:  # eval/ is optional for this module; fall back to plain normalised exact match
-        acc = _exact_match(scored)
-    per = defaultdict(list)
-    for i, ok in ll_ok.items():
-        per[records[i]["qtype"]].append(ok)
-    acc["overall"]["loglik_option"] = float(np.mean(list(ll_ok.values()))) if ll_ok else None
-    for q, v in per.items():
-        acc["per_qtype"].setdefault(q, {})["loglik_option"] = float(np.mean(v))
-    acc["generation_seconds"] = round(gen_s, 2)
-    acc["loglik_seconds"] = round(ll_s, 2)
-    acc["examples"] = [dict(id=r["id"], question=q, prediction=p, label=r["output"])
-                       for r, q, p in list(zip(records, qs, preds))[:12]]
-    # per-question outcomes: variants answer the same questions, so differences can be tested pairwise
-    acc["questions"] = [dict(id=r["id"], qtype=r["qtype"], exact=_norm(p) == _norm(r["output"]), loglik=ll_ok.get(i))
-                        for i, (r, p) in enumerate(zip(records, preds))]
-    return acc
-
-
-def _norm(s) -> str:
-    """SQuAD normalisation (eval.qa's, where eval/ is installed)."""
-    import re
-    import string
-
-    s = s if isinstance(s, str) else s[0]
-    try:
-        from eval.qa import normalise_answer
-        return normalise_answer(s)
-    except ImportError:
-        pass
-    s = "".join(c for c in s.lower() if c not in string.punctuation)
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
-
-
-def paired_comparison(res_a: dict, res_b: dict, key: str = "exact", n_boot: int = 2000, seed: int = 0) -> dict:
-    """Accuracy difference a - b on the questions both answered, with a paired bootstrap 95% interval (questions
-    resampled) and the exact two-sided McNemar (sign) test p-value on the discordant pairs."""
-    from math import comb
-
-    qa = {q["id"]: q[key] for q in res_a["questions"] if q.get(key) is not None}
-    qb = {q["id"]: q[key] for q in res_b["questions"] if q.get(key) is not None}
-    ids = sorted(set(qa) & set(qb))
-    if not ids:
-        raise ValueError("paired_comparison: the two results share no questions")
-    a = np.array([qa[i] for i in ids], dtype=float)
-    b = np.array([qb[i] for i in ids], dtype=float)
-    d = a - b
-    rng = np.random.default_rng(seed)
-    boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
-    only_a, only_b = int((d > 0).sum()), int((d < 0).sum())
-    n = only_a + only_b
-    p = min(1.0, 2 * sum(comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n) if n else 1.0
-    return {"metric": key, "questions": len(ids), "a": float(a.mean()), "b": float(b.mean()),
-            "difference": float(d.mean()), "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-            "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": float(p)}
+from .train_alm import STAGES, run_dir, train_stage
 
 
 def compare_variants(results: dict) -> dict:
@@ -170,33 +50,6 @@ def compare_variants(results: dict) -> dict:
     return out
 
 
-def _exact_match(scored):
-    per = defaultdict(list)
-    for r in scored:
-        per[r["qtype"]].append(_norm(r["prediction"]) == _norm(r["output"]))
-    allv = [v for vs in per.values() for v in vs]
-    return {"overall": {"exact_match": float(np.mean(allv)), "count": len(allv)},
-            "per_qtype": {q: {"exact_match": float(np.mean(v)), "count": len(v)} for q, v in per.items()}}
-
-
-def sample_per_qtype(records: list[dict], max_total: int, seed: int) -> list[dict]:
-    """Up to ``max_total`` records, spread evenly over question types (deterministic)."""
-    if not max_total or len(records) <= max_total:
-        return records
-    by = defaultdict(list)
-    for r in records:
-        by[r["qtype"]].append(r)
-    rng = np.random.default_rng(seed)
-    per = max(1, max_total // len(by))
-    out = []
-    for q in sorted(by):
-        rs = by[q]
-        idx = rng.permutation(len(rs))[:per]
-        out += [rs[i] for i in sorted(idx)]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------- driver
 VARIANTS = {
     "pretrained": lambda enc: [f"audio.encoder={enc}"],
     "random": lambda enc: ["audio.encoder=random:tiny"],
@@ -204,26 +57,10 @@ VARIANTS = {
 }
 
 
-def _versions() -> dict:
-    import peft
-    import transformers
-
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "commit": commit, "machine": platform.machine(),
-            "threads": torch.get_num_threads()}
-
-
 def finished_stage(cfg: dict) -> dict | None:
     """The summary of an earlier run of exactly this resolved stage config (same folder, config and artifact), or
     None. Used by ``--reuse`` so a longer curriculum can continue from stages that already ran."""
     import yaml
-
-    from .train import run_dir
 
     d = run_dir(cfg)
     try:
@@ -239,11 +76,6 @@ def finished_stage(cfg: dict) -> dict | None:
 def run_variant(variant: str, encoder: str, data_root: str, steps: Sequence[int], common: Sequence[str],
                 output_dir: str, seed: int, test_records: list[dict], eval_batch: int, random_size: str,
                 reuse: bool = False) -> dict:
-    from encoder.config import load_config
-
-    from .artifact import load_alm
-    from .train import STAGES, train_stage
-
     over = [f"data.root={data_root}", f"output_dir={output_dir}", f"name={variant}", f"seed={seed}", *common]
     over += [o.replace("random:tiny", f"random:{random_size}") for o in VARIANTS[variant](encoder)]
     stages = []
@@ -280,9 +112,6 @@ def run_variant(variant: str, encoder: str, data_root: str, steps: Sequence[int]
 def evaluate_stage(results_path: str | Path, stage: int, variants: Sequence[str], out: str | Path,
                    eval_batch: int = 16) -> dict:
     """Closed-ended accuracy of an earlier stage's artifacts of finished variants (same test questions)."""
-    from .artifact import load_alm
-    from .data import load_records
-
     res = json.loads(Path(results_path).read_text())
     test = sample_per_qtype(load_records(res["data"], "test", kind="closed"), res["test_questions"], res["seed"])
     out = Path(out)
@@ -293,9 +122,7 @@ def evaluate_stage(results_path: str | Path, stage: int, variants: Sequence[str]
             continue
         print(f"== {v}: evaluating stage {stage}", flush=True)
         done["variants"][v] = evaluate_closed(load_alm(st[0]["artifact"]), test, batch_size=eval_batch)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(done, indent=2))
-        tmp.replace(out)
+        atomic_write_json(out, done)
     return done
 
 
@@ -328,9 +155,7 @@ def combine_results(paths: Sequence[str | Path], out: str | Path) -> dict:
     _print_summary(merged)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(merged, indent=2))
-    tmp.replace(out)
+    atomic_write_json(out, merged)
     print(f"wrote {out}")
     return merged
 
@@ -363,13 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every stage (e.g. train.batch_size=4)")
     args = ap.parse_args(argv)
 
-    from .data import load_records
-
     if args.combine:
         combine_results(args.combine, args.out)
         return 0
     if args.markdown:
-        print(markdown_table(json.loads(Path(args.out).read_text())))
+        print(variants_table(json.loads(Path(args.out).read_text())))
         return 0
     if args.eval_stage:
         evaluate_stage(args.out, args.eval_stage, args.variants.split(","),
@@ -395,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "random_encoder_size": random_size, "seed": args.seed, "steps_per_stage": steps,
                "overrides": common, "test_questions": len(test),
                "test_qtypes": {q: sum(r["qtype"] == q for r in test) for q in sorted({r["qtype"] for r in test})},
-               "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "variants": {}}
+               "versions": provenance(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "variants": {}}
     out = Path(args.out)
     if args.merge and out.is_file():
         old = json.loads(out.read_text())
@@ -410,35 +233,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              test, args.eval_batch, random_size, args.reuse)
         results["variants"][v]["total_seconds"] = round(time.perf_counter() - t0, 1)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(out)
+        atomic_write_json(out, results)
     results["comparisons"] = compare_variants(results)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out)
+    atomic_write_json(out, results)
     print(f"wrote {out}")
     _print_summary(results)
     return 0
 
 
-def markdown_table(results: dict) -> str:
+def variants_table(results: dict) -> str:
     """Per-question-type accuracy of every variant (exact match / highest-log-likelihood option) as Markdown."""
     vs = list(results["variants"])
     qtypes = sorted({q for v in vs for q in results["variants"][v]["accuracy"]["per_qtype"]})
-    lines = ["| question type | n | " + " | ".join(vs) + " |", "|---|---|" + "---|" * len(vs)]
 
     def cell(d):
+        if not d:
+            return "-"
         ll = d.get("loglik_option")
         return f"{d['exact_match']:.3f} / " + (f"{ll:.3f}" if ll is not None else "-")
 
+    rows = []
     for q in qtypes + ["overall"]:
-        row = [results["variants"][v]["accuracy"]["per_qtype"].get(q) if q != "overall" else
-               results["variants"][v]["accuracy"]["overall"] for v in vs]
-        n = next((d["count"] for d in row if d), 0)
-        lines.append(f"| {'**overall**' if q == 'overall' else q} | {n} | " +
-                     " | ".join(cell(d) if d else "-" for d in row) + " |")
-    return "\n".join(lines)
+        accs = [results["variants"][v]["accuracy"]["per_qtype"].get(q) if q != "overall" else
+                results["variants"][v]["accuracy"]["overall"] for v in vs]
+        n = next((d["count"] for d in accs if d), 0)
+        rows.append(["**overall**" if q == "overall" else q, str(n)] + [cell(d) for d in accs])
+    return markdown_table(["question type", "n", *vs], rows)
 
 
 def _print_summary(results: dict) -> None:

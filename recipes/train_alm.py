@@ -1,4 +1,4 @@
-"""Stage training for the ALM (one readable recipe).
+"""Recipe: stage training for the ALM.
 
     mosaic-alm train-alm --config configs/alm/stage1.yaml [key=value ...]
     mosaic-alm train-alm --config configs/alm/stage1.yaml configs/alm/stage2.yaml ... [key=value ...]
@@ -7,10 +7,11 @@
 Several configs run in sequence; ``train.init_from: previous`` starts a stage from the artifact of the stage before it
 (``{output_dir}/{name}/stage{N-1}/artifact``); overrides apply to every stage. Each stage writes its run folder
 ``{output_dir}/{name}/stage{N}/`` with ``config.yaml`` (resolved), TensorBoard events, ``summary.json`` and
-``artifact/`` (see :mod:`mosaic_alm.artifact`).
+``artifact/`` (see :mod:`mosaic_alm.artifact`). The whole config is checked (types, ranges, choices, unknown keys)
+before anything loads.
 
 With ``train.deepspeed: configs/deepspeed/alm_zero2.json`` (or zero3) the step runs through a DeepSpeed engine; launch
-with ``deepspeed --num_gpus N -m mosaic_alm.train --config ...`` or torchrun. lr, batch size, accumulation and
+with ``deepspeed --num_gpus N -m recipes.train_alm --config ...`` or torchrun. lr, batch size, accumulation and
 clipping in the JSON are overwritten from this config so there is one source of truth.
 """
 from __future__ import annotations
@@ -19,63 +20,96 @@ import argparse
 import json
 import math
 import os
-import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from encoder.config import ConfigError, from_dict, load_config, save_yaml
-
-from .artifact import build_from, save_artifact
-from .data import Collator, DataConfig, InstructionDataset, PromptFormatter, load_records
-from .model import MODEL_SECTIONS, alm_config_from_dict
+from mosaic_alm.artifact import build_from, save_artifact
+from mosaic_alm.data import (
+    Collator,
+    InstructionDataConfig,
+    InstructionDataset,
+    PromptFormatter,
+    load_records,
+)
+from mosaic_alm.featurizer import AudioFeaturizer
+from mosaic_alm.llm import LLMConfig, LoRAConfig
+from mosaic_alm.model import AudioConfig, PromptConfig, TrainableConfig
+from mosaic_alm.projector import AudioProjectorConfig
+from mosaic_core.config import (
+    ConfigError,
+    NonNegInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    build,
+    load_config,
+    save_yaml,
+)
+from mosaic_core.io import atomic_write_json
+from mosaic_core.runtime import (
+    deepspeed_cpu_workaround,
+    resolve_device,
+    seed_everything,
+    single_process_dist_env,
+)
+from mosaic_core.schedule import cosine_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = [REPO / "configs" / "alm" / f"stage{i}.yaml" for i in (1, 2, 3, 4)]
-TOP_KEYS = {"seed", "name", "stage", "output_dir", "data", "train", *MODEL_SECTIONS}
 
 
 @dataclass
-class TrainConfig:
+class StageTrainConfig:
     init_from: str | None = None  # None | "previous" | an artifact folder
-    lr: float = 1e-3
-    projector_lr: float | None = None  # the projector's own lr (LLaVA's mm_projector_lr); None: ``lr``
+    lr: PositiveFloat = 1e-3
+    projector_lr: PositiveFloat | None = None  # the projector's own lr (LLaVA's mm_projector_lr); None: ``lr``
     weight_decay: float = 0.0
-    epochs: float = 1.0
-    max_steps: int = 0  # > 0: exactly this many optimizer steps (epochs is then ignored)
-    batch_size: int = 8
-    grad_accum: int = 1
-    warmup_ratio: float = 0.05
+    epochs: PositiveFloat = 1.0
+    max_steps: NonNegInt = 0  # > 0: exactly this many optimizer steps (epochs is then ignored)
+    batch_size: PositiveInt = 8
+    grad_accum: PositiveInt = 1
+    warmup_ratio: Probability = 0.05
     max_grad_norm: float = 1.0
-    log_every: int = 10
-    eval_batches: int = 4  # batches of the eval split for a held-out loss at the end (0: none)
+    log_every: PositiveInt = 10
+    eval_batches: NonNegInt = 4  # batches of the eval split for a held-out loss at the end (0: none)
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = False  # autocast to bfloat16 (CUDA, or CPU if it helps)
     deepspeed: str | None = None  # a DeepSpeed JSON (ZeRO 2/3)
-    num_workers: int = 0
+    num_workers: NonNegInt = 0
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+@dataclass
+class StageConfig:
+    """One ALM stage: run identity, instruction data, the loop, and the model sections of :class:`ALMConfig`."""
+
+    seed: int = 0
+    name: str = "alm"
+    stage: PositiveInt = 1
+    output_dir: str = "runs/alm"
+    data: InstructionDataConfig = field(default_factory=InstructionDataConfig)
+    train: StageTrainConfig = field(default_factory=StageTrainConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    projector: AudioProjectorConfig = field(default_factory=AudioProjectorConfig)
+    trainable: TrainableConfig = field(default_factory=TrainableConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
 
 
-def check_top_level(cfg: dict, where: str) -> None:
-    unknown = sorted(set(cfg) - TOP_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown top-level key(s) {unknown} in {where}; known: {sorted(TOP_KEYS)}")
+def check_stage_config(cfg: dict) -> StageConfig:
+    return build(StageConfig, cfg, f"ALM stage {cfg.get('stage', '?')} config")
 
 
 def run_dir(cfg: dict) -> Path:
     return Path(cfg.get("output_dir", "runs/alm")) / str(cfg.get("name", "alm")) / f"stage{cfg.get('stage', 1)}"
 
 
-def resolve_init(cfg: dict, tcfg: TrainConfig) -> Path | None:
+def resolve_init(cfg: dict, tcfg: StageTrainConfig) -> Path | None:
     if tcfg.init_from in (None, "", "none"):
         return None
     if tcfg.init_from == "previous":
@@ -84,22 +118,7 @@ def resolve_init(cfg: dict, tcfg: TrainConfig) -> Path | None:
     return Path(tcfg.init_from)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _lr_lambda(total: int, warmup: int):
-    def f(step):
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        prog = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
-    return f
-
-
-def _ds_config(path: str, tcfg: TrainConfig, world: int, device: torch.device) -> dict:
+def _ds_config(path: str, tcfg: StageTrainConfig, world: int, device: torch.device) -> dict:
     cfg = json.loads(Path(path).read_text())
     cfg["train_micro_batch_size_per_gpu"] = tcfg.batch_size
     cfg["gradient_accumulation_steps"] = tcfg.grad_accum
@@ -109,12 +128,12 @@ def _ds_config(path: str, tcfg: TrainConfig, world: int, device: torch.device) -
     cfg["optimizer"]["params"].update(lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     cfg.pop("scheduler", None)  # our LambdaLR drives the schedule
     cfg["bf16"] = {"enabled": bool(tcfg.bf16)}
-    if device.type == "cpu":  # no JIT-compiled fused Adam on CPU (NOTES.md): plain torch AdamW inside DeepSpeed
+    if device.type == "cpu":  # no JIT-compiled fused Adam on CPU (docs/ARCHITECTURE.md): torch AdamW inside DeepSpeed
         cfg["optimizer"]["params"]["torch_adam"] = True
     return cfg
 
 
-def param_groups(model, tcfg: TrainConfig) -> list[dict]:
+def param_groups(model, tcfg: StageTrainConfig) -> list[dict]:
     """Optimizer parameter groups: the trainable projector at ``projector_lr`` (when set), the rest at ``lr``."""
     proj = {id(p) for p in model.projector.parameters()} if model.projector is not None else set()
     trainable = [(p, id(p) in proj) for p in model.parameters() if p.requires_grad]
@@ -130,16 +149,14 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
-    check_top_level(cfg, f"stage {cfg.get('stage')}")
-    tcfg = from_dict(TrainConfig, cfg.get("train"), "train")
-    dcfg = from_dict(DataConfig, cfg.get("data"), "data")
-    alm_config_from_dict(cfg)  # validate the model sections before loading anything
+    checked = check_stage_config(cfg)  # every key, type, range and choice, before anything loads
+    tcfg, dcfg = checked.train, checked.data
     seed = int(cfg.get("seed", 0))
     seed_everything(seed)
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
-    device = _device(tcfg.device)
+    device = resolve_device(tcfg.device)
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if dist else 0
     world = torch.distributed.get_world_size() if dist else 1
@@ -154,10 +171,11 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     if not train_recs:
         raise ConfigError(f"stage {cfg.get('stage')}: no training records in {dcfg.root} for tasks={dcfg.tasks} "
                           f"qtypes={dcfg.qtypes} kind={dcfg.kind}")
+    featurizer = AudioFeaturizer.for_model(model)
     if init is None and model.projector is not None and model.cfg.projector.standardize:
         clips = sorted({r["audio_path"] for r in train_recs})
         pick = torch.randperm(len(clips), generator=torch.Generator().manual_seed(seed))[:model.cfg.projector.stats_clips]
-        n = model.calibrate_projector([clips[i] for i in sorted(pick.tolist())])
+        n = model.calibrate_projector(featurizer.tokens([clips[i] for i in sorted(pick.tolist())]))
         if rank == 0 and not quiet:
             print(f"projector feature statistics measured on {n} training clips")
     ds = InstructionDataset(train_recs, fmt)
@@ -178,22 +196,16 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
         import deepspeed
 
         if not dist:
-            if device.type == "cpu":  # skip the shared-memory comm op JIT build (NOTES.md)
-                import importlib
-
-                importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-            for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                         "MASTER_PORT": os.environ.get("MASTER_PORT", "29513")}.items():
-                os.environ.setdefault(k, v)
+            deepspeed_cpu_workaround()
+            single_process_dist_env()
 
         # the engine steps the scheduler at accumulation boundaries; it is built on DeepSpeed's basic optimizer
         engine, opt, _, sched = deepspeed.initialize(
             model=model, model_parameters=groups, config=_ds_config(tcfg.deepspeed, tcfg, world, device),
-            lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(total, int(tcfg.warmup_ratio
-                                                                                             * total))))
+            lr_scheduler=lambda o: cosine_schedule(o, total, int(tcfg.warmup_ratio * total)))
     else:
         opt = torch.optim.AdamW(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(tcfg.warmup_ratio * total)))
+        sched = cosine_schedule(opt, total, int(tcfg.warmup_ratio * total))
     writer = SummaryWriter(str(out / "tb")) if rank == 0 else None
     load_s = time.perf_counter() - t_load
 
@@ -207,8 +219,9 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
         if dist:
             sampler.set_epoch(epoch)
         for batch in loader:
+            audio = featurizer.inputs(batch.pop("audios")) if featurizer is not None else {}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = (engine or model)(**batch).loss
+                loss = (engine or model)(**batch, **audio).loss
             tokens += int((batch["labels"] != -100).sum())
             if engine is not None:
                 engine.backward(loss)
@@ -246,7 +259,7 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
                "load_seconds": round(load_s, 2), "seconds_per_step": round(train_s / max(1, step), 3),
                "answer_tokens": tokens, "first_loss": float(np.mean(losses[:n])), "last_loss": float(np.mean(losses[-n:])),
                "eval_loss": eval_loss, "parameters": counts, "init_from": str(init) if init else None,
-               "feature_cache_hits": model.feature_cache_hits}
+               "feature_cache_hits": featurizer.hits if featurizer is not None else 0}
     if writer is not None:
         if eval_loss is not None:
             writer.add_scalar("eval/loss", eval_loss, step)
@@ -255,7 +268,7 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
                                                           "train_summary": summary})
     summary["artifact"] = str(art)
     if rank == 0:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_json(out / "summary.json", summary)
         if not quiet:
             print(f"stage {cfg.get('stage')}: {step} steps in {train_s:.1f}s, loss {summary['first_loss']:.3f} -> "
                   f"{summary['last_loss']:.3f}" + (f", eval loss {eval_loss:.3f}" if eval_loss is not None else "")
@@ -264,7 +277,7 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
 
 
 @torch.no_grad()
-def evaluate_loss(model, dcfg: DataConfig, fmt, tcfg: TrainConfig, seed: int) -> float | None:
+def evaluate_loss(model, dcfg: InstructionDataConfig, fmt, tcfg: StageTrainConfig, seed: int) -> float | None:
     try:
         recs = load_records(dcfg.root, dcfg.eval_split, dcfg.tasks, dcfg.kind, tcfg.eval_batches * tcfg.batch_size,
                             seed, dcfg.qtypes)
@@ -276,10 +289,12 @@ def evaluate_loss(model, dcfg: DataConfig, fmt, tcfg: TrainConfig, seed: int) ->
     model.eval()
     loader = torch.utils.data.DataLoader(InstructionDataset(recs, fmt), batch_size=tcfg.batch_size,
                                          collate_fn=Collator(model.tokenizer.pad_token_id, "right"))
+    featurizer = AudioFeaturizer.for_model(model)
     tot, n = 0.0, 0
     for batch in loader:
+        audio = featurizer.inputs(batch.pop("audios")) if featurizer is not None else {}
         k = int((batch["labels"][:, 1:] != -100).sum())
-        tot += float(model(**batch).loss) * k
+        tot += float(model(**batch, **audio).loss) * k
         n += k
     model.train(was)
     return tot / max(1, n)
@@ -308,13 +323,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = [c for c in (args.config or []) if "=" in c] + list(args.overrides)
     configs = [c for c in (args.config or []) if "=" not in c]
     paths = [str(p) for p in STAGES] if args.all else configs
+    for path in paths:  # check every stage's config before the first one starts
+        check_stage_config(load_config(path, overrides))
     if os.environ.get("WORLD_SIZE", "1") != "1" and not torch.distributed.is_initialized():
         import deepspeed
 
-        if not torch.cuda.is_available():  # CPU/gloo: skip the shared-memory comm op JIT build (NOTES.md)
-            import importlib
-
-            importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+        deepspeed_cpu_workaround()
         deepspeed.init_distributed()
     run_stages(paths, overrides)
     return 0

@@ -1,4 +1,4 @@
-"""The whole pipeline at tiny scale on the embedded default, one command:
+"""Recipe: the whole pipeline at tiny scale on the embedded default, one command:
 
     mosaic-alm pipeline [--profile full|small] [--out runs/pipeline]
 
@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from mosaic_core.io import atomic_write_json
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -34,11 +36,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
-    from encoder.config import load_config
     from encoder.data.embedded import build
-    from encoder.train import PretrainConfig, train
+    from encoder.pretraining import PretrainConfig
+    from mosaic_alm.instructions import generate
+    from mosaic_core.config import build as build_config, load_config, load_recipe
 
-    from .instructions import generate
+    from .pretrain import train
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,16 +63,16 @@ def main(argv=None) -> int:
             f"data.root={root}", f"run_dir={run}", f"train.max_steps={args.pretrain_steps}", f"seed={args.seed}",
             f"objective={objective}", "train.progress=false"])
         if not (run / "encoder" / "config.json").is_file() or not _finished(run, args.pretrain_steps):
-            train(PretrainConfig.from_raw(raw), raw)
+            train(build_config(PretrainConfig, raw, "pretraining config"), raw)
         encoders[name] = str(run / "encoder")
         timings[f"pretrain_{name}_s"] = round(time.time() - t, 1)
 
     t = time.time()
     print("== 3/4 encoder evaluation", flush=True)
-    from eval.encoder_eval import evaluate
+    from .eval_encoder import EncoderEvalConfig, evaluate
 
     seeds = "[" + args.probe_seeds + "]"
-    cfg = load_config(REPO / "configs/eval/encoder_embedded.yaml", [
+    cfg, _ = load_recipe(EncoderEvalConfig, REPO / "configs/eval/encoder_embedded.yaml", [
         f"data_root={root}", f"run_dir={out / 'eval-encoder'}", f"seed={args.seed}", f"probe_seeds={seeds}",
         f"encoders={{audiomosaic: {encoders['audiomosaic']}, mae: {encoders['mae']}, random: random}}",
         "tasks=[" + ", ".join(str(REPO / f"configs/data/embedded_{t}.yaml") for t in
@@ -80,7 +83,7 @@ def main(argv=None) -> int:
     if not args.skip_alm:
         t = time.time()
         print("== 4/4 audio-language model: pretrained vs random encoder vs no audio", flush=True)
-        from .experiment import main as alm_experiment
+        from .alm_experiment import main as alm_experiment
 
         alm_experiment(["--data", str(root), "--encoder", encoders["audiomosaic"], "--steps", args.alm_steps,
                         "--max-test", str(args.alm_test), "--seed", str(args.seed),
@@ -94,7 +97,7 @@ def main(argv=None) -> int:
             print(f"== ALM evaluation of {stages[-1]} (QA, captions, classify-by-generation)", flush=True)
             evaluate_alm(str(stages[-1]), str(root), str(out / "eval-alm"), seed=args.seed)
         timings["eval_alm_s"] = round(time.time() - t, 1)
-    (out / "pipeline.json").write_text(json.dumps({"args": vars(args), "timings": timings}, indent=1))
+    atomic_write_json(out / "pipeline.json", {"args": vars(args), "timings": timings}, indent=1)
     print(f"== done: {out} (timings {timings})", flush=True)
     return 0
 

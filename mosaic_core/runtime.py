@@ -1,0 +1,77 @@
+"""Seeds, devices, CPU threads and precision, and the DeepSpeed-on-CPU launch workaround: one home each."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) from one number."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> this process's GPU (``LOCAL_RANK``) when CUDA is there, else the CPU; any other torch name as is."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+            return device
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def set_threads(threads: int) -> None:
+    """``threads > 0`` sets torch's intra-op threads (tiny models on a busy CPU run fastest on 1); 0 keeps torch's."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_isa() -> str | None:
+    """The CPU's native bf16 instructions (``amx_bf16`` or ``avx512_bf16``) from /proc/cpuinfo, or None."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")),
+                     [])
+    except OSError:
+        return None
+    for isa in ("amx_bf16", "avx512_bf16"):
+        if isa in flags:
+            return isa
+    return None
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """``bf16``/``fp32`` as asked; ``auto`` -> bf16 on a GPU that supports it (on a CPU, ``auto`` stays fp32 until
+    a recipe has been measured to track fp32 there: :func:`cpu_bf16_isa` tells whether it would be native)."""
+    if precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
+
+
+def autocast(enabled: bool, device: torch.device):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def deepspeed_cpu_workaround() -> None:
+    """On CPU, skip DeepSpeed's shared-memory comm op: it needs a 76 s JIT C++ build, and gloo alone is enough
+    (``MOSAIC_ALM_DS_SHM=1`` keeps it). Call before ``deepspeed.init_distributed`` / ``initialize``."""
+    if torch.cuda.is_available() or os.environ.get("MOSAIC_ALM_DS_SHM", "0") == "1":
+        return
+    import importlib
+
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
+def single_process_dist_env(port: str = "29513") -> None:
+    """The environment a one-process torch.distributed / DeepSpeed group needs when no launcher set it."""
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": os.environ.get("MASTER_PORT", port)}.items():
+        os.environ.setdefault(k, v)

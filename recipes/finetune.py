@@ -1,0 +1,250 @@
+"""Recipe: full fine-tuning of the AudioMosaic encoder (AudioMAE-style).
+
+    mosaic-alm finetune --config configs/finetune/embedded_keywords.yaml optim.epochs=5 model.encoder=runs/x/encoder
+
+What it does, top to bottom:
+
+1. **Config** — a YAML recipe (``configs/finetune/*.yaml``) plus dotted ``key=value`` overrides, turned into the
+   checked :class:`FinetuneConfig` dataclasses; an unknown key or a bad value anywhere (recipe, override or data recipe) is an error.
+2. **Task** — a data recipe (``configs/data/*.yaml``, optionally patched by ``task.data``) names the clips: a JSON-lines
+   manifest (``format: manifest``, the default), AudioSet JSON, ESC-50 or Speech Commands (see
+   :mod:`encoder.data.tasks`). Each task has its own ``target_frames``. Task types: ``single_label`` (accuracy),
+   ``multi_label`` (mAP, AUC, d-prime), ``spoof`` (binary bona fide / spoof: EER, accuracy). Normalised spectrograms
+   are computed once per clip and kept in memory when the set is small (``task.cache``), else computed per batch.
+3. **Model** — :class:`encoder.model.AudioMosaicViT` from a folder written by pretraining (``run/encoder``) or random
+   init, plus a linear head on the pooled output (fc_norm of the mean over patch tokens, CLS excluded).
+4. **Training** — train-time augmentations on spectrogram batches (roll-and-magnitude, mixup, SpecAugment; each can
+   be switched off), AdamW with layer-wise lr decay (:func:`eval.augment.layerwise_lr_groups`) and a per-step
+   linear-warmup + cosine schedule, an optional class-balanced ``WeightedRandomSampler`` (AudioSet-2M). Loss: soft-target
+   cross-entropy (single-label, spoof) or BCE (multi-label).
+5. **Evaluation** — every ``eval.every`` epochs on ``valid`` (the model with the best valid metric is kept when
+   ``eval.select: best_valid``), finally on every ``test*`` split. ``task.folds`` runs cross-validation (ESC-50: five
+   folds, each held out once, no valid split, last epoch scored) and averages.
+6. **Outputs** (``run_dir``) — ``config.yaml`` (resolved), ``finetune.json`` (via :func:`eval.report.write_results`:
+   numbers, config, seed, commit, versions), ``finetune.md/.html`` with training curves, TensorBoard events under
+   ``tb/`` and, with ``save_model: true``, ``model.safetensors`` (encoder + head, config in the metadata).
+
+One ``seed`` seeds Python, NumPy and torch, the shuffling/sampling generator and the augmentation generator.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from encoder.data.tasks import ClipSet, Task, TaskConfig, cache_spectrograms, load_task
+from encoder.model import EncoderConfig
+from eval.augment import class_balanced_weights
+from eval.finetuning import (
+    MAIN_METRIC,
+    FinetuneEvalConfig,
+    FinetuneModelConfig,
+    FinetuneOptimConfig,
+    SpecAugmentConfig,
+    augment_batch,
+    build_finetune_model,
+    build_optimizer,
+    encoder_config,
+    is_better,
+    loss_fn,
+    predict,
+    save_finetuned,
+    score,
+    trainable_summary,
+)
+from eval.report import plot_training_curves, write_report, write_results
+from mosaic_core.config import NonNegInt, load_recipe, save_yaml, to_plain
+from mosaic_core.runtime import seed_everything, set_threads
+from mosaic_core.schedule import lr_factor
+
+
+@dataclass
+class FinetuneConfig:
+    seed: int = 0
+    run_dir: str = "runs/finetune"
+    threads: NonNegInt = 0  # torch intra-op threads; 0 = torch's default
+    tensorboard: bool = True
+    save_model: bool = False
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
+    augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
+
+
+def _loader(task: Task, idx: torch.Tensor, batch_size: int, workers: int, sampler=None):
+    return torch.utils.data.DataLoader(ClipSet(task, idx), batch_size=batch_size, sampler=sampler,
+                                       num_workers=workers, shuffle=False)
+
+
+def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, train_idx: torch.Tensor,
+                   valid_idx: torch.Tensor | None, tests: dict[str, torch.Tensor], run: Path,
+                   tag: str = "") -> dict[str, Any]:
+    """Fine-tune a fresh model on ``train_idx``; select on ``valid_idx``; score every test split."""
+    oc, ac, ec = cfg.optim, cfg.augment, cfg.eval
+    seed_everything(cfg.seed)
+    model = build_finetune_model(cfg.model, enc_cfg, task.num_outputs)
+    counts = trainable_summary(model)
+    print(f"[finetune] {task.name}{tag}: trainable parameters " + ", ".join(
+        f"{k} {v['trainable']:,}/{v['total']:,}" for k, v in counts.items()), flush=True)
+    opt = build_optimizer(model, oc)
+
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # augmentations
+    sgen = torch.Generator().manual_seed(cfg.seed + 2)  # shuffling / sampling
+    n_train = len(train_idx)
+    per_epoch = oc.samples_per_epoch or n_train
+    if oc.balanced_sampler:
+        y = task.targets[train_idx]
+        if task.task_type != "multi_label":
+            y = F.one_hot(y, task.num_outputs)
+        sampler = torch.utils.data.WeightedRandomSampler(class_balanced_weights(y), per_epoch, replacement=True,
+                                                         generator=sgen)
+    else:
+        sampler = torch.utils.data.RandomSampler(ClipSet(task, train_idx), num_samples=per_epoch, generator=sgen)
+    train_loader = _loader(task, train_idx, oc.batch_size, oc.num_workers, sampler)
+    eval_loader = lambda idx: _loader(task, idx, ec.batch_size, oc.num_workers)  # noqa: E731
+    steps_per_epoch = math.ceil(per_epoch / oc.batch_size)
+    total, warmup = oc.epochs * steps_per_epoch, int(round(oc.warmup_epochs * steps_per_epoch))
+
+    writer = None
+    if cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run / "tb" / (tag.strip(" /") or "run")))
+    metric = MAIN_METRIC[task.task_type]
+    select_on = valid_idx if valid_idx is not None and len(valid_idx) else None
+    curve_on, curve_name = (select_on, "valid") if select_on is not None else (next(iter(tests.values())),
+                                                                               next(iter(tests)))
+    history: dict[str, list] = {"train_loss": [], f"{curve_name}_loss": [], f"{curve_name}_{metric}": [], "lr": []}
+    best, best_state, best_epoch, step = None, None, oc.epochs, 0
+    from tqdm import tqdm
+
+    t0 = time.time()
+    for epoch in range(1, oc.epochs + 1):
+        model.train()
+        losses = []
+        for x, y in tqdm(train_loader, desc=f"{task.name}{tag} epoch {epoch}/{oc.epochs}", leave=False,
+                         dynamic_ncols=True, mininterval=5.0, disable=None):
+            lr = oc.lr * lr_factor(step, total, warmup, oc.min_lr / oc.lr)
+            for g in opt.param_groups:
+                g["lr"] = lr * g["lr_scale"]
+            x, soft = augment_batch(x, y, ac, task, gen)
+            loss = loss_fn(model(x), soft, task.task_type)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if oc.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip)
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+        history["train_loss"].append(float(np.mean(losses)))
+        history["lr"].append(lr)
+        if writer:
+            writer.add_scalar("train/loss", history["train_loss"][-1], epoch)
+            writer.add_scalar("train/lr", lr, epoch)
+        if epoch % ec.every == 0 or epoch == oc.epochs:
+            m = score(*predict(model, eval_loader(curve_on)), task)
+            history[f"{curve_name}_loss"].append(m["loss"])
+            history[f"{curve_name}_{metric}"].append(m[metric])
+            if writer:
+                for k, v in m.items():
+                    writer.add_scalar(f"{curve_name}/{k}", v, epoch)
+            print(f"[finetune] {task.name}{tag} epoch {epoch}: train loss {history['train_loss'][-1]:.4f}, "
+                  f"{curve_name} {metric} {m[metric]:.4f}", flush=True)
+            if select_on is not None and ec.select == "best_valid" and is_better(m[metric], best, metric):
+                best, best_epoch = m[metric], epoch
+                best_state = copy.deepcopy(model.state_dict())
+    if writer:
+        writer.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    results = {role: score(*predict(model, eval_loader(idx)), task) for role, idx in tests.items()}
+    out = {"test": results, "selected_epoch": best_epoch if best_state is not None else oc.epochs,
+           "history": history, "train_seconds": time.time() - t0, "n_train": n_train,
+           "n_valid": 0 if select_on is None else len(select_on), "n_test": {k: len(v) for k, v in tests.items()},
+           "trainable_parameters": counts}
+    if select_on is not None and best is not None:
+        out[f"valid_{metric}"] = best
+    if cfg.save_model:
+        save_finetuned(model, task, run / (tag.strip(" /") or ".") / "model.safetensors")
+    return out
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=float)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
+
+
+# =========================================================================================================== run
+def finetune(cfg: FinetuneConfig, raw: dict | None = None) -> dict[str, Any]:
+    """Run the recipe; returns the numbers written to ``{run_dir}/finetune.json``."""
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    run = Path(cfg.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    resolved = raw if raw is not None else to_plain(cfg)
+    save_yaml(resolved, run / "config.yaml")
+    enc_cfg = encoder_config(cfg.model)
+    task = load_task(cfg.task, enc_cfg, cfg.seed)
+    cache_spectrograms(task, cfg.task)
+    metric = MAIN_METRIC[task.task_type]
+    t0 = time.time()
+    numbers: dict[str, Any] = {"task": task.name, "task_type": task.task_type, "metric": metric,
+                               "classes": task.classes, "target_frames": task.fbank.target_frames,
+                               "encoder": cfg.model.encoder}
+    figures = []
+    if task.folds:
+        per_fold = {}
+        for f, held in task.folds.items():
+            train = torch.cat([idx for g, idx in task.folds.items() if g != f])
+            per_fold[str(f)] = train_and_test(cfg, task, enc_cfg, train, None, {"test": held}, run, f" / fold{f}")
+            figures.append((f"Training curves, fold {f}", plot_training_curves(
+                per_fold[str(f)]["history"], title=f"{task.name} fold {f}")))
+        keys = per_fold[next(iter(per_fold))]["test"]["test"].keys()
+        numbers["folds"] = per_fold
+        numbers["test"] = {"test": {k: _mean_std([r["test"]["test"][k] for r in per_fold.values()])
+                                    for k in keys if k != "loss"}}
+        summary = {f"fold {f}": {metric: r["test"]["test"][metric]} for f, r in per_fold.items()}
+        summary["mean"] = {metric: numbers["test"]["test"][metric]["mean"]}
+    else:
+        tests = {r: idx for r, idx in task.splits.items() if r.startswith("test")}
+        res = train_and_test(cfg, task, enc_cfg, task.splits["train"], task.splits.get("valid"), tests, run)
+        numbers.update(res)
+        figures.append(("Training curves", plot_training_curves(res["history"], title=task.name)))
+        summary = {role: {k: v for k, v in m.items() if not k.startswith("classes_skipped")}
+                   for role, m in res["test"].items()}
+    numbers["seconds"] = time.time() - t0
+    numbers["bad_clips"] = task.bad_clips
+    write_results(run, "finetune", numbers, resolved, cfg.seed)
+    sections = [("Summary", [f"Fine-tuned {cfg.model.encoder} on {task.name} ({task.task_type}, "
+                             f"{task.fbank.target_frames} frames) for {cfg.optim.epochs} epochs; "
+                             f"{numbers['seconds']:.0f} s. Main metric: {metric}.", summary])]
+    sections += [(title, [fig]) for title, fig in figures]
+    write_report(run, f"Fine-tuning: {task.name}", sections, name="finetune")
+    print(f"[finetune] {task.name}: " + json.dumps(summary), flush=True)
+    return numbers
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="mosaic-alm finetune", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="a recipe, e.g. configs/finetune/embedded_keywords.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.epochs=5")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    cfg, raw = load_recipe(FinetuneConfig, args.config, args.overrides)
+    finetune(cfg, raw)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Recipe: AudioMosaic pretraining for one process, torch.distributed, or the ``deepspeed`` launcher.
+
+    mosaic-alm pretrain --config configs/pretrain/tiny.yaml [key=value ...]
+    mosaic-alm pretrain-mae --config configs/pretrain/tiny.yaml run_dir=runs/pretrain-mae   # the MAE baseline
+    deepspeed --num_gpus 8 -m recipes.pretrain --config configs/pretrain/vit_base.yaml distributed.backend=deepspeed
+    deepspeed --hostfile hosts -m recipes.pretrain --config ... distributed.backend=deepspeed   # several nodes
+
+The loop: resume from the newest valid checkpoint, then per step draw the masks, run the objective's step
+(:mod:`encoder.pretraining`), skip a step whose loss is non-finite on any rank (restoring BatchNorm statistics),
+step the optimizer, log, checkpoint. At the end the encoder alone is exported as a Hugging Face folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from encoder import checkpoint as ckpt
+from encoder.data.dataset import (
+    EpochBatchSampler,
+    PretrainDataset,
+    cache_features,
+    collate_views,
+    derive_seed,
+)
+from encoder.features import FbankConfig
+from encoder.pretraining import (
+    PretrainConfig,
+    TrainingError,
+    all_reduce_mean_grads,
+    any_rank,
+    autocast_ctx,
+    build_pretrain_model,
+    contrastive_step,
+    export_encoder,
+    finite_loss,
+    init_distributed,
+    load_rows,
+    lr_at,
+    mae_step,
+    memory_mb,
+    param_groups,
+    parameter_summary,
+    save_pretrain_checkpoint,
+)
+from mosaic_core.config import ConfigError, load_recipe, save_yaml
+from mosaic_core.io import atomic_write_json
+from mosaic_core.runtime import set_threads
+
+log = logging.getLogger("recipes.pretrain")
+
+
+def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
+    set_threads(cfg.train.threads)
+    rank, world, device = init_distributed(cfg)
+    run = Path(cfg.run_dir)
+    is_main = rank == 0
+    if is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_yaml(raw if raw is not None else cfg, run / "config.yaml")
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    model = build_pretrain_model(cfg).to(device)
+    if is_main:
+        counts = parameter_summary(model)
+        print(f"[pretrain] objective={cfg.objective} world={world} device={device} trainable parameters: "
+              + ", ".join(f"{n}={c:,}" for n, c in counts.items()), flush=True)
+
+    rows = load_rows(cfg)
+    fb = FbankConfig(sample_rate=cfg.model.sample_rate, num_mel_bins=cfg.model.num_mel_bins,
+                     target_frames=cfg.data.target_frames, mean=cfg.model.norm_mean, std=cfg.model.norm_std,
+                     max_seconds=cfg.data.max_seconds)
+    features = None
+    if cfg.data.cached_features:
+        cache = Path(cfg.data.root) / "cache" / f"fbank_{derive_seed(*[r['id'] for r in rows]):x}.safetensors"
+        if is_main:
+            features = cache_features(rows, fb, cache)
+        if world > 1:
+            dist.barrier()
+        if not is_main:
+            features = cache_features(rows, fb, cache)
+    dataset = PretrainDataset(rows, fb, cfg.augment, cfg.seed, features)
+    if len(rows) < cfg.train.batch_size:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(rows)} training clips")
+    steps_per_epoch = len(rows) // cfg.train.batch_size
+    total = cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * steps_per_epoch
+
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                  betas=tuple(cfg.optim.betas))
+    engine = None
+    if cfg.distributed.backend == "deepspeed":
+        import deepspeed
+
+        ds_cfg = json.loads(Path(cfg.distributed.deepspeed_config).read_text())
+        ds_cfg["train_micro_batch_size_per_gpu"] = cfg.train.batch_size // world
+        ds_cfg["gradient_accumulation_steps"] = 1
+        ds_cfg["gradient_clipping"] = max(cfg.optim.grad_clip, 0.0)
+        ds_cfg.setdefault("bf16", {})["enabled"] = cfg.train.precision == "bf16" or (
+            cfg.train.precision == "auto" and device.type == "cuda")
+        ds_cfg.pop("optimizer", None)
+        ds_cfg.pop("scheduler", None)
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg,
+                                                       dist_init_required=False)
+        model = engine.module
+        if is_main:
+            print(f"[pretrain] deepspeed ZeRO stage {engine.zero_optimization_stage()}", flush=True)
+
+    # ---- resume
+    start_step, history = 0, []
+    latest = ckpt.latest_checkpoint(run / "checkpoints")
+    if latest is not None:
+        tensors, state = ckpt.load_checkpoint(latest)
+        model.load_state_dict(tensors["model"])
+        if engine is None and "optimizer" in tensors:
+            optimizer.load_state_dict(ckpt.unflatten_optimizer_state(tensors["optimizer"], state["optimizer"]))
+        elif engine is not None:
+            engine.load_checkpoint(str(run / "ds_checkpoints"), tag=f"step_{state['step']}",
+                                   load_module_strict=True, load_lr_scheduler_states=False)
+        start_step, history = state["step"], state.get("history", [])
+        if is_main:
+            print(f"[pretrain] resumed from {latest} at step {start_step}", flush=True)
+
+    sampler = EpochBatchSampler(len(rows), cfg.train.batch_size, rank, world, cfg.seed, start_step, total)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_views,
+                                         num_workers=cfg.data.num_workers,
+                                         persistent_workers=cfg.data.num_workers > 0,
+                                         prefetch_factor=2 if cfg.data.num_workers > 0 else None)
+    writer = None
+    if is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run / "tb"))
+    amp = autocast_ctx(cfg.train, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    backward = engine.backward if engine is not None else (lambda loss: loss.backward())
+    step_fn = contrastive_step if cfg.objective == "contrastive" else mae_step
+    bad_steps, bad_clips, last_finite = 0, 0, None
+    skipped_steps = sum(1 for h in history if h.get("skipped"))
+    last_finite = next((h["loss"] for h in reversed(history) if h.get("loss") is not None), None)
+    quarantine = run / f"quarantine.rank{rank}.jsonl"
+    bar = None
+    if is_main and cfg.train.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start_step, desc="pretrain", dynamic_ncols=True)
+    model.train()
+    t_last, step = time.time(), start_step
+    for batch in loader:
+        if batch["bad"]:
+            bad_clips += len(batch["bad"])
+            with open(quarantine, "a") as f:
+                for b in batch["bad"]:
+                    f.write(json.dumps({"step": step, **b}) + "\n")
+            if cfg.data.on_bad_clip == "fail":
+                raise TrainingError(f"bad clip {batch['bad'][0]['id']}: {batch['bad'][0]['error']} "
+                                    f"(data.on_bad_clip=fail; listed in {quarantine})")
+        views = batch["views"].to(device, non_blocking=True)
+        lr = lr_at(step, total, cfg.optim)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if engine is None:
+            optimizer.zero_grad(set_to_none=True)
+        verdict = {}
+
+        def agree(loss, _v=verdict):
+            _v["ok"] = not any_rank(not finite_loss(loss), world, device)
+            return _v["ok"]
+
+        # BatchNorm running statistics move in the forward pass: a skipped step must not leave them poisoned
+        saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        out = step_fn(model, views, cfg, step, rank, backward, amp, agree)
+        skipped = not verdict.get("ok", False)
+        if skipped:
+            bad_steps += 1
+            skipped_steps += 1
+            with torch.no_grad():
+                for b, old in saved_buffers:
+                    b.copy_(old)
+            if engine is None:
+                optimizer.zero_grad(set_to_none=True)
+            log.warning("step %d: non-finite loss on some rank; step skipped (%d in a row, %d in all)", step,
+                        bad_steps, skipped_steps)
+            if bad_steps >= cfg.train.max_bad_steps:
+                raise TrainingError(f"stopping: {bad_steps} consecutive non-finite losses, the last at step {step} "
+                                    f"(lr {lr:.3g}, last finite loss {last_finite}); "
+                                    f"train.max_bad_steps={cfg.train.max_bad_steps}")
+        else:
+            bad_steps = 0
+            last_finite = float(out["loss"])
+            if engine is not None:
+                engine.step()
+            else:
+                all_reduce_mean_grads(params, world)
+                if cfg.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+                optimizer.step()
+        step += 1
+        loss_val, acc_val = float(out["loss"]), float(out["accuracy"])
+        if skipped or not math.isfinite(loss_val):  # no NaN/inf in any output: a skipped step records None
+            history.append({"step": step, "loss": None, "accuracy": None, "lr": lr, "skipped": True})
+            loss_val = acc_val = float("nan")
+        else:
+            history.append({"step": step, "loss": loss_val, "accuracy": acc_val if math.isfinite(acc_val) else None,
+                            "lr": lr})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_val:.4f}", acc=f"{acc_val:.3f}")
+        if writer is not None and skipped:
+            writer.add_scalar("train/skipped_steps", skipped_steps, step)
+        if writer is not None and not skipped and (step % cfg.train.log_every == 0 or step == total):
+            dt = time.time() - t_last
+            t_last = time.time()
+            writer.add_scalar("train/loss", loss_val, step)
+            writer.add_scalar("train/contrastive_accuracy", acc_val, step)
+            writer.add_scalar("train/lr", lr, step)
+            writer.add_scalar("train/clips_per_s", cfg.train.batch_size * cfg.train.log_every / max(dt, 1e-9), step)
+            writer.add_scalar("train/memory_mb", memory_mb(device), step)
+            writer.add_scalar("data/bad_clips", bad_clips, step)
+            if bar is None:
+                print(f"[pretrain] step {step}/{total} loss {loss_val:.4f} acc {acc_val:.3f} lr {lr:.2e} "
+                      f"{cfg.train.batch_size * cfg.train.log_every / max(dt, 1e-9):.1f} clips/s", flush=True)
+        if step % cfg.train.ckpt_every == 0 or step == total:
+            save_pretrain_checkpoint(run, step, model, optimizer, engine, cfg, history, is_main, world, raw)
+        if step >= total:
+            break
+    if bar is not None:
+        bar.close()
+    if writer is not None:
+        writer.close()
+    summary = {"steps": step, "history": history, "bad_clips": bad_clips, "skipped_steps": skipped_steps}
+    if is_main:
+        export_encoder(model.encoder, run / "encoder")
+        atomic_write_json(run / "history.json", history, indent=None)
+    if world > 1:
+        dist.barrier()
+    return summary
+
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="mosaic-alm pretrain", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="YAML recipe (configs/pretrain/*.yaml)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    return p.parse_args(argv)
+
+
+def main(argv=None, objective: str | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    overrides = list(args.overrides) + ([f"objective={objective}"] if objective is not None else [])
+    cfg, raw = load_recipe(PretrainConfig, args.config, overrides)
+    try:
+        summary = train(cfg, raw)
+    except (ckpt.CheckpointError, TrainingError) as exc:  # a clear reason, non-zero exit
+        if dist.is_initialized():  # several ranks: say which one failed, with its traceback
+            import traceback
+
+            print(f"[pretrain] rank {dist.get_rank()} failed: {exc}\n{traceback.format_exc()}", file=sys.stderr,
+                  flush=True)
+        else:
+            print(f"[pretrain] error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        h = [x for x in summary["history"] if x.get("loss") is not None]
+        if h:
+            print(f"[pretrain] done: {summary['steps']} steps, first loss {h[0]['loss']:.4f}, "
+                  f"last loss {h[-1]['loss']:.4f}, bad clips {summary['bad_clips']}, skipped steps "
+                  f"{summary['skipped_steps']}; encoder -> {Path(cfg.run_dir) / 'encoder'}", flush=True)
+    return 0
+
+
+def main_mae(argv=None) -> int:
+    return main(argv, objective="mae")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
