@@ -25,7 +25,7 @@ def run_mode(args) -> dict:
 
     import torch
 
-    from mosaic_core.config import build, load_config
+    from mosaic_core.config import parse_config, load_config
     from encoder.pretraining import PretrainConfig, build_pretrain_model, contrastive_step
 
     if args.threads:
@@ -35,7 +35,7 @@ def run_mode(args) -> dict:
     if args.mode == "unmasked":
         over += ["masking.time_view=none", "masking.freq_view=none"]
     raw = load_config("configs/pretrain/vit_base.yaml", over)
-    cfg = build(PretrainConfig, raw)
+    cfg = parse_config(PretrainConfig, raw)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_pretrain_model(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -262,7 +262,7 @@ def lr_at(step: int, total: int, o: PretrainOptimConfig) -> float:
     return o.lr * lr_factor(step, total, o.warmup_steps, o.min_lr / o.lr)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float):
+def decay_param_groups(model: torch.nn.Module, weight_decay: float):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:

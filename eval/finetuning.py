@@ -174,7 +174,7 @@ def loss_fn(logits: torch.Tensor, soft: torch.Tensor, task_type: str) -> torch.T
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_batches(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     logits, targets = [], []
     for x, y in loader:

@@ -54,7 +54,7 @@ class LoRAConfig:
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def cache_dir() -> Path:
+def llm_cache_dir() -> Path:
     return Path(os.environ.get("MOSAIC_ALM_CACHE", Path.home() / ".cache" / "mosaic-alm"))
 
 
@@ -73,7 +73,7 @@ def smollm2_gguf_path() -> Path:
 
 def ensure_smollm2(cache: str | os.PathLike | None = None) -> Path:
     """Convert the packaged SmolLM2 GGUF to a safetensors HF folder once; return the folder."""
-    root = Path(cache) if cache is not None else cache_dir()
+    root = Path(cache) if cache is not None else llm_cache_dir()
     out = root / "llm" / "smollm2-135m-instruct"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
@@ -168,4 +168,4 @@ def add_lora(model, cfg: LoRAConfig):
 
 
 __all__ = ["LLMConfig", "LoRAConfig", "ensure_smollm2", "load_llm", "load_tokenizer", "add_lora",
-           "resolve_llm_path", "cache_dir", "smollm2_gguf_path"]
+           "resolve_llm_path", "llm_cache_dir", "smollm2_gguf_path"]

@@ -155,7 +155,7 @@ def _one_line(exc, where: str, data: Any) -> str:
     return f"{where}: {key}={value!r}: {err['msg'][0].lower() + err['msg'][1:]}"
 
 
-def build(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
+def parse_config(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
     """Dataclass ``cls`` (nested sections included) from a plain mapping, checked; a bad value is a ConfigError
     naming the key, the value and what was expected."""
     from pydantic import ValidationError
@@ -175,7 +175,7 @@ def load_recipe(cls: type[T], path: str | os.PathLike, overrides: Iterable[str] 
                 where: str | None = None) -> tuple[T, dict]:
     """Read, override and validate a recipe: returns (typed config, resolved dict to save in the run folder)."""
     raw = load_config(path, overrides)
-    return build(cls, raw, where or f"config {path}"), raw
+    return parse_config(cls, raw, where or f"config {path}"), raw
 
 
 def save_yaml(cfg: Any, path: str | os.PathLike) -> None:
@@ -194,5 +194,5 @@ def to_plain(obj):
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
-    """Alias of :func:`build` for one section (kept for readability at call sites)."""
-    return build(cls, data, where)
+    """One section of a config (same checks as :func:`parse_config`)."""
+    return parse_config(cls, data, where)

@@ -58,7 +58,7 @@ from eval.finetuning import (
     encoder_config,
     is_better,
     loss_fn,
-    predict,
+    predict_batches,
     save_finetuned,
     score,
     trainable_summary,
@@ -154,7 +154,7 @@ def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, trai
             writer.add_scalar("train/loss", history["train_loss"][-1], epoch)
             writer.add_scalar("train/lr", lr, epoch)
         if epoch % ec.every == 0 or epoch == oc.epochs:
-            m = score(*predict(model, eval_loader(curve_on)), task)
+            m = score(*predict_batches(model, eval_loader(curve_on)), task)
             history[f"{curve_name}_loss"].append(m["loss"])
             history[f"{curve_name}_{metric}"].append(m[metric])
             if writer:
@@ -169,7 +169,7 @@ def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, trai
         writer.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-    results = {role: score(*predict(model, eval_loader(idx)), task) for role, idx in tests.items()}
+    results = {role: score(*predict_batches(model, eval_loader(idx)), task) for role, idx in tests.items()}
     out = {"test": results, "selected_epoch": best_epoch if best_state is not None else oc.epochs,
            "history": history, "train_seconds": time.time() - t0, "n_train": n_train,
            "n_valid": 0 if select_on is None else len(select_on), "n_test": {k: len(v) for k, v in tests.items()},

@@ -30,6 +30,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/pipeline")
     p.add_argument("--pretrain-steps", type=int, default=600)
     p.add_argument("--probe-seeds", default="0,1,2")
+    p.add_argument("--probe-epochs", type=int, default=None, help="probe training epochs (default: the eval recipe's)")
+    p.add_argument("--max-clips", type=int, default=0, help="> 0: at most this many clips per split in the encoder "
+                                                              "evaluation (a quick look)")
     p.add_argument("--alm-steps", default="250,100,200,60", help="optimizer steps of ALM stages 1-4")
     p.add_argument("--alm-test", type=int, default=360, help="closed-ended test questions")
     p.add_argument("--skip-alm", action="store_true")
@@ -39,7 +42,7 @@ def main(argv=None) -> int:
     from encoder.data.embedded import build
     from encoder.pretraining import PretrainConfig
     from mosaic_alm.instructions import generate
-    from mosaic_core.config import build as build_config, load_config, load_recipe
+    from mosaic_core.config import load_config, load_recipe, parse_config
 
     from .pretrain import train
 
@@ -63,7 +66,7 @@ def main(argv=None) -> int:
             f"data.root={root}", f"run_dir={run}", f"train.max_steps={args.pretrain_steps}", f"seed={args.seed}",
             f"objective={objective}", "train.progress=false"])
         if not (run / "encoder" / "config.json").is_file() or not _finished(run, args.pretrain_steps):
-            train(build_config(PretrainConfig, raw, "pretraining config"), raw)
+            train(parse_config(PretrainConfig, raw, "pretraining config"), raw)
         encoders[name] = str(run / "encoder")
         timings[f"pretrain_{name}_s"] = round(time.time() - t, 1)
 
@@ -74,6 +77,8 @@ def main(argv=None) -> int:
     seeds = "[" + args.probe_seeds + "]"
     cfg, _ = load_recipe(EncoderEvalConfig, REPO / "configs/eval/encoder_embedded.yaml", [
         f"data_root={root}", f"run_dir={out / 'eval-encoder'}", f"seed={args.seed}", f"probe_seeds={seeds}",
+        f"max_clips_per_split={args.max_clips}",
+        *([f"probe.epochs={args.probe_epochs}"] if args.probe_epochs else []),
         f"encoders={{audiomosaic: {encoders['audiomosaic']}, mae: {encoders['mae']}, random: random}}",
         "tasks=[" + ", ".join(str(REPO / f"configs/data/embedded_{t}.yaml") for t in
                               ("keywords", "instruments", "environment")) + "]"])

@@ -46,7 +46,7 @@ from encoder.pretraining import (
     lr_at,
     mae_step,
     memory_mb,
-    param_groups,
+    decay_param_groups,
     parameter_summary,
     save_pretrain_checkpoint,
 )
@@ -91,7 +91,7 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
     steps_per_epoch = len(rows) // cfg.train.batch_size
     total = cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * steps_per_epoch
 
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+    optimizer = torch.optim.AdamW(decay_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas))
     engine = None
     if cfg.distributed.backend == "deepspeed":
@@ -162,7 +162,7 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
                                     f"(data.on_bad_clip=fail; listed in {quarantine})")
         views = batch["views"].to(device, non_blocking=True)
         lr = lr_at(step, total, cfg.optim)
-        for group in optimizer.param_groups:
+        for group in optimizer.decay_param_groups:
             group["lr"] = lr
         if engine is None:
             optimizer.zero_grad(set_to_none=True)

@@ -46,7 +46,7 @@ from mosaic_core.config import (
     PositiveFloat,
     PositiveInt,
     Probability,
-    build,
+    parse_config,
     load_config,
     save_yaml,
 )
@@ -102,7 +102,7 @@ class StageConfig:
 
 
 def check_stage_config(cfg: dict) -> StageConfig:
-    return build(StageConfig, cfg, f"ALM stage {cfg.get('stage', '?')} config")
+    return parse_config(StageConfig, cfg, f"ALM stage {cfg.get('stage', '?')} config")
 
 
 def run_dir(cfg: dict) -> Path:
@@ -133,7 +133,7 @@ def _ds_config(path: str, tcfg: StageTrainConfig, world: int, device: torch.devi
     return cfg
 
 
-def param_groups(model, tcfg: StageTrainConfig) -> list[dict]:
+def alm_param_groups(model, tcfg: StageTrainConfig) -> list[dict]:
     """Optimizer parameter groups: the trainable projector at ``projector_lr`` (when set), the rest at ``lr``."""
     proj = {id(p) for p in model.projector.parameters()} if model.projector is not None else set()
     trainable = [(p, id(p) in proj) for p in model.parameters() if p.requires_grad]
@@ -190,7 +190,7 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     if tcfg.max_steps > 0:
         total = tcfg.max_steps  # an explicit step budget wins over epochs (the loader cycles)
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = param_groups(model, tcfg)
+    groups = alm_param_groups(model, tcfg)
     engine = None
     if tcfg.deepspeed:
         import deepspeed

@@ -27,8 +27,11 @@ def _fixed_batch_loss(model, toy):
     recs = load_records(toy, "train", kind="closed")[:6]
     b = Collator(model.tokenizer.pad_token_id)([InstructionDataset(recs, PromptFormatter.for_model(model))[i]
                                                 for i in range(len(recs))])
+    from mosaic_alm.featurizer import AudioFeaturizer
+
+    audio = AudioFeaturizer.for_model(model).inputs(b.pop("audios"))
     with torch.no_grad():
-        return float(model.eval()(**b).loss)
+        return float(model.eval()(**b, **audio).loss)
 
 
 def test_stage1_reduces_loss_and_cli_answers(toy, tmp_path, capsys):
@@ -180,7 +183,7 @@ def test_paired_comparison_of_variants():
 
 
 def test_projector_gets_its_own_learning_rate():
-    from recipes.train_alm import StageTrainConfig, param_groups
+    from recipes.train_alm import StageTrainConfig, alm_param_groups
 
     class M(torch.nn.Module):
         def __init__(self):
@@ -190,13 +193,13 @@ def test_projector_gets_its_own_learning_rate():
             self.frozen = torch.nn.Linear(3, 3).requires_grad_(False)
 
     m = M()
-    one = param_groups(m, StageTrainConfig(lr=1e-4))
+    one = alm_param_groups(m, StageTrainConfig(lr=1e-4))
     assert len(one) == 1 and one[0]["lr"] == 1e-4 and len(one[0]["params"]) == 4  # frozen parameters left out
-    two = param_groups(m, StageTrainConfig(lr=1e-4, projector_lr=1e-3))
+    two = alm_param_groups(m, StageTrainConfig(lr=1e-4, projector_lr=1e-3))
     assert [g["lr"] for g in two] == [1e-3, 1e-4]
     assert {id(p) for p in two[0]["params"]} == {id(p) for p in m.projector.parameters()}
     m.projector.requires_grad_(False)  # a stage that freezes the projector: one group at lr
-    assert [g["lr"] for g in param_groups(m, StageTrainConfig(lr=1e-4, projector_lr=1e-3))] == [1e-4]
+    assert [g["lr"] for g in alm_param_groups(m, StageTrainConfig(lr=1e-4, projector_lr=1e-3))] == [1e-4]
     opt = torch.optim.AdamW(two, lr=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
     assert sched.get_last_lr() == [5e-4, 5e-5]  # the schedule scales both groups

@@ -13,7 +13,7 @@ import yaml
 import recipes.finetune as FT
 from encoder.data import tasks as T
 from eval import finetuning as FN
-from mosaic_core.config import ConfigError, build, load_recipe
+from mosaic_core.config import ConfigError, parse_config, load_recipe
 from mosaic_core.schedule import lr_factor
 
 SR = 16000
@@ -104,7 +104,7 @@ def _one_thread():
 def test_single_label_beats_chance_and_writes_outputs(tmp_path):
     recipe = _write_task(tmp_path / "data", "single")
     raw = _cfg(tmp_path, recipe, augment={"mixup_alpha": 0.5, "time_mask": 8, "freq_mask": 16, "roll": True})
-    out = FT.finetune(build(FT.FinetuneConfig, raw), raw)
+    out = FT.finetune(parse_config(FT.FinetuneConfig, raw), raw)
     acc = out["test"]["test"]["accuracy"]
     assert acc >= 0.6, out["test"]  # chance is 0.25
     assert out["task_type"] == "single_label" and out["target_frames"] == 64
@@ -143,7 +143,7 @@ def test_multi_label_with_balanced_sampler_yields_map(tmp_path):
     recipe = _write_task(tmp_path / "data", "multi", per_class=(6, 2, 3))
     raw = _cfg(tmp_path, recipe, optim={"epochs": 3, "balanced_sampler": True, "samples_per_epoch": 32},
                augment={"mixup_alpha": 0.5})
-    out = FT.finetune(build(FT.FinetuneConfig, raw), raw)
+    out = FT.finetune(parse_config(FT.FinetuneConfig, raw), raw)
     m = out["test"]["test"]
     assert out["task_type"] == "multi_label"
     assert 0.0 <= m["mAP"] <= 1.0 and 0.0 <= m["AUC"] <= 1.0 and np.isfinite(m["d_prime"])
@@ -153,7 +153,7 @@ def test_multi_label_with_balanced_sampler_yields_map(tmp_path):
 def test_spoof_task_yields_eer(tmp_path):
     recipe = _write_task(tmp_path / "data", "spoof", per_class=(8, 2, 4))
     raw = _cfg(tmp_path, recipe, optim={"epochs": 3})
-    out = FT.finetune(build(FT.FinetuneConfig, raw), raw)
+    out = FT.finetune(parse_config(FT.FinetuneConfig, raw), raw)
     assert out["task_type"] == "spoof" and out["metric"] == "EER"
     assert 0.0 <= out["test"]["test"]["EER"] <= 1.0
     assert "accuracy" in out["test"]["test"]
@@ -162,7 +162,7 @@ def test_spoof_task_yields_eer(tmp_path):
 def test_fold_mode_averages_folds(tmp_path):
     recipe = _write_task(tmp_path / "data", "folds")
     raw = _cfg(tmp_path, recipe, task={"folds": [1, 2, 3]}, optim={"epochs": 2})
-    out = FT.finetune(build(FT.FinetuneConfig, raw), raw)
+    out = FT.finetune(parse_config(FT.FinetuneConfig, raw), raw)
     accs = [out["folds"][f]["test"]["test"]["accuracy"] for f in ("1", "2", "3")]
     assert out["test"]["test"]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
     assert all(out["folds"][f]["n_test"]["test"] == 16 and out["folds"][f]["n_train"] == 32 for f in ("1", "2", "3"))
@@ -180,15 +180,15 @@ def test_cli_overrides_and_typos_rejected(tmp_path, capsys):
     bad = _cfg(tmp_path, recipe)
     bad["augment"]["mixup"] = 0.5
     with pytest.raises(ConfigError, match="mixup"):
-        build(FT.FinetuneConfig, bad)
+        parse_config(FT.FinetuneConfig, bad)
     bad = _cfg(tmp_path, recipe, task={"task_type": "multilabel"})
     with pytest.raises(ConfigError, match="task_type"):
-        build(FT.FinetuneConfig, bad)
+        parse_config(FT.FinetuneConfig, bad)
     typo = yaml.safe_load(recipe.read_text())
     typo["target_frame"] = 64
     recipe.write_text(yaml.safe_dump(typo))
     with pytest.raises(ConfigError, match="target_frame"):
-        FT.finetune(build(FT.FinetuneConfig, _cfg(tmp_path, recipe)))
+        FT.finetune(parse_config(FT.FinetuneConfig, _cfg(tmp_path, recipe)))
 
 
 REPO = Path(__file__).resolve().parents[1]

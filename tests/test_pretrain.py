@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mosaic_core.config import build, load_config
+from mosaic_core.config import parse_config, load_config
 from encoder.loss import nt_xent
 from encoder.masking import freq_view_indices, time_view_indices
 from encoder.model import AudioMosaicPretrainModel, EncoderConfig, PretrainProjectorConfig
@@ -35,7 +35,7 @@ def _cfg(**over) -> PretrainConfig:
     for k, v in over.items():
         sec, key = k.split(".")
         raw[sec][key] = v
-    return build(PretrainConfig, raw)
+    return parse_config(PretrainConfig, raw)
 
 
 def test_gradcache_equals_plain_step():
@@ -108,11 +108,11 @@ def _keyword_overrides(root, run_dir, steps, batch=8):
 
 def test_resume_continues_bit_identically(embedded_root, tmp_path):
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", _keyword_overrides(embedded_root, tmp_path / "a", 4))
-    full = train(build(PretrainConfig, raw), raw)
+    full = train(parse_config(PretrainConfig, raw), raw)
     raw_b = load_config(REPO / "configs/pretrain/tiny.yaml", _keyword_overrides(embedded_root, tmp_path / "b", 2))
-    train(build(PretrainConfig, raw_b), raw_b)
+    train(parse_config(PretrainConfig, raw_b), raw_b)
     raw_b["train"]["max_steps"] = 4
-    resumed = train(build(PretrainConfig, raw_b), raw_b)
+    resumed = train(parse_config(PretrainConfig, raw_b), raw_b)
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
     from safetensors.torch import load_file
 
@@ -125,7 +125,7 @@ def test_tiny_encoder_reduces_loss_on_real_audio(embedded_root, tmp_path):
     over = _keyword_overrides(embedded_root, tmp_path / "r", 40, batch=32) + ["data.cached_features=true",
                                                                             "optim.lr=1e-3", "optim.warmup_steps=3"]
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", over)
-    hist = train(build(PretrainConfig, raw), raw)["history"]
+    hist = train(parse_config(PretrainConfig, raw), raw)["history"]
     first = sum(h["loss"] for h in hist[:5]) / 5
     last = sum(h["loss"] for h in hist[-5:]) / 5
     assert last < first - 1.0, (first, last)

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from encoder import checkpoint as ckpt
-from mosaic_core.config import build, load_config
+from mosaic_core.config import parse_config, load_config
 from encoder.pretraining import PretrainConfig
 from recipes.pretrain import train
 
@@ -154,7 +154,7 @@ def test_kill_at_many_moments_then_resume_bit_identically(embedded_root, tmp_pat
 
     # the same steps without interruption, in this process
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", _overrides(embedded_root, tmp_path / "ref", steps, keep))
-    ref = train(build(PretrainConfig, raw), raw)
+    ref = train(parse_config(PretrainConfig, raw), raw)
     got = json.loads((run / "history.json").read_text())
     assert [h["loss"] for h in got] == [h["loss"] for h in ref["history"]]
     assert all(h["loss"] is not None for h in got)
@@ -173,11 +173,11 @@ def test_resume_with_augmentation_in_workers_is_bit_identical(embedded_root, tmp
     an uninterrupted one (every draw derives from (seed, epoch, index) or (seed, step, rank))."""
     extra = ["data.cached_features=false", "augment.enabled=true", f"data.num_workers={workers}"]
     a = load_config(REPO / "configs/pretrain/tiny.yaml", _overrides(embedded_root, tmp_path / "a", 3, extra=extra))
-    full = train(build(PretrainConfig, a), a)
+    full = train(parse_config(PretrainConfig, a), a)
     b = load_config(REPO / "configs/pretrain/tiny.yaml", _overrides(embedded_root, tmp_path / "b", 1, extra=extra))
-    train(build(PretrainConfig, b), b)
+    train(parse_config(PretrainConfig, b), b)
     b["train"]["max_steps"] = 3
-    resumed = train(build(PretrainConfig, b), b)
+    resumed = train(parse_config(PretrainConfig, b), b)
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
     wa = load_file(str(tmp_path / "a/encoder/model.safetensors"))
     wb = load_file(str(tmp_path / "b/encoder/model.safetensors"))

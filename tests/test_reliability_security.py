@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from encoder import checkpoint as ckpt
-from mosaic_core.config import build, ConfigError, load_config, read_yaml
+from mosaic_core.config import parse_config, ConfigError, load_config, read_yaml
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def test_training_refuses_to_resume_from_a_planted_checkpoint(embedded_root, tmp
         f"data.root={embedded_root}", "data.manifests=[keywords/manifest.jsonl]", f"run_dir={run}",
         "train.max_steps=4", "train.batch_size=8", "train.progress=false", "model.depth=2"])
     with pytest.raises(ckpt.CheckpointError, match="not a valid safetensors file"):
-        train(build(PretrainConfig, raw), raw)
+        train(parse_config(PretrainConfig, raw), raw)
 
 
 @pytest.mark.parametrize("kind", ["raw", "torch_zip"])
@@ -160,7 +160,7 @@ def test_config_names_come_from_allow_lists(tmp_path, marker):
         raw = json.loads(json.dumps(base))
         (raw[section] if section else raw)[key] = evil
         with pytest.raises(ConfigError) as info:  # rejected at load, before anything runs
-            build(PretrainConfig, raw)
+            parse_config(PretrainConfig, raw)
         assert key in str(info.value) and len(str(info.value).splitlines()) == 1
     from encoder.masking import view_indices
 

@@ -26,7 +26,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from mosaic_core.config import build, load_config
+from mosaic_core.config import parse_config, load_config
 from encoder.data.manifest import ManifestError, read_manifest, write_manifest
 from encoder.pretraining import PretrainConfig, TrainingError
 from recipes.pretrain import train
@@ -107,7 +107,7 @@ def test_bad_clips_are_skipped_counted_and_quarantined(embedded_root, tmp_path, 
     bad_ids = _bad_dataset(embedded_root, root)
     raw = load_config(REPO / "configs/pretrain/tiny.yaml",
                       _over(root, tmp_path / "run", 5, f"data.cached_features={str(cached).lower()}"))
-    out = train(build(PretrainConfig, raw), raw)  # 5 steps x 8 = one epoch: every clip is drawn once
+    out = train(parse_config(PretrainConfig, raw), raw)  # 5 steps x 8 = one epoch: every clip is drawn once
     assert out["bad_clips"] == 2
     q = [json.loads(line) for line in (tmp_path / "run/quarantine.rank0.jsonl").read_text().splitlines()]
     assert {e["id"] for e in q} == bad_ids
@@ -121,7 +121,7 @@ def test_bad_clip_fails_the_run_when_configured(embedded_root, tmp_path):
     bad_ids = _bad_dataset(embedded_root, root)
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", _over(root, tmp_path / "run", 5, "data.on_bad_clip=fail"))
     with pytest.raises(TrainingError, match="bad clip .*on_bad_clip=fail") as info:
-        train(build(PretrainConfig, raw), raw)
+        train(parse_config(PretrainConfig, raw), raw)
     assert any(b in str(info.value) for b in bad_ids)
     assert (tmp_path / "run/quarantine.rank0.jsonl").is_file()
 
@@ -143,7 +143,7 @@ _DRIVER = r"""
 import os, signal, sys
 sys.path.insert(0, {repo!r})
 import torch
-from mosaic_core.config import load_config
+from mosaic_core.config import load_config, parse_config
 from encoder.data import dataset
 from encoder.pretraining import PretrainConfig
 from recipes.pretrain import train
@@ -157,7 +157,7 @@ def views(self, epoch, index):
     return real(self, epoch, index)
 dataset.PretrainDataset._views = views
 raw = load_config({cfg!r}, {over!r})
-train(build(PretrainConfig, raw), raw)
+train(parse_config(PretrainConfig, raw), raw)
 """
 
 
@@ -205,7 +205,7 @@ def test_non_finite_loss_steps_are_skipped_and_counted(embedded_root, tmp_path, 
     over = _over(embedded_root, tmp_path / "run", 5, "data.manifests=[keywords/manifest.jsonl]",
                  "data.cached_features=true", "train.ckpt_every=1", "train.keep_last=0")
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", over)
-    out = train(build(PretrainConfig, raw), raw)
+    out = train(parse_config(PretrainConfig, raw), raw)
     assert out["skipped_steps"] == 2
     hist = _strict_json((tmp_path / "run/history.json").read_text())
     assert [h.get("skipped", False) for h in hist] == [False, True, False, True, False]
@@ -230,7 +230,7 @@ def test_consecutive_non_finite_losses_stop_the_run(embedded_root, tmp_path, mon
                  "data.cached_features=true", "train.max_bad_steps=3")
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", over)
     with pytest.raises(TrainingError) as info:
-        train(build(PretrainConfig, raw), raw)
+        train(parse_config(PretrainConfig, raw), raw)
     msg = str(info.value)
     assert "3 consecutive non-finite losses" in msg and "at step 4" in msg
     assert "lr " in msg and "last finite loss" in msg and "None" not in msg, msg
@@ -252,7 +252,7 @@ def test_gradient_clipping_is_configurable(embedded_root, tmp_path, monkeypatch,
     over = _over(embedded_root, tmp_path / "run", 2, "data.manifests=[keywords/manifest.jsonl]",
                  "data.cached_features=true", f"optim.grad_clip={clip}")
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", over)
-    train(build(PretrainConfig, raw), raw)
+    train(parse_config(PretrainConfig, raw), raw)
     assert seen == ([clip, clip] if clip > 0 else [])
 
 

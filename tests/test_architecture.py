@@ -1,0 +1,64 @@
+"""The house rules, checked: import layers (import-linter's contract in pyproject.toml), one name per thing across
+the library packages, and no module in a library package that parses a command line."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LIBRARIES = ("mosaic_core", "encoder", "mosaic_alm", "eval")
+
+
+def _modules(*packages):
+    for pkg in packages:
+        yield from sorted((REPO / pkg).rglob("*.py"))
+
+
+def test_import_layers_contract_holds():
+    """mosaic_core <- encoder <- mosaic_alm <- eval <- recipes: nothing imports a layer above it."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    res = subprocess.run([str(lint), "--config", str(REPO / "pyproject.toml")], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "1 kept, 0 broken" in res.stdout
+
+
+def test_layers_contract_catches_a_violation(tmp_path):
+    """The same contract on a copy of the tree with one upward import added must fail (the check can fail)."""
+    import shutil
+
+    for pkg in (*LIBRARIES, "recipes"):
+        shutil.copytree(REPO / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    bad = tmp_path / "encoder" / "masking.py"
+    bad.write_text(bad.read_text() + "\nfrom mosaic_alm import projector  # noqa: E402,F401\n")
+    lint = Path(sys.executable).with_name("lint-imports")
+    res = subprocess.run([str(lint), "--config", "pyproject.toml", "--no-cache"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert res.returncode != 0 and "BROKEN" in res.stdout.upper(), res.stdout[-2000:]
+
+
+def test_public_names_are_unique_across_packages():
+    """A class or function name means one thing: no two modules of the kit define the same public name (recipes
+    may each have a ``main``)."""
+    where = defaultdict(list)
+    for path in _modules(*LIBRARIES, "recipes"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                if node.name == "main" and path.parent.name == "recipes":
+                    continue
+                where[node.name].append(str(path.relative_to(REPO)))
+    dupes = {k: v for k, v in where.items() if len(v) > 1}
+    assert not dupes, dupes
+
+
+def test_library_packages_parse_no_command_line():
+    """Jobs live in recipes/: no library module imports argparse."""
+    offenders = [str(p.relative_to(REPO)) for p in _modules(*LIBRARIES)
+                 if any(isinstance(n, (ast.Import, ast.ImportFrom)) and "argparse" in
+                        ([a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""])
+                        for n in ast.walk(ast.parse(p.read_text())))]
+    assert not offenders, offenders

