@@ -1,0 +1,1 @@
+"""Runnable jobs (recipes) that the mosaic-alm console script dispatches to."""
