@@ -24,6 +24,7 @@ from encoder.features import AudioError, FbankConfig, load_audio, waveform_to_in
 
 from . import probes as P
 from .metrics import confusion_matrix
+from .mfcc import mfcc_logreg_baseline
 from .report import plot_confusion_matrix, plot_probe_by_layer, write_report, write_results
 
 TOP_KEYS = {"seed", "run_dir", "data_root", "tasks", "encoders", "mfcc_baseline", "probes", "layer_sweep", "probe",
@@ -123,8 +124,8 @@ def evaluate(cfg: dict) -> dict:
         test_roles = [r for r in waves if r.startswith("test")]
         if cfg.get("mfcc_baseline", True):
             for role in test_roles:
-                out = P.mfcc_logreg_baseline([w.numpy() for w in waves["train"]], labels["train"].numpy(),
-                                             [w.numpy() for w in waves[role]], labels[role].numpy(), seed=seed)
+                out = mfcc_logreg_baseline([w.numpy() for w in waves["train"]], labels["train"].numpy(),
+                                           [w.numpy() for w in waves[role]], labels[role].numpy(), seed=seed)
                 res.setdefault("mfcc_logreg", {})[role] = {"accuracy": _mean_std([out["accuracy"]])}
         for enc_name, model in encoders.items():
             fb = model.config.fbank_config(task["target_frames"])
