@@ -1,8 +1,8 @@
 """Captioning metrics: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, and SPICE / SPIDEr when SPICE can run.
 
 Text goes through pycocoevalcap's ``PTBTokenizer`` (Stanford PTB tokenizer in Java, lower-cased, punctuation
-removed) and its BLEU, METEOR (Java subprocess) and ROUGE-L scorers. CIDEr-D is computed by :class:`CiderD` in this
-module, written out so its definition is visible and tested (see its docstring).
+removed) and its BLEU, METEOR (Java subprocess), ROUGE-L and CIDEr-D scorers (:func:`cider_d` says which
+definition pycocoevalcap's CIDEr follows).
 
 SPICE needs Stanford CoreNLP 3.6.0 jars that pycocoevalcap downloads on first use; this module never triggers a
 download. When they are absent, ``"spice"`` and ``"spider"`` are ``None`` and ``"missing"`` says why.
@@ -12,109 +12,33 @@ Requires ``java`` on PATH; without it :func:`caption_scores` raises ``RuntimeErr
 
 from __future__ import annotations
 
-import math
 import shutil
-from collections import Counter
 from pathlib import Path
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["CiderD", "CaptionScorer", "caption_scores", "spice_status", "java_available"]
+__all__ = ["cider_d", "CaptionScorer", "caption_scores", "spice_status", "java_available"]
 
 
 # --------------------------------------------------------------------------------------------------------------
 # CIDEr-D
 # --------------------------------------------------------------------------------------------------------------
-def _ngrams(tokens: Sequence[str], n: int) -> Counter:
-    """Counts of all 1..n-grams of a token list (keys are tuples)."""
-    counts: Counter = Counter()
-    for k in range(1, n + 1):
-        for i in range(len(tokens) - k + 1):
-            counts[tuple(tokens[i : i + k])] += 1
-    return counts
+def cider_d(gts: Mapping[Hashable, list[str]], res: Mapping[Hashable, list[str]]) -> tuple[float, np.ndarray]:
+    """CIDEr-D of tokenised captions: ``(corpus mean, per-item scores in the order of gts)``.
 
-
-class CiderD:
-    """CIDEr-D (Vedantam et al., 2015, "D" variant used by the COCO server and DCASE captioning).
-
-    For a candidate ``c`` with references ``S = {s_1..s_m}``, for each n in 1..4:
-
-        g^n(x)[w] = tf_x(w) * log(N / max(1, df(w)))        (tf-idf of every n-gram w of length n)
-        CIDEr-D_n = 10/m * sum_j  exp(-(l_c - l_sj)^2 / (2 sigma^2))
-                              * <min(g^n(c), g^n(s_j)), g^n(s_j)> / (||g^n(c)|| ||g^n(s_j)||)
-
-    and CIDEr-D = mean over n of CIDEr-D_n (so the whole score is x10 scaled, range roughly [0, 10]).
-
-    * ``df(w)``: number of items whose reference set contains ``w``; ``N``: number of items. The document
-      frequencies come from the references of the evaluated set itself (the standard "corpus" mode); hence with a
-      single item every idf is 0 and the score is 0: score a set, not one caption.
-    * ``min(., .)`` clips the candidate's n-gram weights at the reference's (repeating a word does not pay).
-    * ``l`` are lengths in tokens; sigma = 6.
-    * A norm of zero (e.g. no 4-grams in a 3-word caption) contributes 0 for that n.
-
-    Inputs are already tokenised strings (space-separated), like pycocoevalcap scorers:
-    ``compute_score(gts: {id: [ref, ...]}, res: {id: [candidate]}) -> (mean, per_item_scores)``.
+    pycocoevalcap's ``Cider`` (its ``method()`` says "CIDEr") is the COCO server's CIDEr-D (Vedantam et al., 2015):
+    tf-idf n-gram vectors for n = 1..4 with document frequencies taken from the references of the scored set,
+    candidate weights clipped at the reference's, a Gaussian length penalty with sigma = 6, mean over n, averaged
+    over references, x10. Hence with a single item every idf is 0 and the score is 0: score a set, not a caption.
+    The library cannot score a set whose references are all empty (no document frequencies); that score is 0.
     """
+    from pycocoevalcap.cider.cider import Cider
 
-    def __init__(self, n: int = 4, sigma: float = 6.0) -> None:
-        if n < 1:
-            raise ValueError(f"CiderD: n must be >= 1, got {n}")
-        if sigma <= 0:
-            raise ValueError(f"CiderD: sigma must be > 0, got {sigma}")
-        self.n = n
-        self.sigma = float(sigma)
-
-    def method(self) -> str:
-        return "CIDEr-D"
-
-    def _vec(self, counts: Counter, df: Counter, log_n: float) -> tuple[list[dict], list[float]]:
-        vec: list[dict] = [dict() for _ in range(self.n)]
-        norm = [0.0] * self.n
-        for gram, tf in counts.items():
-            k = len(gram) - 1
-            w = tf * (log_n - math.log(max(1.0, df[gram])))
-            vec[k][gram] = w
-            norm[k] += w * w
-        return vec, [math.sqrt(x) for x in norm]
-
-    def compute_score(
-        self, gts: Mapping[Hashable, Sequence[str]], res: Mapping[Hashable, Sequence[str]]
-    ) -> tuple[float, np.ndarray]:
-        if set(gts) != set(res):
-            raise ValueError("CiderD: gts and res must have the same ids")
-        if not gts:
-            raise ValueError("CiderD: nothing to score")
-        ids = list(gts)
-        ref_tokens = {}
-        for i in ids:
-            if len(res[i]) != 1:
-                raise ValueError(f"CiderD: item {i!r} needs exactly one candidate, got {len(res[i])}")
-            if len(gts[i]) == 0:
-                raise ValueError(f"CiderD: item {i!r} has no reference")
-            ref_tokens[i] = [r.split() for r in gts[i]]
-
-        ref_counts = {i: [_ngrams(t, self.n) for t in ref_tokens[i]] for i in ids}
-        df: Counter = Counter()
-        for i in ids:
-            df.update(set().union(*[set(c) for c in ref_counts[i]]))
-        log_n = math.log(float(len(ids)))
-
-        scores = np.zeros(len(ids))
-        for row, i in enumerate(ids):
-            cand_tokens = res[i][0].split()
-            vec_c, norm_c = self._vec(_ngrams(cand_tokens, self.n), df, log_n)
-            total = np.zeros(self.n)
-            for toks, counts in zip(ref_tokens[i], ref_counts[i]):
-                vec_r, norm_r = self._vec(counts, df, log_n)
-                penalty = math.exp(-((len(cand_tokens) - len(toks)) ** 2) / (2.0 * self.sigma**2))
-                for k in range(self.n):
-                    if norm_c[k] == 0.0 or norm_r[k] == 0.0:
-                        continue
-                    dot = sum(min(w, vec_r[k][g]) * vec_r[k][g] for g, w in vec_c[k].items() if g in vec_r[k])
-                    total[k] += penalty * dot / (norm_c[k] * norm_r[k])
-            scores[row] = 10.0 * total.mean() / len(ref_tokens[i])
-        return float(scores.mean()), scores
+    if not any(ref.split() for refs in gts.values() for ref in refs):
+        return 0.0, np.zeros(len(gts))
+    mean, per_item = Cider().compute_score(gts, res)
+    return float(mean), np.asarray(per_item, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -275,7 +199,7 @@ class CaptionScorer:
             out[f"bleu_{n}"] = float(b)
         out["meteor"] = self._meteor_score(gts, res)
         out["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
-        cider_mean, cider_items = CiderD().compute_score(gts, res)
+        cider_mean, cider_items = cider_d(gts, res)
         out["cider_d"] = cider_mean
         out["per_item"] = {"cider_d": {k: float(v) for k, v in zip(ids, cider_items)}}
 

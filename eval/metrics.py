@@ -130,7 +130,7 @@ def per_class_accuracy(y_true: Any, y_pred: Any, num_classes: int | None = None)
 # multi-label, rank based
 # --------------------------------------------------------------------------------------------------------------
 def average_precision(target: Any, score: Any) -> float:
-    """Average precision of one class (sklearn's step-wise definition, no interpolation).
+    """Average precision of one class (``sklearn.metrics.average_precision_score``: step-wise, no interpolation).
 
     AP = sum_k (R_k - R_{k-1}) P_k over the distinct score thresholds in decreasing order; tied scores form one
     threshold. Raises ``ValueError`` if ``target`` has no positive.
@@ -139,30 +139,18 @@ def average_precision(target: Any, score: Any) -> float:
     s = _as_array(score, "score").astype(np.float64).ravel()
     if t.shape != s.shape:
         raise ValueError(f"target {t.shape} and score {s.shape} differ in shape")
-    n_pos = int(t.sum())
-    if n_pos == 0:
+    if not t.any():
         raise ValueError("average precision is undefined for a class without positives")
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, t_sorted = s[order], t[order]
-    # last index of every group of tied scores
-    distinct = np.where(np.diff(s_sorted))[0]
-    ends = np.r_[distinct, t_sorted.size - 1]
-    tp = np.cumsum(t_sorted)[ends]
-    predicted = ends + 1
-    precision = tp / predicted
-    recall = tp / n_pos
-    recall_prev = np.r_[0.0, recall[:-1]]
-    return float(np.sum((recall - recall_prev) * precision))
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(t, s))
 
 
 def _binary_auc(t: np.ndarray, s: np.ndarray) -> float:
-    """ROC AUC via the Mann-Whitney statistic with mid-ranks for ties."""
-    from scipy.stats import rankdata
+    """ROC AUC of one class that has both positives and negatives (ties count half, as in Mann-Whitney)."""
+    from sklearn.metrics import roc_auc_score
 
-    n_pos = int(t.sum())
-    n_neg = t.size - n_pos
-    ranks = rankdata(s)  # average ranks for ties
-    return float((ranks[t].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(roc_auc_score(t, s))
 
 
 def mean_average_precision_with_count(targets: Any, scores: Any) -> tuple[float, int]:
@@ -241,8 +229,9 @@ def equal_error_rate(labels: Any, scores: Any) -> float:
     """Equal error rate of a detector: the point on the ROC curve where FPR = FNR (= 1 - TPR).
 
     ``labels``: binary ``[N]`` (1 = positive / target class, e.g. bona fide); ``scores``: ``[N]``, higher means
-    more positive. The ROC is computed at every distinct threshold; the crossing of FPR and FNR is found by linear
-    interpolation between the two ROC points that bracket it, and the EER is the common value there.
+    more positive. The ROC is ``sklearn.metrics.roc_curve`` at every distinct threshold; the crossing of FPR and FNR
+    is found by linear interpolation between the two ROC points that bracket it, and the EER is the common value
+    there.
     """
     t = _as_array(labels, "labels").ravel()
     s = _as_array(scores, "scores").astype(np.float64).ravel()
@@ -257,14 +246,11 @@ def equal_error_rate(labels: Any, scores: Any) -> float:
     if n_pos == 0 or n_neg == 0:
         raise ValueError("EER needs at least one positive and one negative example")
 
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, t_sorted = s[order], t[order]
-    ends = np.r_[np.where(np.diff(s_sorted))[0], s_sorted.size - 1]
-    tps = np.cumsum(t_sorted)[ends]
-    fps = np.cumsum(~t_sorted)[ends]
-    # ROC points from the strictest threshold (accept nothing) to the loosest (accept all)
-    fpr = np.r_[0.0, fps / n_neg]
-    fnr = np.r_[1.0, 1.0 - tps / n_pos]
+    from sklearn.metrics import roc_curve
+
+    # ROC points at every distinct threshold, from the strictest (accept nothing) to the loosest (accept all)
+    fpr, tpr, _ = roc_curve(t, s, drop_intermediate=False)
+    fnr = 1.0 - tpr
     diff = fnr - fpr  # starts at 1, ends at -1, non-increasing
     idx = int(np.argmax(diff <= 0))  # first point where FPR >= FNR
     if diff[idx] == 0:

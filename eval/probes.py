@@ -1,4 +1,4 @@
-"""Frozen-feature probes and the MFCC baseline.
+"""Frozen-feature probes (the MFCC baseline is in :mod:`eval.mfcc`).
 
 Everything here works on PRECOMPUTED features (torch tensors); nothing imports the encoder. The encoder harness
 extracts features once, then calls these.
@@ -15,16 +15,13 @@ as buffers, so :func:`predict` on new data applies the same transform; no BatchN
 
 Training: :func:`fit_probe` (AdamW, per-step cosine schedule, optional selection of the best epoch on a validation
 set); :func:`predict` returns logits; :func:`evaluate_probe` turns them into metrics.
-
-Baseline: :func:`mfcc_features` (mean and std over time of MFCCs: DCT-II of log mel energies) and
-:func:`mfcc_logreg_baseline` (standardise + logistic regression).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,8 +37,6 @@ __all__ = [
     "predict",
     "evaluate_probe",
     "linear_probe_by_layer",
-    "mfcc_features",
-    "mfcc_logreg_baseline",
 ]
 
 _EPS = 1e-6
@@ -398,126 +393,3 @@ def linear_probe_by_layer(
         fit_probe(probe, train_x[:, layer], train_y, multilabel=multilabel, **fit_kwargs)
         scores.append(evaluate_probe(probe, test_x[:, layer], test_y, multilabel=multilabel)[key])
     return scores
-
-
-# --------------------------------------------------------------------------------------------------------------
-# MFCC + logistic regression baseline
-# --------------------------------------------------------------------------------------------------------------
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
-    return 2595.0 * np.log10(1.0 + f / 700.0)
-
-
-def _mel_to_hz(m: np.ndarray) -> np.ndarray:
-    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-
-
-def _mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, fmin: float, fmax: float) -> np.ndarray:
-    """Triangular HTK-mel filters ``[n_mels, n_fft // 2 + 1]`` (peak 1)."""
-    fft_freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
-    mel_pts = np.linspace(_hz_to_mel(np.array(fmin)), _hz_to_mel(np.array(fmax)), n_mels + 2)
-    hz = _mel_to_hz(mel_pts)
-    fb = np.zeros((n_mels, fft_freqs.size))
-    for m in range(n_mels):
-        lo, mid, hi = hz[m], hz[m + 1], hz[m + 2]
-        up = (fft_freqs - lo) / max(mid - lo, 1e-9)
-        down = (hi - fft_freqs) / max(hi - mid, 1e-9)
-        fb[m] = np.clip(np.minimum(up, down), 0.0, None)
-    return fb
-
-
-def mfcc_features(
-    waveforms: Sequence[Any] | np.ndarray | torch.Tensor,
-    sample_rate: int = 16000,
-    n_mfcc: int = 40,
-    *,
-    n_mels: int = 64,
-    win_ms: float = 25.0,
-    hop_ms: float = 10.0,
-) -> np.ndarray:
-    """Clip-level MFCC statistics ``[N, 2 * n_mfcc]``: mean then std over time of each coefficient.
-
-    Per clip: Hann-windowed frames (25 ms / 10 ms), power spectrum, ``n_mels`` HTK-mel triangular filters
-    (20 Hz .. Nyquist), ``log(energy + 1e-10)``, orthonormal DCT-II, first ``n_mfcc`` coefficients (C0 included).
-    ``waveforms``: a ``[N, S]`` array/tensor or a list of 1-D arrays of any lengths (mono, float).
-    Clips shorter than one window are zero-padded to one window.
-    """
-    from scipy.fft import dct, rfft
-
-    if isinstance(waveforms, torch.Tensor):
-        waveforms = waveforms.detach().cpu().numpy()
-    if isinstance(waveforms, np.ndarray):
-        if waveforms.ndim != 2:
-            raise ValueError(f"mfcc_features: expected [N, samples] or a list of 1-D clips, got {waveforms.shape}")
-        waveforms = list(waveforms)
-    if len(waveforms) == 0:
-        raise ValueError("mfcc_features: no waveforms")
-    if n_mfcc > n_mels:
-        raise ValueError(f"mfcc_features: n_mfcc ({n_mfcc}) cannot exceed n_mels ({n_mels})")
-    win = int(round(sample_rate * win_ms / 1000.0))
-    hop = int(round(sample_rate * hop_ms / 1000.0))
-    n_fft = 1 << (win - 1).bit_length()
-    window = np.hanning(win + 1)[:-1]  # periodic Hann
-    fb = _mel_filterbank(n_mels, n_fft, sample_rate, 20.0, sample_rate / 2.0)
-
-    feats = np.empty((len(waveforms), 2 * n_mfcc), dtype=np.float64)
-    for i, w in enumerate(waveforms):
-        w = np.asarray(w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else w, dtype=np.float64)
-        if w.ndim != 1:
-            raise ValueError(f"mfcc_features: clip {i} must be 1-D (mono), got shape {w.shape}")
-        if w.size < win:
-            w = np.pad(w, (0, win - w.size))
-        n_frames = 1 + (w.size - win) // hop
-        idx = np.arange(win)[None, :] + hop * np.arange(n_frames)[:, None]
-        frames = w[idx] * window
-        power = np.abs(rfft(frames, n=n_fft, axis=1)) ** 2
-        log_mel = np.log(power @ fb.T + 1e-10)
-        mfcc = dct(log_mel, type=2, axis=1, norm="ortho")[:, :n_mfcc]
-        feats[i, :n_mfcc] = mfcc.mean(axis=0)
-        feats[i, n_mfcc:] = mfcc.std(axis=0)
-    return feats
-
-
-def mfcc_logreg_baseline(
-    train_wavs: Any,
-    train_y: Any,
-    test_wavs: Any,
-    test_y: Any,
-    *,
-    sample_rate: int = 16000,
-    n_mfcc: int = 40,
-    C: float = 1.0,
-    max_iter: int = 2000,
-    seed: int = 0,
-) -> dict:
-    """MFCC statistics + standardisation + logistic regression, trained and tested in one call.
-
-    Single-label ``[N]`` targets -> multinomial logistic regression, returns ``{"accuracy", "predictions"}``;
-    binary ``[N, C]`` targets -> one-vs-rest, returns :func:`eval.metrics.multilabel_summary` plus ``"scores"``.
-    Always includes ``"n_features"`` and ``"model"`` (a description for the results JSON).
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    xtr = mfcc_features(train_wavs, sample_rate, n_mfcc)
-    xte = mfcc_features(test_wavs, sample_rate, n_mfcc)
-    ytr, yte = np.asarray(train_y), np.asarray(test_y)
-    if ytr.shape[0] != xtr.shape[0] or yte.shape[0] != xte.shape[0]:
-        raise ValueError("mfcc_logreg_baseline: number of labels and clips differ")
-    clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
-    desc = f"MFCC({n_mfcc}, mean+std) + StandardScaler + LogisticRegression(C={C})"
-    if ytr.ndim == 2:
-        model = make_pipeline(StandardScaler(), OneVsRestClassifier(clf))
-        model.fit(xtr, ytr.astype(int))
-        scores = model.predict_proba(xte)
-        out: dict = dict(metrics.multilabel_summary(yte > 0.5, scores))
-        out["scores"] = scores
-    else:
-        model = make_pipeline(StandardScaler(), clf)
-        model.fit(xtr, ytr)
-        pred = model.predict(xte)
-        out = {"accuracy": metrics.accuracy(yte, pred), "predictions": pred}
-    out["n_features"] = int(xtr.shape[1])
-    out["model"] = desc
-    return out

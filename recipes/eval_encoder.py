@@ -24,6 +24,7 @@ from encoder.hf import resolve_encoder
 from eval import probes as P
 from eval.embeddings import extract_features, load_waves, make_probe
 from eval.metrics import confusion_matrix
+from eval.mfcc import mfcc_logreg_baseline
 from eval.report import plot_confusion_matrix, plot_probe_by_layer, write_report, write_results
 from mosaic_core.config import NonNegInt, PositiveFloat, PositiveInt, load_recipe, to_plain
 from mosaic_core.runtime import set_threads
@@ -95,8 +96,8 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
         test_roles = [r for r in waves if r.startswith("test")]
         if cfg.mfcc_baseline:
             for role in test_roles:
-                out = P.mfcc_logreg_baseline([w.numpy() for w in waves["train"]], labels["train"].numpy(),
-                                             [w.numpy() for w in waves[role]], labels[role].numpy(), seed=seed)
+                out = mfcc_logreg_baseline([w.numpy() for w in waves["train"]], labels["train"].numpy(),
+                                           [w.numpy() for w in waves[role]], labels[role].numpy(), seed=seed)
                 res.setdefault("mfcc_logreg", {})[role] = {"accuracy": _mean_std([out["accuracy"]])}
         for enc_name, model in encoders.items():
             fb = model.config.fbank_config(task.fbank.target_frames)

@@ -1,4 +1,4 @@
-"""Embedded benchmark: splits disjoint, clips decode, labels backed by their source, determinism, cache."""
+"""Embedded benchmark: splits disjoint, clips decode, labels backed by their source, determinism, cache, CLI."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,12 @@ import pytest
 import soundfile as sf
 
 from encoder.data import embedded as E
+from encoder.data import environment as ENV
+from encoder.data import instruments as I
+from encoder.data import keywords as K
 from encoder.data.manifest import load_classes, read_manifest
+from encoder.data.sources import SILENCE_DB, BuildError, require
+from recipes.build_data import main as build_data
 
 pytestmark = pytest.mark.data
 
@@ -42,7 +47,7 @@ def test_all_classes_in_train_and_test(embedded_root, task):
     assert info["profile"] == "small" and info["seed"] == 0 and info["tasks"][task]["clips"] == len(rows)
 
 
-@pytest.mark.parametrize("task, lengths", [("keywords", (0.1, E.KEYWORD_MAX_S)), ("instruments", (2.0, 2.0)),
+@pytest.mark.parametrize("task, lengths", [("keywords", (0.1, K.KEYWORD_MAX_S)), ("instruments", (2.0, 2.0)),
                                            ("environment", (2.5, 2.5))])
 def test_every_clip_decodes(embedded_root, task, lengths):
     rows, _ = _task(embedded_root, task)
@@ -63,39 +68,39 @@ def test_keywords_speaker_disjoint_and_labels(embedded_root):
         assert r["label"] == r["word"] == r["text"]
         if r["engine"] == "espeak-ng":
             accent_voice, variant = r["voice"].split("+")
-            assert E.ESPEAK_VARIANT_SPLIT[variant] == r["split"] and r["speaker"] == f"espeak-ng:{variant}"
+            assert K.ESPEAK_VARIANT_SPLIT[variant] == r["split"] and r["speaker"] == f"espeak-ng:{variant}"
             assert r["gender"] == ("male" if variant.startswith("m") else "female")
-            assert r["accent"] == E.ESPEAK_ACCENTS[accent_voice]
+            assert r["accent"] == K.ESPEAK_ACCENTS[accent_voice]
             assert f"_{variant}_{r['word']}_" in r["id"]
         else:
             assert r["split"] == "test_xengine" and r["engine"] in ("flite", "festival")
-            table = E.FLITE_VOICES if r["engine"] == "flite" else {k: v[1:] for k, v in E.FESTIVAL_VOICES.items()}
+            table = K.FLITE_VOICES if r["engine"] == "flite" else {k: v[1:] for k, v in K.FESTIVAL_VOICES.items()}
             assert (r["gender"], r["accent"]) == table[r["voice"]]
     engines = _by_split(rows, "engine")
     assert engines["test_xengine"] == {"flite", "festival"} and engines["train"] == {"espeak-ng"}
-    assert {r["voice"] for r in rows if r["split"] == "test_xengine"} == set(E.FLITE_VOICES) | set(E.FESTIVAL_VOICES)
+    assert {r["voice"] for r in rows if r["split"] == "test_xengine"} == set(K.FLITE_VOICES) | set(K.FESTIVAL_VOICES)
 
 
 def test_instruments_soundfont_disjoint_and_labels(embedded_root):
     rows, _ = _task(embedded_root, "instruments")
     fonts = _by_split(rows, "soundfont")
-    assert fonts["test"] == {E.TEST_SOUNDFONT}
-    assert E.TEST_SOUNDFONT not in fonts["train"] | fonts["valid"]
+    assert fonts["test"] == {I.TEST_SOUNDFONT}
+    assert I.TEST_SOUNDFONT not in fonts["train"] | fonts["valid"]
     programs = _by_split([r for r in rows if r["split"] != "test"], "program")
     assert not programs["train"] & programs["valid"]  # valid programs are unseen in train
     for r in rows:
-        assert r["label"] == r["family"] == E.GM_FAMILIES[r["program"] // 8]
-        assert r["program_name"] == E.GM_PROGRAMS[r["program"]]
-        assert r["velocity"] == E.VELOCITIES[r["dynamics"]]
+        assert r["label"] == r["family"] == I.GM_FAMILIES[r["program"] // 8]
+        assert r["program_name"] == I.GM_PROGRAMS[r["program"]]
+        assert r["velocity"] == I.VELOCITIES[r["dynamics"]]
         assert r["id"] == f"{r['soundfont']}_p{r['program']:03d}_n{r['note']:03d}_v{r['velocity']:03d}"
-        assert r["loudness"] >= E.SILENCE_DB
+        assert r["loudness"] >= SILENCE_DB
 
 
 def test_environment_source_disjoint_and_labels(embedded_root):
     rows, _ = _task(embedded_root, "environment")
     _disjoint(_by_split(rows, "source"))
     for r in rows:
-        cls, sub = E.env_label(r["source"].removeprefix("0ad-data/"))
+        cls, sub = ENV.env_label(r["source"].removeprefix("0ad-data/"))
         assert r["label"] == r["class"] == cls
         assert all(r[k] == v for k, v in sub.items())
 
@@ -113,7 +118,7 @@ def test_environment_source_disjoint_and_labels(embedded_root):
     ("audio/actor/human/death/death_11.ogg", None, None),
 ])
 def test_env_label_rules(path, cls, sub):
-    got = E.env_label(path)
+    got = ENV.env_label(path)
     assert got == ((cls, sub) if cls else None)
 
 
@@ -125,11 +130,11 @@ def test_cache_hit_is_fast(embedded_root):
 
 
 def test_specs_deterministic_and_seeded():
-    assert E.keyword_specs("full", 3) == E.keyword_specs("full", 3)
-    assert E.keyword_specs("full", 3) != E.keyword_specs("full", 4)
-    assert E.instrument_specs("small", 1) == E.instrument_specs("small", 1)
-    ranges = {**{p: E.FAMILY_RANGE[E.gm_family(p)] for p in range(128)}, **E.PROGRAM_RANGE}
-    for s in E.instrument_specs("full", 0):
+    assert K.keyword_specs("full", 3) == K.keyword_specs("full", 3)
+    assert K.keyword_specs("full", 3) != K.keyword_specs("full", 4)
+    assert I.instrument_specs("small", 1) == I.instrument_specs("small", 1)
+    ranges = {**{p: I.FAMILY_RANGE[I.gm_family(p)] for p in range(128)}, **I.PROGRAM_RANGE}
+    for s in I.instrument_specs("full", 0):
         assert ranges[s["program"]][0] <= s["note"] <= ranges[s["program"]][1]
 
 
@@ -144,11 +149,28 @@ def test_keyword_build_deterministic(tmp_path):
         x, _ = sf.read(r["path"])
         y, _ = sf.read(tmp_path / "b/keywords" / r["rel_path"])
         np.testing.assert_array_equal(x, y)
-    assert {r["word"] for r in rows} == set(E.KEYWORDS[:2])
+    assert {r["word"] for r in rows} == set(K.KEYWORDS[:2])
 
 
 def test_missing_tool_names_package():
-    with pytest.raises(E.BuildError, match="apt-get install some-pkg"):
-        E._require("no-such-tool-xyz", "some-pkg")
+    with pytest.raises(BuildError, match="apt-get install some-pkg"):
+        require("no-such-tool-xyz", "some-pkg")
     with pytest.raises(ValueError, match="profile"):
         E.build("/nonexistent", profile="huge")
+
+
+def test_build_data_recipe_prints_counts_of_cached_build(embedded_root, capsys):
+    assert build_data(["--root", str(embedded_root)]) == 0
+    out = capsys.readouterr().out
+    info = json.loads((embedded_root / "build_info.json").read_text())
+    for task in E.TASKS:
+        assert f"[{task}] {info['tasks'][task]['clips']} clips" in out
+    counts = info["tasks"]["keywords"]["counts"]
+    yes_row = next(line.split() for line in out.splitlines() if line.startswith("yes "))
+    assert yes_row == ["yes"] + [str(counts[s].get("yes", 0)) for s in counts]
+
+
+def test_build_data_recipe_reports_missing_tool(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools-here"))
+    assert build_data(["--root", str(tmp_path / "data"), "--tasks", "instruments"]) == 1
+    assert "apt-get install fluidsynth" in capsys.readouterr().err

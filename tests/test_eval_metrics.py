@@ -70,21 +70,29 @@ def test_map_and_auc_match_sklearn_and_skip_empty_classes():
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 4)), min_size=2, max_size=25))
-def test_average_precision_with_ties_matches_sklearn(pairs):
-    t = np.array([p[0] for p in pairs], dtype=int)
+def test_average_precision_and_auc_with_ties_match_their_definitions(pairs):
+    t = np.array([p[0] for p in pairs], dtype=bool)
     s = np.array([p[1] for p in pairs], dtype=float)  # few distinct values: many ties
     if t.sum() == 0:
         with pytest.raises(ValueError):
             metrics.average_precision(t, s)
         return
-    assert metrics.average_precision(t, s) == pytest.approx(skm.average_precision_score(t, s), abs=1e-12)
-    if t.sum() < len(t):
-        assert metrics.roc_auc(t, s) == pytest.approx(skm.roc_auc_score(t, s), abs=1e-12)
+    # AP = mean over positives of the precision among all clips scored at least as high (a tie is one threshold)
+    ap = np.mean([t[s >= x].sum() / (s >= x).sum() for x in s[t]])
+    assert metrics.average_precision(t, s) == pytest.approx(ap, abs=1e-12)
+    if t.sum() < len(t):  # AUC = P(positive outscores negative), a tie counting one half
+        pos, neg = s[t][:, None], s[~t][None, :]
+        auc = np.mean((pos > neg) + 0.5 * (pos == neg))
+        assert metrics.roc_auc(t, s) == pytest.approx(auc, abs=1e-12)
 
 
 def test_map_hand_computed():
     # ranking P N P: AP = (1/1 + 2/3) / 2
     assert metrics.mean_average_precision([[1], [0], [1]], [[0.9], [0.8], [0.7]]) == pytest.approx(5 / 6)
+    # tied scores are one threshold: P | P N N | N N gives AP = (1/1 + 2/4) / 2 and AUC = (4 + 2 + 2 * 0.5) / 8
+    t, s = [1, 1, 0, 0, 0, 0], [3, 2, 2, 2, 1, 1]
+    assert metrics.average_precision(t, s) == pytest.approx(3 / 4)
+    assert metrics.roc_auc(t, s) == pytest.approx(7 / 8)
 
 
 def test_multilabel_validation():

@@ -1,4 +1,4 @@
-"""Probes on precomputed features, the MFCC baseline, and the fine-tuning augmentations."""
+"""Probes on precomputed features and the fine-tuning augmentations."""
 
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ from eval.probes import (
     evaluate_probe,
     fit_probe,
     linear_probe_by_layer,
-    mfcc_features,
-    mfcc_logreg_baseline,
     predict,
 )
 
@@ -135,26 +133,6 @@ def test_probe_input_validation():
         fit_probe(WeightedLayerProbe(L, D, C), torch.randn(10, L + 1, D), torch.zeros(10, dtype=torch.long), epochs=1)
     with pytest.raises(ValueError, match="divisible"):
         AttentiveProbe(10, C, num_heads=4)
-
-
-def test_mfcc_features_and_logreg_baseline():
-    sr = 16000
-    t = np.arange(sr // 2) / sr
-    rng = np.random.default_rng(0)
-    # two classes: low tone vs high tone, random phase / level / noise, one clip of a different length
-    wavs, labels = [], []
-    for k in range(40):
-        f = 300.0 if k % 2 else 2500.0
-        wav = rng.uniform(0.1, 0.5) * np.sin(2 * np.pi * f * t + rng.uniform(0, 6.28)) + 0.02 * rng.normal(size=t.size)
-        wavs.append(wav if k != 3 else wav[: sr // 4])
-        labels.append(k % 2)
-    feats = mfcc_features(wavs, sr, n_mfcc=20)
-    assert feats.shape == (40, 40) and np.all(np.isfinite(feats))
-    out = mfcc_logreg_baseline(wavs[:24], labels[:24], wavs[24:], labels[24:], sample_rate=sr, n_mfcc=20)
-    assert out["accuracy"] > 0.9 and out["n_features"] == 40
-    # the DCT-II of log mel energies: C0 of silence-plus-epsilon is finite, and a louder clip has a larger C0
-    quiet, loud = mfcc_features(np.stack([0.01 * wavs[0], wavs[0]]), sr)
-    assert loud[0] > quiet[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
