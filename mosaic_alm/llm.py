@@ -85,7 +85,7 @@ def ensure_smollm2(cache: str | os.PathLike | None = None) -> Path:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The GGUF loader de-quantises into float weights but leaves a quantizer behind; drop it so save_pretrained
-    # writes plain float32 safetensors (NOTES.md).
+    # writes plain float32 safetensors (docs/ARCHITECTURE.md, "Stack facts").
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

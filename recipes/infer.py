@@ -10,7 +10,7 @@ import json
 from typing import Sequence
 
 from mosaic_alm.artifact import load_alm
-from mosaic_alm.infer import CAPTION_PROMPT, ask, caption
+from mosaic_alm.infer import CAPTION_PROMPT, ask
 
 
 def _common_args(ap: argparse.ArgumentParser):
@@ -32,25 +32,24 @@ def _print(audios, questions, answers, as_json):
             print(f"{a}\t{ans}")
 
 
-def main_ask(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mosaic-alm ask", description="answer a question about audio file(s)")
+def _answer(argv, prog: str, description: str, option: tuple[str, ...], default: str | None,
+            max_new_tokens: int) -> int:
+    """Parse ``--artifact --audio ... <option>``, ask the option's text of every clip, print the answers."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
     _common_args(ap)
-    ap.add_argument("--question", "-q", required=True)
+    ap.add_argument(*option, required=default is None, default=default)
     args = ap.parse_args(argv)
+    text = getattr(args, option[0].lstrip("-"))
     model = load_alm(args.artifact, args.device)
-    answers = ask(model, list(args.audio), args.question, args.batch_size, args.max_new_tokens or 32)
+    answers = ask(model, list(args.audio), text, args.batch_size, args.max_new_tokens or max_new_tokens)
     answers = answers if isinstance(answers, list) else [answers]
-    _print(args.audio, [args.question] * len(args.audio), answers, args.json)
+    _print(args.audio, [text] * len(args.audio), answers, args.json)
     return 0
+
+
+def main_ask(argv: Sequence[str] | None = None) -> int:
+    return _answer(argv, "mosaic-alm ask", "answer a question about audio file(s)", ("--question", "-q"), None, 32)
 
 
 def main_caption(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mosaic-alm caption", description="caption audio file(s)")
-    _common_args(ap)
-    ap.add_argument("--prompt", default=CAPTION_PROMPT)
-    args = ap.parse_args(argv)
-    model = load_alm(args.artifact, args.device)
-    caps = caption(model, list(args.audio), args.prompt, args.batch_size, args.max_new_tokens or 48)
-    caps = caps if isinstance(caps, list) else [caps]
-    _print(args.audio, [args.prompt] * len(args.audio), caps, args.json)
-    return 0
+    return _answer(argv, "mosaic-alm caption", "caption audio file(s)", ("--prompt",), CAPTION_PROMPT, 48)

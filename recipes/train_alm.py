@@ -37,9 +37,7 @@ from mosaic_alm.data import (
     load_records,
 )
 from mosaic_alm.featurizer import AudioFeaturizer
-from mosaic_alm.llm import LLMConfig, LoRAConfig
-from mosaic_alm.model import AudioConfig, PromptConfig, TrainableConfig
-from mosaic_alm.projector import AudioProjectorConfig
+from mosaic_alm.model import ALMConfig
 from mosaic_core.config import (
     ConfigError,
     NonNegInt,
@@ -84,8 +82,8 @@ class StageTrainConfig:
 
 
 @dataclass
-class StageConfig:
-    """One ALM stage: run identity, instruction data, the loop, and the model sections of :class:`ALMConfig`."""
+class StageConfig(ALMConfig):
+    """One ALM stage: run identity, instruction data and the loop, on top of the model sections of ALMConfig."""
 
     seed: int = 0
     name: str = "alm"
@@ -93,12 +91,6 @@ class StageConfig:
     output_dir: str = "runs/alm"
     data: InstructionDataConfig = field(default_factory=InstructionDataConfig)
     train: StageTrainConfig = field(default_factory=StageTrainConfig)
-    llm: LLMConfig = field(default_factory=LLMConfig)
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    audio: AudioConfig = field(default_factory=AudioConfig)
-    projector: AudioProjectorConfig = field(default_factory=AudioProjectorConfig)
-    trainable: TrainableConfig = field(default_factory=TrainableConfig)
-    prompt: PromptConfig = field(default_factory=PromptConfig)
 
 
 def check_stage_config(cfg: dict) -> StageConfig:
