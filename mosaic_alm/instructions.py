@@ -29,6 +29,7 @@ from encoder.data.embedded import (
     loudness_db,
 )
 from encoder.data.manifest import read_manifest, write_manifest
+from mosaic_core.io import atomic_write_text
 
 OUT_SPLITS = ("train", "valid", "test")
 SPLIT_OF = {"train": "train", "valid": "valid", "test": "test", "test_xengine": "test"}
@@ -196,9 +197,7 @@ def generate(root: str | os.PathLike, seed: int = 0, mixtures: bool = True) -> d
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {}
     for split, recs in records.items():
-        tmp = out / f".{split}.json.tmp"
-        tmp.write_text(json.dumps(recs, ensure_ascii=False, indent=0))
-        os.replace(tmp, out / f"{split}.json")
+        atomic_write_text(out / f"{split}.json", json.dumps(recs, ensure_ascii=False, indent=0))
         counts: dict[str, int] = {}
         for rec in recs:
             counts[rec["qtype"]] = counts.get(rec["qtype"], 0) + 1

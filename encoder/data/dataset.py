@@ -19,8 +19,16 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from mosaic_core.config import Probability
+from mosaic_core.io import atomic_write_with
 
-from ..features import AudioError, FbankConfig, fbank, load_audio, normalise, pad_or_crop
+from ..features import (
+    AudioError,
+    FbankConfig,
+    fbank,
+    load_audio,
+    normalise,
+    pad_or_crop,
+)
 
 
 @dataclass
@@ -198,8 +206,5 @@ def cache_features(rows: Sequence[dict], fbank_cfg: FbankConfig, path: str | Pat
         except AudioError:
             continue  # bad clips are reported by the dataset when their id is missing
         feats[str(r["id"])] = fbank(wave - wave.mean(), fbank_cfg).contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(feats, str(tmp))
-    tmp.replace(path)
+    atomic_write_with(path, lambda tmp: save_file(feats, str(tmp)))
     return feats

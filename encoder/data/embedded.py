@@ -23,6 +23,7 @@ from encoder.data.instruments import GM_FAMILIES, build_instruments
 from encoder.data.keywords import KEYWORDS, build_keywords
 from encoder.data.manifest import write_manifest
 from encoder.data.sources import SR, BuildError, item_rng, loudness_db
+from mosaic_core.io import atomic_write_text
 
 # the task vocabularies and the helpers that derived data (mosaic_alm.instructions) takes from here
 __all__ = ["build", "BuildError", "BUILDERS", "TASKS", "SPLITS", "PROFILES", "VERSION", "KEYWORDS", "GM_FAMILIES",
@@ -89,9 +90,6 @@ def build(root: str | os.PathLike, profile: str = "small", seed: int = 0, tasks:
         info["tasks"][task] = {"clips": len(rows), "counts": _counts(rows), "bytes": _dir_size(task_dir),
                                "seconds": round(time.time() - t0, 1)}
         info["seconds"] = round(sum(t["seconds"] for t in info["tasks"].values()), 1)
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = info_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=1) + "\n")
-        os.replace(tmp, info_path)
+        atomic_write_text(info_path, json.dumps(info, indent=1) + "\n")
     info["elapsed"] = round(time.time() - t_all, 1)
     return info

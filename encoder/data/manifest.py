@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from mosaic_core.io import atomic_write_text
 
 REQUIRED_FIELDS: tuple[str, ...] = ("id", "path", "label", "split", "task")
 
@@ -25,22 +26,13 @@ def write_manifest(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> P
 
     Rows are written as given except that a ``rel_path`` key (added by :func:`read_manifest`) replaces ``path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                row = dict(row)
-                if "rel_path" in row:
-                    row["path"] = row.pop("rel_path")
-                f.write(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    lines = []
+    for row in rows:
+        row = dict(row)
+        if "rel_path" in row:
+            row["path"] = row.pop("rel_path")
+        lines.append(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
+    return atomic_write_text(path, "".join(lines))
 
 
 def read_manifest(
