@@ -162,7 +162,7 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
                                     f"(data.on_bad_clip=fail; listed in {quarantine})")
         views = batch["views"].to(device, non_blocking=True)
         lr = lr_at(step, total, cfg.optim)
-        for group in optimizer.decay_param_groups:
+        for group in optimizer.param_groups:
             group["lr"] = lr
         if engine is None:
             optimizer.zero_grad(set_to_none=True)
