@@ -103,7 +103,7 @@ class PretrainLoopConfig:
     threads: NonNegInt = 0  # torch intra-op threads per process; 0 = torch's default (tiny models on busy CPUs: 1)
     log_every: PositiveInt = 10
     ckpt_every: PositiveInt = 200
-    keep_last: PositiveInt = 3
+    keep_last: NonNegInt = 3  # 0 keeps every checkpoint
     max_bad_steps: PositiveInt = 5  # consecutive non-finite losses before the run stops
     progress: bool = True
 
