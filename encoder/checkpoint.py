@@ -208,7 +208,11 @@ def prune(ckpt_dir: Path, keep_last: int, newest: Path | None = None) -> None:
     if newest is not None:
         ckpts = [p for p in ckpts if p.name <= newest.name]
     for old in ckpts[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        # rename first: a kill during the delete leaves a .tmp- folder (removed at the next start), never a
+        # step_* folder with files missing
+        doomed = old.with_name(f".tmp-{old.name}-pruned")
+        os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def safe_torch_load(path: str | os.PathLike):

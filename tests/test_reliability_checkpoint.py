@@ -8,10 +8,21 @@ run is finished by a last restart and its losses and weights are compared, bit f
 
 CI samples the kill moments (one per write stage plus random ones); MOSAIC_ALM_KILL_FULL=1 (or MOSAIC_ALM_SLOW=1) runs
 every stage at several checkpoint indices and more random kills.
+
+The run is sized to its kill plan: a kill paused after ``k`` complete saves moves the run exactly ``k`` steps on, a
+random kill at most ``RANDOM_MAX_STEPS`` + 1 (it fires at a random moment in the next 0.6 s or, once the run is
+``RANDOM_MAX_STEPS`` - 1 checkpoints further on, at a random moment of the following step). ``_steps_for`` adds these
+up, so every planned kill lands before the run nears its end, on a fast machine as on a slow one, and the test
+asserts that all of them did. (Before, the full plan ran 30 steps, of which the loop could use 28, and random
+kills were bounded only in time: the 12 paused kills alone take 18 steps, and each random kill moved the run 1 step
+plus 0.6 s worth of steps, 1-4 steps at the ~140-250 ms a step and its checkpoint take here, more on a faster
+machine: 28-58 steps wanted, 28 there. The loop ran out of steps and stopped with 3-9 of the 12 in-write kills done,
+so its own tally assertion failed.)
 """
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import logging
 import os
@@ -27,14 +38,19 @@ import torch
 from safetensors.torch import load_file
 
 from encoder import checkpoint as ckpt
-from mosaic_core.config import parse_config, load_config
 from encoder.pretraining import PretrainConfig
-from recipes.pretrain import train
+from mosaic_core.config import load_config, parse_config
+
+# The pretraining recipe, by module name: the kill loop launches it with ``python -m``.
+PRETRAIN_MODULE = "recipes.pretrain"
+_pretrain = importlib.import_module(PRETRAIN_MODULE)
+train = _pretrain.train
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["before-model", "mid-model", "before-optimizer", "mid-optimizer", "before-checksums", "before-rename"]
 FULL = "1" in (os.environ.get("MOSAIC_ALM_KILL_FULL"), os.environ.get("MOSAIC_ALM_SLOW"))
+RANDOM_MAX_STEPS = 3  # the most checkpoints (+1 for timing jitter) a random kill lets the run move on
 
 
 def _overrides(root, run_dir, steps, keep_last=2, extra=()):
@@ -52,7 +68,7 @@ def _env(**extra):
 
 
 def _start(over, **env):
-    cmd = [sys.executable, "-m", "recipes.pretrain", "--config", str(REPO / "configs/pretrain/tiny.yaml"), *over]
+    cmd = [sys.executable, "-m", PRETRAIN_MODULE, "--config", str(REPO / "configs/pretrain/tiny.yaml"), *over]
     return subprocess.Popen(cmd, cwd=REPO, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -61,11 +77,13 @@ def _steps_on_disk(ck: Path) -> list[int]:
     return [int(p.name[len(ckpt.PREFIX):]) for p in ckpt.list_checkpoints(ck)]
 
 
-def _check_after_kill(ck: Path, keep_last: int) -> int:
-    """Every step_ folder verifies (they only ever appear complete); the newest loads. Non-destructive."""
+def _check_after_kill(ck: Path, keep_last: int, tally: dict | None = None) -> int:
+    """Every step_ folder verifies (they only ever appear complete: pruning renames a folder to a .tmp- name
+    before deleting it) and the newest loads. Non-destructive."""
     folders = ckpt.list_checkpoints(ck)
     for p in folders:
-        assert ckpt.verify(p) is None, (p, ckpt.verify(p))
+        reason = ckpt.verify(p)
+        assert reason is None, (p, reason)
     assert len(folders) <= keep_last + 1  # a kill between the rename and the pruning may leave one extra
     if folders:
         tensors, state = ckpt.load_checkpoint(folders[-1])
@@ -94,31 +112,60 @@ def _kill(proc) -> str:
     return out
 
 
-def test_kill_at_many_moments_then_resume_bit_identically(embedded_root, tmp_path):
-    steps = 30 if FULL else 12
-    keep = 2
-    rng = random.Random(1234)
-    run = tmp_path / "killed"
-    ck = run / "checkpoints"
-    # the kill plan: (stage, how many saves to let through first) or ("random", None)
-    if FULL:
+def _kill_plan(full: bool, rng: random.Random) -> list:
+    """(stage, how many saves to let through first) or ("random", None), shuffled."""
+    if full:
         plan = [(s, k) for k in (1, 2) for s in STAGES] + [("random", None)] * 10
     else:
         plan = [(s, 1) for s in STAGES] + [("random", None)] * 2
     rng.shuffle(plan)
-    tally = {"kills": 0, "inside_write": 0, "paused_at": {}, "random": 0, "partial_warned": 0}
+    return plan
+
+
+def _steps_for(plan) -> int:
+    """Steps the run needs so that every kill of ``plan`` lands before the loop's stop (``steps - 2``)."""
+    paused = sum(k for stage, k in plan if stage != "random")  # exactly k complete saves, then the pause
+    random_kills = sum(1 for stage, _ in plan if stage == "random") * (RANDOM_MAX_STEPS + 1)
+    return paused + random_kills + 3
+
+
+def test_kill_plan_fits_the_run():
+    """The sizing holds for both modes; the old fixed 30 steps did not for the full plan."""
+    for full in (False, True):
+        plan = _kill_plan(full, random.Random(1234))
+        steps = _steps_for(plan)
+        worst = sum(k if s != "random" else RANDOM_MAX_STEPS + 1 for s, k in plan)
+        assert worst <= steps - 3
+    assert _steps_for(_kill_plan(True, random.Random(1234))) > 30
+
+
+def test_kill_at_many_moments_then_resume_bit_identically(embedded_root, tmp_path):
+    keep = 2
+    rng = random.Random(1234)
+    run = tmp_path / "killed"
+    ck = run / "checkpoints"
+    plan = _kill_plan(FULL, rng)
+    steps = _steps_for(plan)
+    n_paused = sum(1 for stage, _ in plan if stage != "random")
+    tally = {"planned": len(plan), "steps": steps, "kills": 0, "inside_write": 0, "paused_at": {}, "random": 0,
+             "partial_warned": 0, "progress": []}
     warned_expected = False
+    t_start = time.time()
     for stage, skip in plan:
         before = _check_after_kill(ck, keep)
-        if before >= steps - 2:
-            break
+        assert before < steps - 2, f"the run reached step {before} of {steps} with kills still planned: {tally}"
         over = _overrides(embedded_root, run, steps, keep)
         if stage == "random":
             proc = _start(over)
-            # wait until it trains (a new checkpoint), then kill at a random moment within the next steps
+            # wait until it trains (a new checkpoint), then kill at a random moment within the next 0.6 s, or of the
+            # step after RANDOM_MAX_STEPS - 1 new checkpoints, whichever is first (bounded progress on any machine)
             started = _wait_for(lambda: _steps_on_disk(ck) and _steps_on_disk(ck)[-1] > before, proc, 300)
-            if started:
-                time.sleep(rng.uniform(0.0, 0.6))
+            assert started, proc.communicate()[0][-3000:]
+            t_first, deadline = time.time(), time.time() + rng.uniform(0.0, 0.6)
+            while time.time() < deadline and _steps_on_disk(ck)[-1] < before + RANDOM_MAX_STEPS - 1:
+                time.sleep(0.005)
+            if _steps_on_disk(ck)[-1] >= before + RANDOM_MAX_STEPS - 1:  # capped: a random point of the next step
+                time.sleep(rng.uniform(0.0, (time.time() - t_first) / max(1, RANDOM_MAX_STEPS - 2)))
             tally["random"] += 1
         else:
             stale = set(ck.glob("**/*.paused"))  # left in the previous kill's partial folder
@@ -138,8 +185,17 @@ def test_kill_at_many_moments_then_resume_bit_identically(embedded_root, tmp_pat
         warned_expected = bool(partial)
         if stage != "random":
             assert partial, "a paused writer must leave a partial folder"
-        after = _check_after_kill(ck, keep)
+        after = _check_after_kill(ck, keep, tally)
         assert after >= before
+        if stage != "random":
+            assert after == before + skip, (stage, skip, before, after)  # what _steps_for counts on
+        else:
+            assert after <= before + RANDOM_MAX_STEPS + 1, (before, after)
+        tally["progress"].append(after - before)
+    # every planned kill landed, each paused one inside a checkpoint write
+    assert tally["kills"] == len(plan) and tally["random"] == len(plan) - n_paused, tally
+    assert sum(tally["paused_at"].values()) == n_paused and tally["inside_write"] >= n_paused, tally
+    tally["kill_loop_s"] = round(time.time() - t_start, 1)
     # finish the run
     proc = _start(_overrides(embedded_root, run, steps, keep))
     out, _ = proc.communicate(timeout=600)
@@ -149,7 +205,7 @@ def test_kill_at_many_moments_then_resume_bit_identically(embedded_root, tmp_pat
         tally["partial_warned"] += 1
     assert not list(ck.glob(f".tmp-{ckpt.PREFIX}*"))
     assert _steps_on_disk(ck) == [steps - 1, steps]  # keep_last = 2
-    assert tally["inside_write"] >= len([p for p in plan if p[0] != "random"]) - 1
+    tally["total_s"] = round(time.time() - t_start, 1)
     print(f"\n[kill-loop] {json.dumps(tally)}")
 
     # the same steps without interruption, in this process
@@ -235,8 +291,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, stage, monkeypatch):
 
 
 def test_full_disk_during_training_stops_with_a_clear_message(embedded_root, tmp_path, monkeypatch, capsys):
-    import recipes.pretrain as train_mod
-
+    train_mod = _pretrain
     over = _overrides(embedded_root, tmp_path / "run", 4)
     real_write = ckpt._write_safetensors
 
