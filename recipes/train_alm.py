@@ -161,6 +161,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
 def trajectory_config(cfg: dict) -> dict:
     """The resolved config less the keys in RESUME_FREE_KEYS, JSON-normalised: what must match to resume."""
     c = json.loads(json.dumps(cfg, default=str))
+    c.pop("output_dir", None)  # the checkpoints live in the run folder: a moved folder still resumes
     for k in RESUME_FREE_KEYS:
         c.get("train", {}).pop(k, None)
     return c
@@ -311,8 +312,11 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
         """Micro-batches from data position (epoch, batch index) on, crossing epochs: yields (epoch, next, batch)."""
         while True:
             plan = epoch_batches(len(ds), tcfg.batch_size, seed, epoch, rank, world)
+            # its own generator: a DataLoader iterator otherwise draws its base seed from the global torch RNG,
+            # one draw more in a resumed run than in an uninterrupted one (LoRA dropout would then differ)
             loader = torch.utils.data.DataLoader(ds, batch_sampler=plan[start:], collate_fn=collate,
-                                                 num_workers=tcfg.num_workers)
+                                                 num_workers=tcfg.num_workers,
+                                                 generator=torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63))
             for i, batch in enumerate(loader, start + 1):
                 yield epoch, i, batch
             epoch, start = epoch + 1, 0
@@ -327,10 +331,10 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
         # one optimizer step = grad_accum micro-batches; each micro-batch's mean loss is weighted by its share of the
         # window's answer tokens, so the gradient is the token mean over the window (= one batch of the same rows)
         window = [next(batches) for _ in range(tcfg.grad_accum)]
-        counts = [int((b["labels"][:, 1:] != -100).sum()) for _, _, b in window]
-        n_tok = max(1, sum(counts))
+        answer = [int((b["labels"][:, 1:] != -100).sum()) for _, _, b in window]
+        n_tok = max(1, sum(answer))
         step_loss = 0.0
-        for (epoch, nxt, batch), k in zip(window, counts):
+        for (epoch, nxt, batch), k in zip(window, answer):
             position = (epoch, nxt)
             micro += 1
             tokens += int((batch["labels"] != -100).sum())
