@@ -13,6 +13,10 @@ before anything loads.
 With ``train.deepspeed: configs/deepspeed/alm_zero2.json`` (or zero3) the step runs through a DeepSpeed engine; launch
 with ``deepspeed --num_gpus N -m recipes.train_alm --config ...`` or torchrun. lr, batch size, accumulation and
 clipping in the JSON are overwritten from this config so there is one source of truth.
+
+With ``train.ckpt_every: N`` a stage checkpoints every N optimizer steps into ``{run}/checkpoints`` (safetensors +
+JSON: trainable weights, optimizer, scheduler, data position, losses, RNG) and the same command, run again after a
+crash or kill, resumes from the newest one bit-exactly (plain PyTorch; not yet under DeepSpeed).
 """
 from __future__ import annotations
 
@@ -243,6 +247,9 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
 
     checked = check_stage_config(cfg)  # every key, type, range and choice, before anything loads
     tcfg, dcfg = checked.train, checked.data
+    if tcfg.deepspeed and tcfg.ckpt_every > 0:  # docs/ARCHITECTURE.md, "ALM stage checkpoints": not done yet
+        raise ConfigError("train.ckpt_every > 0 is not supported with train.deepspeed yet (resuming a DeepSpeed "
+                          "stage is not implemented); set train.ckpt_every=0")
     seed = int(cfg.get("seed", 0))
     seed_everything(seed)
     out = run_dir(cfg)
@@ -276,9 +283,6 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     if tcfg.deepspeed:
         import deepspeed
 
-        if tcfg.ckpt_every > 0:  # see "what is left" in docs/ARCHITECTURE.md (ALM stage checkpoints)
-            raise ConfigError("train.ckpt_every > 0 is not supported with train.deepspeed yet (resume a DeepSpeed "
-                              "stage is not implemented); set train.ckpt_every=0")
         if not dist:
             deepspeed_cpu_workaround()
             single_process_dist_env()
