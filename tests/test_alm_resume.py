@@ -71,9 +71,10 @@ def _kill_after_checkpoint(stage, overrides, ckpts: Path, log: Path) -> int:
     return proc.returncode
 
 
-@pytest.mark.parametrize("stage", [2, pytest.param(1, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("stage", [1, 2])
 def test_sigkill_mid_stage_then_resume_equals_uninterrupted(toy, tmp_path, stage):
-    """Stage 2 (projector + LoRA with dropout: the torch RNG must be restored) in the default suite, stage 1 slow."""
+    """Stage 1 (projector only) and stage 2 (projector + LoRA with dropout: the torch RNG must be restored); ~25-40 s each
+    on CPU."""
     from mosaic_core.config import load_config
     from recipes.train_alm import train_stage
 
@@ -128,8 +129,8 @@ def test_grad_accum_equals_large_batch(toy, tmp_path):
     would not match. Not bit-exact: the halves are padded to their own longest row and the gradient is summed in
     two parts, so floats differ in the last bits; losses agree to 1e-5 (relative). Adam divides each update by the
     gradient's RMS, which turns those last-bit differences into up to ~3e-6 on a weight (measured) after 3 steps at
-    lr 1e-3, hence atol 2e-5 on weights: 50x below one step's change, while a wrong weighting moves weights by
-    ~lr."""
+    lr 1e-3, hence atol 2e-5 on weights: 50x below one step's change, while a plain mean of the micro-batch losses
+    moves them by up to 1.4e-3 (measured)."""
     from mosaic_alm.data import InstructionDataset, PromptFormatter, collate, load_records
     from mosaic_alm.llm import LLMConfig, load_llm
     from mosaic_core.config import load_config
