@@ -13,13 +13,19 @@ before anything loads.
 With ``train.deepspeed: configs/deepspeed/alm_zero2.json`` (or zero3) the step runs through a DeepSpeed engine; launch
 with ``deepspeed --num_gpus N -m recipes.train_alm --config ...`` or torchrun. lr, batch size, accumulation and
 clipping in the JSON are overwritten from this config so there is one source of truth.
+
+With ``train.ckpt_every: N`` a stage checkpoints every N optimizer steps into ``{run}/checkpoints`` (safetensors +
+JSON: trainable weights, optimizer, scheduler, data position, losses, RNG) and the same command, run again after a
+crash or kill, resumes from the newest one bit-exactly (plain PyTorch; not yet under DeepSpeed).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +54,7 @@ from mosaic_core.config import (
     load_config,
     save_yaml,
 )
+from encoder import checkpoint as ckpt
 from mosaic_core.io import atomic_write_json
 from mosaic_core.runtime import (
     deepspeed_cpu_workaround,
@@ -79,6 +86,8 @@ class StageTrainConfig:
     bf16: bool = False  # autocast to bfloat16 (CUDA, or CPU if it helps)
     deepspeed: str | None = None  # a DeepSpeed JSON (ZeRO 2/3)
     num_workers: NonNegInt = 0
+    ckpt_every: NonNegInt = 0  # > 0: a resumable checkpoint every N optimizer steps in {run}/checkpoints (0: none)
+    keep_last: PositiveInt = 2  # checkpoints kept (older ones are deleted)
 
 
 @dataclass
@@ -136,6 +145,101 @@ def alm_param_groups(model, tcfg: StageTrainConfig) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+log = logging.getLogger(__name__)
+
+# train.* keys that do not change what a step computes: a run may resume with other values for them
+RESUME_FREE_KEYS = ("ckpt_every", "keep_last", "log_every", "num_workers", "eval_batches")
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """The micro-batches of one epoch: a permutation drawn from (seed, epoch) alone, padded to a multiple of
+    ``world`` by wrapping (like DistributedSampler), this rank's share cut into batches (the last may be short).
+    A data position is then just (epoch, batch index): a resumed run continues with exactly the same batches."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    order = torch.randperm(n, generator=g).tolist()
+    if world > 1:
+        order = (order * world)[:n + (-n) % world][rank::world]
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def trajectory_config(cfg: dict) -> dict:
+    """The resolved config less the keys in RESUME_FREE_KEYS, JSON-normalised: what must match to resume."""
+    c = json.loads(json.dumps(cfg, default=str))
+    c.pop("output_dir", None)  # the checkpoints live in the run folder: a moved folder still resumes
+    for k in RESUME_FREE_KEYS:
+        c.get("train", {}).pop(k, None)
+    return c
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, st in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda{i}"] = st
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy_keys"] = torch.from_numpy(keys.astype(np.int64))
+    return tensors, {"python": random.getstate(), "numpy": [kind, int(pos), int(has_gauss), float(cached)]}
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], state: dict) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = sorted(k for k in tensors if k.startswith("torch_cuda"))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def save_stage_checkpoint(out: Path, cfg: dict, model, opt, sched, keep_last: int, progress: dict) -> Path:
+    """``{out}/checkpoints/step_N/``: trainable parameters, projector buffers, optimizer tensors and RNG states as
+    safetensors; step, data position, loss history, scheduler, optimizer scalars, RNG scalars and the config as
+    JSON (encoder.checkpoint: atomic, checksummed)."""
+    rng_t, rng_s = _rng_state()
+    opt_t, opt_rest = ckpt.flatten_optimizer_state(opt.state_dict())
+    sched_state = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
+    tensors = {"trainable": {n: p for n, p in model.named_parameters() if p.requires_grad},
+               "buffers": {n: b for n, b in model.named_buffers() if n.startswith("projector.")},
+               "optimizer": opt_t, "rng": rng_t}
+    state = dict(progress, optimizer=opt_rest, scheduler=sched_state, rng=rng_s, config=cfg)
+    return ckpt.save_checkpoint(out / "checkpoints", progress["step"], {k: v for k, v in tensors.items() if v},
+                                state, keep_last=keep_last)
+
+
+def resume_stage(out: Path, cfg: dict, model, opt, sched) -> dict | None:
+    """Load the newest verified checkpoint in ``{out}/checkpoints`` into model, optimizer, scheduler and the RNGs;
+    returns its progress (step, data position, losses) or None. Checkpoints of another config (beyond
+    RESUME_FREE_KEYS) are moved aside to ``checkpoints.superseded-<time>`` and the stage starts fresh."""
+    latest = ckpt.latest_checkpoint(out / "checkpoints")
+    if latest is None:
+        return None
+    tensors, state = ckpt.load_checkpoint(latest)
+    if trajectory_config(state.get("config", {})) != trajectory_config(cfg):
+        aside = out / f"checkpoints.superseded-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(out / "checkpoints", aside)
+        log.warning("checkpoints in %s are from another config; moved to %s, starting the stage fresh",
+                    out / "checkpoints", aside)
+        print(f"warning: checkpoints of another config moved to {aside}; starting the stage fresh", flush=True)
+        return None
+    named = dict(model.named_parameters())
+    want = {n for n, p in named.items() if p.requires_grad}
+    got = tensors.get("trainable", {})
+    if set(got) != want:
+        raise ckpt.CheckpointError(f"checkpoint {latest}: its trainable parameters do not match the model's "
+                                   f"(missing {sorted(want - set(got))[:3]}, extra {sorted(set(got) - want)[:3]})")
+    buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for n, t in got.items():
+            named[n].copy_(t)
+        for n, t in tensors.get("buffers", {}).items():
+            buffers[n].copy_(t)
+    opt.load_state_dict(ckpt.unflatten_optimizer_state(tensors.get("optimizer", {}), state["optimizer"]))
+    sched.load_state_dict(dict(state["scheduler"], lr_lambdas=[None] * len(sched.lr_lambdas)))
+    _set_rng_state(tensors["rng"], state["rng"])
+    return state
+
+
 def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     """Train one stage from a resolved config dict; returns the summary (also written to the run folder)."""
     from torch.utils.tensorboard import SummaryWriter
@@ -143,6 +247,9 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
 
     checked = check_stage_config(cfg)  # every key, type, range and choice, before anything loads
     tcfg, dcfg = checked.train, checked.data
+    if tcfg.deepspeed and tcfg.ckpt_every > 0:  # docs/ARCHITECTURE.md, "ALM stage checkpoints": not done yet
+        raise ConfigError("train.ckpt_every > 0 is not supported with train.deepspeed yet (resuming a DeepSpeed "
+                          "stage is not implemented); set train.ckpt_every=0")
     seed = int(cfg.get("seed", 0))
     seed_everything(seed)
     out = run_dir(cfg)
@@ -164,23 +271,12 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
         raise ConfigError(f"stage {cfg.get('stage')}: no training records in {dcfg.root} for tasks={dcfg.tasks} "
                           f"qtypes={dcfg.qtypes} kind={dcfg.kind}")
     featurizer = AudioFeaturizer.for_model(model)
-    if init is None and model.projector is not None and model.cfg.projector.standardize:
-        clips = sorted({r["audio_path"] for r in train_recs})
-        pick = torch.randperm(len(clips), generator=torch.Generator().manual_seed(seed))[:model.cfg.projector.stats_clips]
-        n = model.calibrate_projector(featurizer.tokens([clips[i] for i in sorted(pick.tolist())]))
-        if rank == 0 and not quiet:
-            print(f"projector feature statistics measured on {n} training clips")
     ds = InstructionDataset(train_recs, fmt)
-    pad = model.tokenizer.pad_token_id
-    g = torch.Generator().manual_seed(seed)
-    sampler = (torch.utils.data.DistributedSampler(ds, world, rank, shuffle=True, seed=seed) if dist else
-               torch.utils.data.RandomSampler(ds, generator=g))
-    loader = torch.utils.data.DataLoader(ds, batch_size=tcfg.batch_size, sampler=sampler,
-                                         collate_fn=Collator(pad, "right"), num_workers=tcfg.num_workers)
-    steps_per_epoch = max(1, len(loader) // tcfg.grad_accum)
+    collate = Collator(model.tokenizer.pad_token_id, "right")
+    steps_per_epoch = max(1, len(epoch_batches(len(ds), tcfg.batch_size, seed, 0, rank, world)) // tcfg.grad_accum)
     total = int(math.ceil(tcfg.epochs * steps_per_epoch))
     if tcfg.max_steps > 0:
-        total = tcfg.max_steps  # an explicit step budget wins over epochs (the loader cycles)
+        total = tcfg.max_steps  # an explicit step budget wins over epochs (the data stream cycles)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = alm_param_groups(model, tcfg)
     engine = None
@@ -198,49 +294,84 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     else:
         opt = torch.optim.AdamW(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
         sched = cosine_schedule(opt, total, int(tcfg.warmup_ratio * total))
+
+    # ---- resume: the newest verified checkpoint of this same config (safetensors + JSON only, never a pickle)
+    step, micro, tokens, losses, step_losses, position = 0, 0, 0, [], [], (0, 0)
+    resumed = resume_stage(out, cfg, model, opt, sched) if engine is None else None
+    if resumed is not None:
+        step, micro, tokens = resumed["step"], resumed["micro"], resumed["tokens"]
+        losses, step_losses, position = resumed["losses"], resumed["step_losses"], tuple(resumed["position"])
+        if rank == 0 and not quiet:
+            print(f"stage {cfg.get('stage')}: resumed from {out / 'checkpoints'} at step {step}", flush=True)
+    elif init is None and model.projector is not None and model.cfg.projector.standardize:
+        clips = sorted({r["audio_path"] for r in train_recs})
+        pick = torch.randperm(len(clips), generator=torch.Generator().manual_seed(seed))[:model.cfg.projector.stats_clips]
+        n = model.calibrate_projector(featurizer.tokens([clips[i] for i in sorted(pick.tolist())]))
+        if rank == 0 and not quiet:
+            print(f"projector feature statistics measured on {n} training clips")
     writer = SummaryWriter(str(out / "tb")) if rank == 0 else None
     load_s = time.perf_counter() - t_load
 
+    def stream(epoch: int, start: int):
+        """Micro-batches from data position (epoch, batch index) on, crossing epochs: yields (epoch, next, batch)."""
+        while True:
+            plan = epoch_batches(len(ds), tcfg.batch_size, seed, epoch, rank, world)
+            # its own generator: a DataLoader iterator otherwise draws its base seed from the global torch RNG,
+            # one draw more in a resumed run than in an uninterrupted one (LoRA dropout would then differ)
+            loader = torch.utils.data.DataLoader(ds, batch_sampler=plan[start:], collate_fn=collate,
+                                                 num_workers=tcfg.num_workers,
+                                                 generator=torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63))
+            for i, batch in enumerate(loader, start + 1):
+                yield epoch, i, batch
+            epoch, start = epoch + 1, 0
+
     t0 = time.perf_counter()
-    step, micro, losses, tokens = 0, 0, [], 0
-    bar = tqdm(total=total, desc=f"stage {cfg.get('stage')}", disable=rank != 0 or quiet, dynamic_ncols=True)
+    start_step = step
+    bar = tqdm(total=total, initial=step, desc=f"stage {cfg.get('stage')}", disable=rank != 0 or quiet,
+               dynamic_ncols=True)
     use_amp = tcfg.bf16
-    done = False
-    epoch = 0
-    while not done:
-        if dist:
-            sampler.set_epoch(epoch)
-        for batch in loader:
+    batches = stream(*position)
+    while step < total:
+        # one optimizer step = grad_accum micro-batches; each micro-batch's mean loss is weighted by its share of the
+        # window's answer tokens, so the gradient is the token mean over the window (= one batch of the same rows)
+        window = [next(batches) for _ in range(tcfg.grad_accum)]
+        answer = [int((b["labels"][:, 1:] != -100).sum()) for _, _, b in window]
+        n_tok = max(1, sum(answer))
+        step_loss = 0.0
+        for (epoch, nxt, batch), k in zip(window, answer):
+            position = (epoch, nxt)
+            micro += 1
+            tokens += int((batch["labels"] != -100).sum())
+            if k == 0 and engine is None:  # nothing to learn from (and an empty mean would be NaN)
+                continue
             audio = featurizer.inputs(batch.pop("audios")) if featurizer is not None else {}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = (engine or model)(**batch, **audio).loss
-            tokens += int((batch["labels"] != -100).sum())
-            if engine is not None:
-                engine.backward(loss)
+            w = k / n_tok
+            if engine is not None:  # DeepSpeed divides by its gradient_accumulation_steps itself
+                engine.backward(loss * (w * tcfg.grad_accum))
                 engine.step()
             else:
-                (loss / tcfg.grad_accum).backward()
+                (loss * w).backward()
             losses.append(float(loss.detach()))
-            micro += 1
-            if micro % tcfg.grad_accum:
-                continue
-            if engine is None:
-                if tcfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, tcfg.max_grad_norm)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                sched.step()
-            step += 1
-            recent = float(np.mean(losses[-tcfg.grad_accum:]))
-            bar.update(1)
-            bar.set_postfix(loss=f"{recent:.3f}")
-            if writer is not None and (step % tcfg.log_every == 0 or step == 1):
-                writer.add_scalar("train/loss", recent, step)
-                writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
-            if step >= total:
-                done = True
-                break
-        epoch += 1
+            step_loss += float(loss.detach()) * w
+        if engine is None:
+            if tcfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, tcfg.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+        step += 1
+        step_losses.append(step_loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}")
+        if writer is not None and (step % tcfg.log_every == 0 or step == 1):
+            writer.add_scalar("train/loss", step_loss, step)
+            writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
+        if tcfg.ckpt_every > 0 and (step % tcfg.ckpt_every == 0 or step == total) and rank == 0:
+            save_stage_checkpoint(out, cfg, model, opt, sched, tcfg.keep_last, {
+                "step": step, "micro": micro, "tokens": tokens, "position": list(position), "losses": losses,
+                "step_losses": step_losses})
     bar.close()
     train_s = time.perf_counter() - t0
 
@@ -248,8 +379,9 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     n = max(1, len(losses) // 10)
     summary = {"stage": cfg.get("stage"), "name": cfg.get("name"), "seed": seed, "steps": step,
                "micro_batches": micro, "train_records": len(train_recs), "train_seconds": round(train_s, 2),
-               "load_seconds": round(load_s, 2), "seconds_per_step": round(train_s / max(1, step), 3),
-               "answer_tokens": tokens, "first_loss": float(np.mean(losses[:n])), "last_loss": float(np.mean(losses[-n:])),
+               "load_seconds": round(load_s, 2), "seconds_per_step": round(train_s / max(1, step - start_step), 3),
+               "answer_tokens": tokens, "resumed_from_step": start_step if resumed is not None else None,
+               "step_losses": step_losses, "first_loss": float(np.mean(losses[:n])), "last_loss": float(np.mean(losses[-n:])),
                "eval_loss": eval_loss, "parameters": counts, "init_from": str(init) if init else None,
                "feature_cache_hits": featurizer.hits if featurizer is not None else 0}
     if writer is not None:
