@@ -102,10 +102,10 @@ def _launch_node(node_rank: int, hostfile: Path, port: int, run_dir: Path, root:
 
 def _single_process_reference(root: Path, run_dir: Path, monkeypatch) -> dict:
     """The same global batch in one process (plain torch AdamW), with each node's masks and per-node losses."""
-    mod = importlib.import_module(PRETRAIN_MODULE)
-    from mosaic_core.config import load_config
+    from encoder import pretraining as steps  # the library the recipe's step calls draws masks and the loss from
 
-    real_draw, real_loss = mod.draw_masks, mod.nt_xent
+    mod = importlib.import_module(PRETRAIN_MODULE)
+    real_draw, real_loss = steps.draw_masks, steps.nt_xent
     per_node: list[list[float]] = []
 
     def draw_like_the_nodes(cfg, batch, grid, step, rank, device):
@@ -123,8 +123,8 @@ def _single_process_reference(root: Path, run_dir: Path, monkeypatch) -> dict:
                          for r in range(NODES)])
         return out
 
-    monkeypatch.setattr(mod, "draw_masks", draw_like_the_nodes)
-    monkeypatch.setattr(mod, "nt_xent", loss_per_node)
+    monkeypatch.setattr(steps, "draw_masks", draw_like_the_nodes)
+    monkeypatch.setattr(steps, "nt_xent", loss_per_node)
     raw = load_config(CONFIG, _overrides(root, run_dir))
     out = mod.train(parse_config(PretrainConfig, raw), raw)
     return {"history": out["history"], "per_node": per_node}
