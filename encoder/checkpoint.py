@@ -7,7 +7,6 @@ folder that is ignored (and cleaned) on the next start. Loading never unpickles 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,8 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file
 
+from mosaic_core.io import sha256_file
+
 log = logging.getLogger(__name__)
 PREFIX = "step_"
 
@@ -28,14 +29,6 @@ WRITE_HOOK: Callable[[str, Path], None] | None = None
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or read; the message names the folder and the reason."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _hook_seen: dict[str, int] = {}
@@ -111,10 +104,10 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, tensors: dict[str, d
             path = tmp / f"{name}.safetensors"
             _hook(f"before-{name}", path)
             _write_safetensors({k: v.detach().cpu().contiguous() for k, v in tdict.items()}, path, name)
-            sums[path.name] = _sha256(path)
+            sums[path.name] = sha256_file(path)
         spath = tmp / "state.json"
         spath.write_text(json.dumps(state, indent=1, default=_json_default))
-        sums[spath.name] = _sha256(spath)
+        sums[spath.name] = sha256_file(spath)
         _hook("before-checksums", tmp)
         (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
         for f in tmp.iterdir():
@@ -154,7 +147,7 @@ def verify(path: Path) -> str | None:
         f = path / name
         if not f.is_file():
             return f"{name} is missing"
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             return f"{name} does not match its checksum"
     return None
 

@@ -6,7 +6,6 @@ checked numerically against torchaudio's output in ``tests/test_features.py``.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -60,13 +59,35 @@ class FbankConfig:
 
 
 # --------------------------------------------------------------------------------------------------------- decoding
+def read_sound(file, source, max_seconds: float, what: str = "") -> tuple[np.ndarray, int]:
+    """Samples [frames, channels] float32 and the sample rate of ``file`` (a path or a file object) via
+    libsndfile. The header is checked first: a file declaring more than ``max_seconds`` is refused before any
+    sample is read. Every failure is an AudioError naming ``source`` (``what`` names the format, e.g. " FLAC")."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(file) as f:
+            sr, channels, frames = f.samplerate, f.channels, f.frames
+            if sr <= 0 or channels <= 0:
+                raise AudioError(source, f"invalid header (sample rate {sr}, {channels} channels)")
+            if frames > max_seconds * sr:
+                raise AudioError(source, f"declares {frames / sr:.1f} s of audio, above the {max_seconds:g} s maximum")
+            data = f.read(frames=int(max_seconds * sr) + 1, dtype="float32", always_2d=True)
+    except AudioError:
+        raise
+    except (RuntimeError, sf.LibsndfileError, TypeError, ValueError, OSError) as exc:
+        raise AudioError(source, f"cannot decode{what}: {exc}") from None
+    if data.shape[0] == 0:
+        raise AudioError(source, "holds no audio samples (zero length)")
+    return data, sr
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, max_seconds: float = 600.0) -> torch.Tensor:
     """Decode ``path`` (wav/flac/ogg/mp3/... via libsndfile) to a mono float32 tensor at ``sample_rate``.
 
     Refuses files declaring more than ``max_seconds`` before reading any samples, so a hostile header cannot make
     us allocate hours of audio.
     """
-    import soundfile as sf
 
     path = Path(path)
     if not path.exists():
@@ -75,20 +96,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, max_seco
         raise AudioError(path, "is a directory, not an audio file")
     if path.stat().st_size == 0:
         raise AudioError(path, "file is empty (0 bytes)")
-    try:
-        with sf.SoundFile(str(path)) as f:
-            sr, channels, frames = f.samplerate, f.channels, f.frames
-            if sr <= 0 or channels <= 0:
-                raise AudioError(path, f"invalid header (sample rate {sr}, {channels} channels)")
-            if frames > max_seconds * sr:
-                raise AudioError(path, f"declares {frames / sr:.1f} s of audio, above the {max_seconds:g} s maximum")
-            data = f.read(frames=int(max_seconds * sr) + 1, dtype="float32", always_2d=True)
-    except AudioError:
-        raise
-    except (RuntimeError, sf.LibsndfileError, TypeError, ValueError, OSError) as exc:
-        raise AudioError(path, f"cannot decode: {exc}") from None
-    if data.shape[0] == 0:
-        raise AudioError(path, "holds no audio samples (zero length)")
+    data, sr = read_sound(str(path), path, max_seconds)
     wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
     return prepare_waveform(wave, sr, sample_rate, source=path, max_seconds=max_seconds)
 

@@ -1,6 +1,7 @@
 """Atomic writes: a file or folder appears whole or not at all (temporary name in the same folder, then rename)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -64,3 +65,12 @@ def atomic_replace_dir(path: str | os.PathLike, fill: Callable[[Path], None]) ->
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (checkpoint and shard checksums)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -28,7 +28,6 @@ size). Audio is decoded after the shuffle buffer, which holds raw bytes only.
 from __future__ import annotations
 
 import glob as globlib
-import hashlib
 import io
 import json
 import logging
@@ -41,7 +40,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..features import AudioError, FbankConfig, prepare_waveform, waveform_to_input
+from mosaic_core.io import sha256_file
+
+from ..features import AudioError, FbankConfig, prepare_waveform, read_sound, waveform_to_input
 from .dataset import derive_seed
 
 log = logging.getLogger(__name__)
@@ -90,14 +91,6 @@ def _encode_flac(path: str, max_seconds: float) -> bytes:
     return buf.getvalue()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _atomic_json(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -127,7 +120,7 @@ class _ShardFile:
         os.fsync(self.file.fileno())
         self.file.close()
         entry = {"name": self.final.name, "clips": self.clips, "bytes": self.tmp.stat().st_size,
-                 "sha256": _sha256(self.tmp)}
+                 "sha256": sha256_file(self.tmp)}
         os.replace(self.tmp, self.final)
         return entry
 
@@ -221,7 +214,7 @@ def verify_shards(folder: str | os.PathLike) -> list[str]:
         p = Path(folder) / s["name"]
         if not p.is_file():
             problems.append(f"{p}: missing")
-        elif p.stat().st_size != s["bytes"] or _sha256(p) != s["sha256"]:
+        elif p.stat().st_size != s["bytes"] or sha256_file(p) != s["sha256"]:
             problems.append(f"{p}: checksum mismatch (file changed or damaged)")
     return problems
 
@@ -312,7 +305,6 @@ def decode_record(parts: dict[str, bytes], source: str, max_seconds: float = 600
     float32 ``[channels, samples]`` at the stored rate (samples scaled exactly as ``soundfile`` float reads, so the
     same as reading the source WAV/FLAC). Raises :class:`AudioError` naming ``source`` for a missing member, bad
     JSON, or audio that cannot be decoded or is longer than ``max_seconds``."""
-    import soundfile as sf
 
     for ext in ("json", "flac"):
         if ext not in parts:
@@ -323,20 +315,7 @@ def decode_record(parts: dict[str, bytes], source: str, max_seconds: float = 600
         raise AudioError(source, f"bad JSON record: {exc}") from None
     if not isinstance(record, dict) or "id" not in record:
         raise AudioError(source, "JSON record is not an object with an id")
-    try:
-        with sf.SoundFile(io.BytesIO(parts["flac"])) as f:
-            sr, frames = f.samplerate, f.frames
-            if sr <= 0 or f.channels <= 0:
-                raise AudioError(source, f"invalid header (sample rate {sr}, {f.channels} channels)")
-            if frames > max_seconds * sr:
-                raise AudioError(source, f"declares {frames / sr:.1f} s of audio, above the {max_seconds:g} s maximum")
-            data = f.read(frames=int(max_seconds * sr) + 1, dtype="float32", always_2d=True)
-    except AudioError:
-        raise
-    except (RuntimeError, sf.LibsndfileError, TypeError, ValueError, OSError) as exc:
-        raise AudioError(source, f"cannot decode FLAC: {exc}") from None
-    if data.shape[0] == 0:
-        raise AudioError(source, "holds no audio samples (zero length)")
+    data, sr = read_sound(io.BytesIO(parts["flac"]), source, max_seconds, " FLAC")
     return {"id": record["id"], "record": record, "audio": torch.from_numpy(np.ascontiguousarray(data.T)),
             "sample_rate": sr}
 
