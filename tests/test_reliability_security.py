@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from encoder import checkpoint as ckpt
+from mosaic_core.io import sha256_file
 from mosaic_core.config import parse_config, ConfigError, load_config, read_yaml
 
 torch.set_num_threads(1)
@@ -60,7 +61,7 @@ def _plant_checkpoint(ck: Path, step: int, name: str, payload: bytes) -> Path:
                          {"step": step, "history": [], "optimizer": {"state": {}, "param_groups": []}})
     folder = ck / f"{ckpt.PREFIX}{step:08d}"
     (folder / f"{name}.safetensors").write_bytes(payload)
-    sums = {f.name: ckpt._sha256(f) for f in folder.iterdir() if f.name != "checksums.json"}
+    sums = {f.name: sha256_file(f) for f in folder.iterdir() if f.name != "checksums.json"}
     (folder / "checksums.json").write_text(json.dumps(sums))  # an attacker can compute checksums too
     return folder
 
