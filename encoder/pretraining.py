@@ -40,6 +40,7 @@ from mosaic_core.schedule import lr_factor
 
 from . import checkpoint as ckpt
 from .data.dataset import WaveAugmentConfig, derive_seed
+from .data.views import ViewAugmentConfig
 from .loss import nt_xent
 from .mae import MAEConfig, MAEPretrainModel
 from .masking import view_indices
@@ -125,7 +126,8 @@ class PretrainConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
-    augment: WaveAugmentConfig = field(default_factory=WaveAugmentConfig)
+    augment: WaveAugmentConfig = field(default_factory=WaveAugmentConfig)  # waveform path (no feature cache)
+    views: ViewAugmentConfig = field(default_factory=ViewAugmentConfig)  # cached-feature path: per-view transforms
     optim: PretrainOptimConfig = field(default_factory=PretrainOptimConfig)
     train: PretrainLoopConfig = field(default_factory=PretrainLoopConfig)
     distributed: DistConfig = field(default_factory=DistConfig)

@@ -6,6 +6,7 @@ import torch
 
 from encoder.features import AudioError, FbankConfig, load_audio, waveform_to_input
 from mosaic_core.config import ConfigError
+from mosaic_core.runtime import autocast
 
 from . import probes as P
 
@@ -23,15 +24,18 @@ def load_waves(rows) -> tuple[list[torch.Tensor | None], list[dict]]:
 
 
 @torch.no_grad()
-def extract_features(model, waves, fb: FbankConfig, batch_size: int) -> dict:
-    """Per-layer pooled features [N, L+1, D] and last-layer tokens [N, K, D] (time-major)."""
+def extract_features(model, waves, fb: FbankConfig, batch_size: int, bf16: bool = False) -> dict:
+    """Per-layer pooled features [N, L+1, D] and last-layer tokens [N, K, D] (time-major), float32; the encoder
+    runs under bf16 autocast when ``bf16``."""
     layers, tokens = [], []
+    device = next(model.parameters()).device
     for i in range(0, len(waves), batch_size):
-        x = torch.stack([waveform_to_input(w, fb) for w in waves[i:i + batch_size]])
-        out = model.encoder.forward_features(x, output_hidden_states=True)
+        x = torch.stack([waveform_to_input(w, fb) for w in waves[i:i + batch_size]]).to(device)
+        with autocast(bf16, device):
+            out = model.encoder.forward_features(x, output_hidden_states=True)
         pooled = [h[:, 1:].mean(1) for h in out["hidden_states"][:-1]] + [out["pooled"]]
-        layers.append(torch.stack(pooled, dim=1))
-        tokens.append(out["tokens"])
+        layers.append(torch.stack(pooled, dim=1).float().cpu())
+        tokens.append(out["tokens"].float().cpu())
     layers = torch.cat(layers)
     return {"layers": layers, "last": layers[:, -1], "tokens": torch.cat(tokens)}
 

@@ -7,7 +7,8 @@ single mel filterbank. Clip-level features are the mean and std over time of eac
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,41 +67,37 @@ def mfcc_logreg_baseline(
     test_wavs: Any,
     test_y: Any,
     *,
+    valid_wavs: Any = None,
+    valid_y: Any = None,
     sample_rate: int = 16000,
     n_mfcc: int = 40,
-    C: float = 1.0,
-    max_iter: int = 2000,
     seed: int = 0,
 ) -> dict:
-    """MFCC statistics + standardisation + logistic regression, trained and tested in one call.
+    """MFCC statistics read out by the kit's fair linear read-out (:func:`eval.probes.fit_logreg`: standardisation +
+    logistic regression, C chosen on valid when given), trained and tested in one call.
 
-    Single-label ``[N]`` targets -> multinomial logistic regression, returns ``{"accuracy", "predictions"}``;
-    binary ``[N, C]`` targets -> one-vs-rest, returns :func:`eval.metrics.multilabel_summary` plus ``"scores"``.
-    Always includes ``"n_features"`` and ``"model"`` (a description for the results JSON).
+    Single-label ``[N]`` targets -> returns ``{"accuracy", "predictions"}``; binary ``[N, C]`` targets ->
+    one-vs-rest, returns :func:`eval.metrics.multilabel_summary` plus ``"scores"``. Always includes ``"n_features"``,
+    ``"C"`` and ``"model"`` (a description for the results JSON).
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from eval.probes import fit_logreg
 
     xtr = mfcc_features(train_wavs, sample_rate, n_mfcc)
     xte = mfcc_features(test_wavs, sample_rate, n_mfcc)
     ytr, yte = np.asarray(train_y), np.asarray(test_y)
     if ytr.shape[0] != xtr.shape[0] or yte.shape[0] != xte.shape[0]:
         raise ValueError("mfcc_logreg_baseline: number of labels and clips differ")
-    clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
-    desc = f"MFCC({n_mfcc}, mean+std) + StandardScaler + LogisticRegression(C={C})"
-    if ytr.ndim == 2:
-        model = make_pipeline(StandardScaler(), OneVsRestClassifier(clf))
-        model.fit(xtr, ytr.astype(int))
-        scores = model.predict_proba(xte)
+    xva = mfcc_features(valid_wavs, sample_rate, n_mfcc) if valid_wavs is not None else None
+    multilabel = ytr.ndim == 2
+    readout = fit_logreg(xtr, ytr, xva, valid_y, seed=seed, multilabel=multilabel)
+    if multilabel:
+        scores = readout.scores(xte)
         out: dict = dict(metrics.multilabel_summary(yte > 0.5, scores))
         out["scores"] = scores
     else:
-        model = make_pipeline(StandardScaler(), clf)
-        model.fit(xtr, ytr)
-        pred = model.predict(xte)
+        pred = readout.model.predict(xte)
         out = {"accuracy": metrics.accuracy(yte, pred), "predictions": pred}
     out["n_features"] = int(xtr.shape[1])
-    out["model"] = desc
+    out["C"] = readout.C
+    out["model"] = f"MFCC({n_mfcc}, mean+std) + StandardScaler + LogisticRegression(C={readout.C})"
     return out

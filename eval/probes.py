@@ -13,6 +13,12 @@ as buffers, so :func:`predict` on new data applies the same transform; no BatchN
   V-JEPA-style attentive pooler: pre-norm multi-head cross-attention + MLP, both residual on the query) -> linear
   head. Variable token counts: pass a list of ``[T_i, D]`` tensors, or ``(x [N, T, D], valid_mask [N, T])``.
 
+The fair linear read-out, :func:`fit_logreg`: ``StandardScaler`` + scikit-learn's ``LogisticRegression`` fitted
+to convergence (L-BFGS), its inverse regularisation ``C`` chosen on the valid split from :data:`LOGREG_CS`. It is
+the MAE / AudioMAE linear-probing protocol (standardised features, then a linear classifier) without an
+optimisation budget that could underfit, and it reads out every encoder and the MFCC baseline the same way.
+:func:`linear_probe_by_layer` uses it on every layer.
+
 Training: :func:`fit_probe` (AdamW, per-step cosine schedule, optional selection of the best epoch on a validation
 set); :func:`predict` returns logits; :func:`evaluate_probe` turns them into metrics.
 """
@@ -25,18 +31,21 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from eval import metrics
 
 __all__ = [
-    "LinearProbe",
-    "WeightedLayerProbe",
+    "LOGREG_CS",
     "AttentiveProbe",
-    "fit_probe",
-    "predict",
+    "LinearProbe",
+    "LogRegReadout",
+    "WeightedLayerProbe",
     "evaluate_probe",
+    "fit_logreg",
+    "fit_probe",
     "linear_probe_by_layer",
+    "predict",
 ]
 
 _EPS = 1e-6
@@ -372,24 +381,89 @@ def evaluate_probe(probe: _Probe, x: Any, y: Any, *, multilabel: bool = False) -
     return {"accuracy": metrics.accuracy(yt.numpy(), logits.argmax(dim=1).numpy())}
 
 
+LOGREG_CS = (0.01, 0.1, 1.0, 10.0)
+
+
+class LogRegReadout:
+    """A fitted fair linear read-out: ``StandardScaler`` + ``LogisticRegression`` (one-vs-rest when multi-label),
+    with the ``C`` chosen on valid (``C``) and every candidate's valid metric (``valid_metric``)."""
+
+    def __init__(self, model, C: float, valid_metric: dict[float, float], multilabel: bool) -> None:
+        self.model, self.C, self.valid_metric, self.multilabel = model, C, valid_metric, multilabel
+
+    def scores(self, x: Any) -> np.ndarray:
+        """Class probabilities ``[N, C]``."""
+        return self.model.predict_proba(_as_numpy(x))
+
+    def evaluate(self, x: Any, y: Any) -> dict:
+        """``{"accuracy"}`` (single-label) or :func:`eval.metrics.multilabel_summary` (multi-label)."""
+        s, y = self.scores(x), np.asarray(y)
+        if self.multilabel:
+            return metrics.multilabel_summary(y > 0.5, s)
+        return {"accuracy": metrics.accuracy(y, self.model.classes_[s.argmax(1)])}
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    x = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"fit_logreg: expected [N, D] features, got shape {x.shape}")
+    return x
+
+
+def fit_logreg(train_x: Any, train_y: Any, valid_x: Any = None, valid_y: Any = None, *,
+               Cs: tuple[float, ...] = LOGREG_CS, seed: int = 0, max_iter: int = 1000,
+               multilabel: bool = False) -> LogRegReadout:
+    """The fair linear read-out: standardise (fitted on train), multinomial logistic regression to convergence,
+    ``C`` chosen on valid (the largest-metric candidate; ties: the smaller C). Without valid, ``Cs[len // 2]``."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    xtr, ytr = _as_numpy(train_x), np.asarray(train_y)
+    if len(xtr) != len(ytr) or len(xtr) == 0:
+        raise ValueError(f"fit_logreg: {len(xtr)} training examples and {len(ytr)} targets")
+    if (valid_x is None) != (valid_y is None):
+        raise ValueError("fit_logreg: give both valid_x and valid_y, or neither")
+    candidates = tuple(Cs) if valid_x is not None else (Cs[len(Cs) // 2],)
+    best, by_c = None, {}
+    for c in candidates:
+        clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
+        model = make_pipeline(StandardScaler(), OneVsRestClassifier(clf) if multilabel else clf)
+        with warnings.catch_warnings():  # at max_iter the fit is as converged as a probe needs
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(xtr, ytr.astype(int) if multilabel else ytr)
+        readout = LogRegReadout(model, c, by_c, multilabel)
+        if valid_x is None:
+            return readout
+        by_c[c] = readout.evaluate(valid_x, valid_y)["mAP" if multilabel else "accuracy"]
+        if best is None or by_c[c] > by_c[best.C]:
+            best = readout
+    return best
+
+
 def linear_probe_by_layer(
     train_x: torch.Tensor,
     train_y: Any,
     test_x: torch.Tensor,
     test_y: Any,
-    num_classes: int,
     *,
+    valid_x: torch.Tensor | None = None,
+    valid_y: Any = None,
     multilabel: bool = False,
-    **fit_kwargs: Any,
+    seed: int = 0,
 ) -> list[float]:
-    """Fit one :class:`LinearProbe` per layer of ``[N, L, D]`` features; return the test metric of each layer
-    (accuracy, or mAP if multilabel), in layer order. ``fit_kwargs`` go to :func:`fit_probe`."""
-    if train_x.ndim != 3 or test_x.ndim != 3:
+    """Fit the fair linear read-out (:func:`fit_logreg`, C chosen on valid when given) on every layer of
+    ``[N, L, D]`` features; return the test metric of each layer (accuracy, or mAP if multilabel), in layer order."""
+    if train_x.ndim != 3 or test_x.ndim != 3 or (valid_x is not None and valid_x.ndim != 3):
         raise ValueError("linear_probe_by_layer: features must be [N, L, D]")
     key = "mAP" if multilabel else "accuracy"
     scores = []
     for layer in range(train_x.shape[1]):
-        probe = LinearProbe(train_x.shape[2], num_classes)
-        fit_probe(probe, train_x[:, layer], train_y, multilabel=multilabel, **fit_kwargs)
-        scores.append(evaluate_probe(probe, test_x[:, layer], test_y, multilabel=multilabel)[key])
+        readout = fit_logreg(train_x[:, layer], train_y, None if valid_x is None else valid_x[:, layer], valid_y,
+                             multilabel=multilabel, seed=seed)
+        scores.append(readout.evaluate(test_x[:, layer], test_y)[key])
     return scores

@@ -49,11 +49,24 @@ def cpu_bf16_isa() -> str | None:
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """``bf16``/``fp32`` as asked; ``auto`` -> bf16 on a GPU that supports it (on a CPU, ``auto`` stays fp32 until
-    a recipe has been measured to track fp32 there: :func:`cpu_bf16_isa` tells whether it would be native)."""
+    """``bf16``/``fp32`` as asked; ``auto`` -> bf16 autocast where the hardware computes it natively: a GPU that
+    supports it, or a CPU with AMX or AVX512-BF16 (:func:`cpu_bf16_isa`; measured to track fp32, see
+    ``results/README.md``); fp32 elsewhere. ``MOSAIC_ALM_PRECISION=fp32`` turns ``auto`` into fp32 everywhere."""
     if precision == "auto":
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+        if os.environ.get("MOSAIC_ALM_PRECISION", "").lower() == "fp32":
+            return False
+        if device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return device.type == "cpu" and cpu_bf16_isa() is not None
     return precision == "bf16"
+
+
+def precision_note(enabled: bool, device: torch.device) -> str:
+    """One line for a run log: the precision in use and why (the CPU's bf16 instructions, if any)."""
+    isa = cpu_bf16_isa() if device.type == "cpu" else None
+    if enabled:
+        return f"bf16 autocast on {device.type}" + (f" (native {isa})" if isa else "")
+    return f"fp32 on {device.type}" + (" (no native bf16 on this CPU)" if device.type == "cpu" and not isa else "")
 
 
 def autocast(enabled: bool, device: torch.device):

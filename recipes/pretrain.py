@@ -39,6 +39,7 @@ from encoder.pretraining import (
     autocast_ctx,
     build_pretrain_model,
     contrastive_step,
+    decay_param_groups,
     export_encoder,
     finite_loss,
     init_distributed,
@@ -46,13 +47,12 @@ from encoder.pretraining import (
     lr_at,
     mae_step,
     memory_mb,
-    decay_param_groups,
     parameter_summary,
     save_pretrain_checkpoint,
 )
 from mosaic_core.config import ConfigError, load_recipe, save_yaml
 from mosaic_core.io import atomic_write_json
-from mosaic_core.runtime import set_threads
+from mosaic_core.runtime import precision_note, set_threads, use_bf16
 
 log = logging.getLogger("recipes.pretrain")
 
@@ -71,6 +71,7 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
         counts = parameter_summary(model)
         print(f"[pretrain] objective={cfg.objective} world={world} device={device} trainable parameters: "
               + ", ".join(f"{n}={c:,}" for n, c in counts.items()), flush=True)
+        print(f"[pretrain] precision: {precision_note(use_bf16(cfg.train.precision, device), device)}", flush=True)
 
     rows = load_rows(cfg)
     fb = FbankConfig(sample_rate=cfg.model.sample_rate, num_mel_bins=cfg.model.num_mel_bins,
@@ -85,7 +86,7 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
             dist.barrier()
         if not is_main:
             features = cache_features(rows, fb, cache)
-    dataset = PretrainDataset(rows, fb, cfg.augment, cfg.seed, features)
+    dataset = PretrainDataset(rows, fb, cfg.augment, cfg.seed, features, cfg.views)
     if len(rows) < cfg.train.batch_size:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(rows)} training clips")
     steps_per_epoch = len(rows) // cfg.train.batch_size
@@ -151,12 +152,12 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
         bar = tqdm(total=total, initial=start_step, desc="pretrain", dynamic_ncols=True)
     model.train()
     t_last, step = time.time(), start_step
+    t_origin = t_last - (history[-1].get("elapsed_s", 0.0) if history else 0.0)  # wall time across resumes
     for batch in loader:
         if batch["bad"]:
             bad_clips += len(batch["bad"])
             with open(quarantine, "a") as f:
-                for b in batch["bad"]:
-                    f.write(json.dumps({"step": step, **b}) + "\n")
+                f.writelines(json.dumps({"step": step, **b}) + "\n" for b in batch["bad"])
             if cfg.data.on_bad_clip == "fail":
                 raise TrainingError(f"bad clip {batch['bad'][0]['id']}: {batch['bad'][0]['error']} "
                                     f"(data.on_bad_clip=fail; listed in {quarantine})")
@@ -203,11 +204,12 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
         step += 1
         loss_val, acc_val = float(out["loss"]), float(out["accuracy"])
         if skipped or not math.isfinite(loss_val):  # no NaN/inf in any output: a skipped step records None
-            history.append({"step": step, "loss": None, "accuracy": None, "lr": lr, "skipped": True})
+            history.append({"step": step, "loss": None, "accuracy": None, "lr": lr, "skipped": True,
+                            "elapsed_s": round(time.time() - t_origin, 2)})
             loss_val = acc_val = float("nan")
         else:
             history.append({"step": step, "loss": loss_val, "accuracy": acc_val if math.isfinite(acc_val) else None,
-                            "lr": lr})
+                            "lr": lr, "elapsed_s": round(time.time() - t_origin, 2)})
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_val:.4f}", acc=f"{acc_val:.3f}")

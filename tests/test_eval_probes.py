@@ -15,6 +15,8 @@ from eval.probes import (
     WeightedLayerProbe,
     evaluate_probe,
     fit_probe,
+    LOGREG_CS,
+    fit_logreg,
     linear_probe_by_layer,
     predict,
 )
@@ -56,8 +58,25 @@ def test_linear_probe_learns_the_informative_layer(layered):
     assert hist["best_valid"] == max(hist["valid_metric"])
     assert hist["lr"][-1] == pytest.approx(0.0, abs=1e-9)  # cosine to zero
     # an uninformative layer stays near chance
-    by_layer = linear_probe_by_layer(x[:200], y[:200], x[200:], y[200:], C, seed=0, **FIT)
+    by_layer = linear_probe_by_layer(x[:160], y[:160], x[200:], y[200:], valid_x=x[160:200], valid_y=y[160:200])
     assert int(np.argmax(by_layer)) == INFORMATIVE and len(by_layer) == L
+
+
+def test_fair_logreg_readout_chooses_c_on_valid_and_converges(layered):
+    x, y = layered
+    readout = fit_logreg(x[:160, INFORMATIVE], y[:160], x[160:200, INFORMATIVE], y[160:200])
+    assert set(readout.valid_metric) == set(LOGREG_CS) and readout.valid_metric[readout.C] == max(
+        readout.valid_metric.values())
+    assert readout.evaluate(x[200:, INFORMATIVE], y[200:])["accuracy"] > 0.9
+    # scale-free: multiplying the features by 1000 changes nothing (standardised inside)
+    scaled = fit_logreg(1000 * x[:160, INFORMATIVE], y[:160], 1000 * x[160:200, INFORMATIVE], y[160:200])
+    assert scaled.C == readout.C
+    np.testing.assert_allclose(scaled.scores(1000 * x[200:, INFORMATIVE]), readout.scores(x[200:, INFORMATIVE]),
+                               atol=1e-4)
+    # converged where the budgeted SGD probe is not: on an easy separable problem it reaches training accuracy 1
+    assert readout.evaluate(x[:160, INFORMATIVE], y[:160])["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="both valid_x and valid_y"):
+        fit_logreg(x[:10, 0], y[:10], x[:10, 0])
 
 
 def test_fit_is_deterministic_for_a_seed(layered):

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, Sampler
 from mosaic_core.config import Probability
 from mosaic_core.io import atomic_write_with
 
+from .views import ViewAugmentConfig, augment_view
 from ..features import (
     AudioError,
     FbankConfig,
@@ -78,12 +79,14 @@ class PretrainDataset(Dataset):
     """
 
     def __init__(self, rows: Sequence[dict], fbank_cfg: FbankConfig, augment: WaveAugmentConfig | None = None,
-                 seed: int = 0, features: dict[str, torch.Tensor] | None = None):
+                 seed: int = 0, features: dict[str, torch.Tensor] | None = None,
+                 views: ViewAugmentConfig | None = None):
         self.rows = list(rows)
         self.cfg = fbank_cfg
         self.aug_cfg = augment if augment is not None and augment.enabled else None
         self.seed = seed
         self.features = features
+        self.view_cfg = views if views is not None and views.enabled else None
         self._augment = None
         self.max_replacements = 8
 
@@ -120,15 +123,32 @@ class PretrainDataset(Dataset):
             spec = self.features.get(str(row["id"]))
             if spec is None:
                 raise AudioError(row["path"], "no cached features (the clip failed to decode when cached)")
-            offset = int(offset_u * max(0, spec.shape[0] - self.cfg.target_frames))
-            x = normalise(pad_or_crop(spec, self.cfg.target_frames, offset), self.cfg.mean, self.cfg.std)
-            views = torch.stack([x, x])
+            if self.view_cfg is not None:
+                views = torch.stack([self._spec_view(spec, epoch, index, v) for v in range(2)])
+            else:
+                offset = int(offset_u * max(0, spec.shape[0] - self.cfg.target_frames))
+                x = normalise(pad_or_crop(spec, self.cfg.target_frames, offset), self.cfg.mean, self.cfg.std)
+                views = torch.stack([x, x])
         else:
             wave = load_audio(row["path"], self.cfg.sample_rate, self.cfg.max_seconds)
             views = torch.stack([self._spec(self._aug(wave, rng), offset_u) for _ in range(2)])
         if not torch.isfinite(views).all():
             raise AudioError(row["path"], "features are not finite after augmentation")
         return views
+
+    def _spec_view(self, spec: torch.Tensor, epoch: int, index: int, view: int) -> torch.Tensor:
+        """One view of a cached spectrogram under its own draw of :mod:`encoder.data.views` transforms."""
+        rng = np.random.default_rng(derive_seed(self.seed, "view", epoch, index, view))
+
+        def other() -> torch.Tensor:  # another clip to mix in (one that has cached features)
+            for _ in range(8):
+                found = self.features.get(str(self.rows[int(rng.integers(len(self.rows)))]["id"]))
+                if found is not None:
+                    return found
+            return spec
+
+        x = augment_view(spec, self.cfg.target_frames, self.view_cfg, rng, other, self.cfg.sample_rate)
+        return normalise(x, self.cfg.mean, self.cfg.std)
 
     def _aug(self, wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         if self.aug_cfg is None:
