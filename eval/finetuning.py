@@ -10,12 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from annotated_types import Interval
 
 from encoder.data.tasks import Task
+from encoder.data.views import ViewAugmentConfig, augment_view
+from encoder.features import normalise
 from encoder.model import AudioMosaicViT, EncoderConfig
 from mosaic_core.config import (
     ConfigError,
@@ -75,6 +78,7 @@ class SpecAugmentConfig:
     roll: bool = False  # roll-and-magnitude: circular time shift + random gain
     roll_max_shift: int = -1  # frames; -1 = the whole clip
     gain_db: list = field(default_factory=lambda: [-6.0, 6.0])
+    views: ViewAugmentConfig = field(default_factory=ViewAugmentConfig)  # pretraining's per-view transforms
 
 
 @dataclass
@@ -155,7 +159,10 @@ def build_optimizer(model: FinetuneModel, oc: FinetuneOptimConfig) -> torch.opti
 
 def augment_batch(x: torch.Tensor, y: torch.Tensor, ac: SpecAugmentConfig, task: Task,
                   gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """roll-and-magnitude -> mixup -> SpecAugment on a [B, T, F] batch; returns soft targets [B, C]."""
+    """view transforms -> roll-and-magnitude -> mixup -> SpecAugment on a [B, T, F] batch; returns soft targets
+    [B, C]."""
+    if ac.views.enabled:
+        x = view_transform_batch(x, ac.views, task.fbank.mean, task.fbank.std, gen)
     if ac.roll:
         per_db = math.log(10.0) / 10.0 / (2.0 * task.fbank.std)  # gain on the (x - mean) / (2 std) scale
         x = roll_and_magnitude(x, max_shift=None if ac.roll_max_shift < 0 else ac.roll_max_shift,
@@ -165,6 +172,17 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, ac: SpecAugmentConfig, task:
     if ac.time_mask or ac.freq_mask:
         x = spec_augment(x, ac.time_mask, ac.freq_mask, ac.n_masks, generator=gen)
     return x, y
+
+
+def view_transform_batch(x: torch.Tensor, cfg: ViewAugmentConfig, mean: float, std: float,
+                         gen: torch.Generator) -> torch.Tensor:
+    """Each clip of a normalised [B, T, F] batch under its own draw of the pretraining view transforms
+    (:mod:`encoder.data.views`: rate, vocal tract, room, noise, channel, level; another clip of the batch mixed in)."""
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=gen)))
+    raw = x * (2.0 * std) + mean  # back to log-mel energies
+    out = [augment_view(raw[i], x.shape[1], cfg, rng, lambda: raw[int(rng.integers(len(raw)))])
+           for i in range(len(raw))]
+    return normalise(torch.stack(out), mean, std).to(x.dtype)
 
 
 def loss_fn(logits: torch.Tensor, soft: torch.Tensor, task_type: str) -> torch.Tensor:

@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -65,7 +65,7 @@ from eval.finetuning import (
 )
 from eval.report import plot_training_curves, write_report, write_results
 from mosaic_core.config import NonNegInt, load_recipe, save_yaml, to_plain
-from mosaic_core.runtime import seed_everything, set_threads
+from mosaic_core.runtime import autocast, precision_note, seed_everything, set_threads, use_bf16
 from mosaic_core.schedule import lr_factor
 
 
@@ -74,6 +74,7 @@ class FinetuneConfig:
     seed: int = 0
     run_dir: str = "runs/finetune"
     threads: NonNegInt = 0  # torch intra-op threads; 0 = torch's default
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the CPU/GPU computes it natively
     tensorboard: bool = True
     save_model: bool = False
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -99,6 +100,10 @@ def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, trai
     print(f"[finetune] {task.name}{tag}: trainable parameters " + ", ".join(
         f"{k} {v['trainable']:,}/{v['total']:,}" for k, v in counts.items()), flush=True)
     opt = build_optimizer(model, oc)
+    cpu = torch.device("cpu")
+    bf16 = use_bf16(cfg.precision, cpu)
+    print(f"[finetune] precision: {precision_note(bf16, cpu)}", flush=True)
+    amp = lambda: autocast(bf16, cpu)  # noqa: E731
 
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # augmentations
     sgen = torch.Generator().manual_seed(cfg.seed + 2)  # shuffling / sampling
@@ -140,7 +145,9 @@ def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, trai
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]
             x, soft = augment_batch(x, y, ac, task, gen)
-            loss = loss_fn(model(x), soft, task.task_type)
+            with amp():
+                logits = model(x)
+            loss = loss_fn(logits.float(), soft, task.task_type)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if oc.grad_clip > 0:
@@ -154,7 +161,8 @@ def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, trai
             writer.add_scalar("train/loss", history["train_loss"][-1], epoch)
             writer.add_scalar("train/lr", lr, epoch)
         if epoch % ec.every == 0 or epoch == oc.epochs:
-            m = score(*predict_batches(model, eval_loader(curve_on)), task)
+            with amp():
+                m = score(*predict_batches(model, eval_loader(curve_on)), task)
             history[f"{curve_name}_loss"].append(m["loss"])
             history[f"{curve_name}_{metric}"].append(m[metric])
             if writer:
@@ -169,7 +177,8 @@ def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, trai
         writer.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-    results = {role: score(*predict_batches(model, eval_loader(idx)), task) for role, idx in tests.items()}
+    with amp():
+        results = {role: score(*predict_batches(model, eval_loader(idx)), task) for role, idx in tests.items()}
     out = {"test": results, "selected_epoch": best_epoch if best_state is not None else oc.epochs,
            "history": history, "train_seconds": time.time() - t0, "n_train": n_train,
            "n_valid": 0 if select_on is None else len(select_on), "n_test": {k: len(v) for k, v in tests.items()},

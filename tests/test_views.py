@@ -76,3 +76,17 @@ def test_dataset_gives_each_cached_view_its_own_transforms():
     assert torch.equal(v, aug[(0, 2)]["views"])  # (seed, epoch, index) fixes the draw: resume-safe
     assert not torch.equal(v, aug[(1, 2)]["views"])  # a new epoch draws new views
     assert math.isfinite(float(v.mean()))
+
+
+def test_finetuning_batches_take_the_same_view_transforms():
+    from eval.finetuning import view_transform_batch
+    from encoder.features import normalise
+
+    x = normalise(torch.stack([_spec(128, seed=i) for i in range(4)]), -4.27, 4.57)
+    cfg = ViewAugmentConfig(enabled=True)
+    a = view_transform_batch(x, cfg, -4.27, 4.57, torch.Generator().manual_seed(0))
+    b = view_transform_batch(x, cfg, -4.27, 4.57, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    off = ViewAugmentConfig(enabled=True, crop=False, time_shift=0, time_stretch=0, freq_warp=0, gain=0, noise=0,
+                            mix=0, reverb=0, band_limit=0)
+    torch.testing.assert_close(view_transform_batch(x, off, -4.27, 4.57, torch.Generator()), x)  # round trip
