@@ -99,8 +99,9 @@ def _alm(run: Path) -> list:
     items = [(f"Closed-ended accuracy (normalised exact match) per question type with 95 % Wilson intervals, "
               f"{res.get('test_questions', '?')} held-out questions, steps per stage {res.get('steps_per_stage')}."),
              plot_grouped_bars(values, intervals, title="ALM: pretrained vs random encoder vs no audio"), table]
-    comps = [{"comparison": name.replace("_", " "), "metric": k, "difference": c["difference"],
-              "95% CI (paired bootstrap)": f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]", "McNemar p": c["mcnemar_p"]}
+    comps = [{"comparison": name.replace("_", " "), "metric": k, "difference": f"{c['difference']:+.3f}",
+              "95% CI (paired bootstrap)": f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]",
+              "McNemar p": f"{c['mcnemar_p']:.2g}"}
              for name, by in res.get("comparisons", {}).items() for k, c in by.items()]
     return items + ([comps] if comps else [])
 
@@ -129,9 +130,8 @@ def _timings(run: Path) -> list:
     res = _json(run / "pipeline.json")
     if res is None or not res.get("timings"):
         return [_missing("pipeline.json")]
-    t = res["timings"]
-    return [[{"stage": k.removesuffix("_s"), "seconds": v, "minutes": round(v / 60, 1)} for k, v in t.items()]
-            + [{"stage": "total", "seconds": round(sum(t.values()), 1), "minutes": round(sum(t.values()) / 60, 1)}]]
+    t = {**{k.removesuffix("_s"): v for k, v in res["timings"].items()}, "total": sum(res["timings"].values())}
+    return [[{"stage": k, "seconds": f"{v:.1f}", "minutes": f"{v / 60:.1f}"} for k, v in t.items()]]
 
 
 def _gallery_questions(data: Path, n: int, seed: int) -> list[dict]:
