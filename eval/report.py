@@ -15,7 +15,12 @@ A report's ``sections`` is a sequence of ``(heading, items)``; each item is one 
 * a mapping: a table (``{key: value}`` -> two columns; ``{row: {col: value}}`` -> one row per key);
 * a sequence of mappings: a table with one row per mapping;
 * a matplotlib ``Figure``: saved as PNG;
-* a ``pathlib.Path`` to an existing PNG: included as is.
+* a ``pathlib.Path`` to an existing PNG: included as is;
+* an :class:`Html` block: markup for the HTML page (e.g. a clip card with an ``<audio>`` player built from
+  :func:`wav_data_uri` / :func:`png_data_uri`), its ``text`` for the Markdown.
+
+``write_report(..., markdown=False)`` writes the HTML page only (figures inlined, nothing else on disk): the run
+report ``mosaic-alm report`` builds is one self-contained file.
 """
 
 from __future__ import annotations
@@ -29,24 +34,30 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mosaic_core.io import atomic_write_text
+from mosaic_core.io import atomic_write_bytes, atomic_write_text
 from mosaic_core.provenance import git_commit, library_versions
 from mosaic_core.tables import html_table, markdown_table
 
 __all__ = [
-    "write_results",
-    "write_report",
-    "library_versions",
+    "Html",
+    "figure_png",
     "git_commit",
+    "library_versions",
     "plot_confusion_matrix",
+    "plot_grouped_bars",
     "plot_per_class_accuracy",
     "plot_probe_by_layer",
     "plot_training_curves",
+    "png_data_uri",
+    "wav_data_uri",
+    "write_report",
+    "write_results",
 ]
 
 
@@ -151,7 +162,43 @@ _CSS = (
     "body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}"
     "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
     "th{background:#f3f3f3}img{max-width:100%;margin:1em 0}"
+    ".clip{border:1px solid #ddd;border-radius:6px;padding:0.5em 1em;margin:1em 0}.clip audio{width:100%}"
+    ".note{color:#777;font-style:italic}"
 )
+
+
+@dataclass(frozen=True)
+class Html:
+    """A report item given as HTML markup (trusted: built by the kit, user text escaped by the caller); ``text``
+    stands for it in the Markdown report."""
+
+    html: str
+    text: str = ""
+
+
+def figure_png(fig, dpi: int = 110) -> bytes:
+    """PNG bytes of a matplotlib Figure (saved with a tight bounding box)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def wav_data_uri(wave: Any, sample_rate: int) -> str:
+    """A mono waveform (float, -1..1) as a 16-bit PCM WAV ``data:`` URI for an ``<audio>`` element."""
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(np.asarray(wave, dtype=np.float32).reshape(-1), -1.0, 1.0), int(sample_rate),
+             format="WAV", subtype="PCM_16")
+    return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def write_report(
@@ -160,11 +207,13 @@ def write_report(
     sections: Sequence[tuple[str, Sequence[Any]]] | Mapping[str, Sequence[Any]],
     *,
     name: str = "report",
-) -> tuple[Path, Path]:
+    markdown: bool = True,
+) -> tuple[Path | None, Path]:
     """Write ``{run_dir}/{name}.md`` and a self-contained ``{run_dir}/{name}.html``; return both paths.
 
     Figures are saved as ``{name}_{section}_{k}.png`` next to the Markdown (which links them) and inlined into the
-    HTML as base64. Figures passed in are closed after saving. See the module docstring for the item types.
+    HTML as base64. With ``markdown=False`` only the HTML is written (and ``None`` returned for the Markdown).
+    See the module docstring for the item types.
     """
     from matplotlib.figure import Figure
 
@@ -187,18 +236,22 @@ def write_report(
             if isinstance(item, str):
                 md += [item, ""]
                 body.append(f"<p>{html.escape(item)}</p>")
+            elif isinstance(item, Html):
+                md += [item.text, ""] if item.text else []
+                body.append(item.html)
             elif isinstance(item, (Figure, os.PathLike)):
                 if isinstance(item, Figure):
+                    data = figure_png(item)
                     png = run_dir / f"{name}_{s_idx}_{_slug(str(heading))}_{k}.png"
-                    item.savefig(png, dpi=110, bbox_inches="tight")
+                    if markdown:
+                        atomic_write_bytes(png, data)
                 else:
                     png = Path(item)
                     if not png.is_file():
                         raise ValueError(f"write_report: image {png} does not exist")
-                rel = os.path.relpath(png, run_dir)
-                md += [f"![{heading}]({rel})", ""]
-                data = base64.b64encode(png.read_bytes()).decode("ascii")
-                body.append(f'<img alt="{html.escape(str(heading))}" src="data:image/png;base64,{data}">')
+                    data = png.read_bytes()
+                md += [f"![{heading}]({os.path.relpath(png, run_dir)})", ""]
+                body.append(f'<img alt="{html.escape(str(heading))}" src="{png_data_uri(data)}">')
             elif _is_table(item):
                 header, rows = _table_rows(item)
                 md += [markdown_table(header, rows), ""]
@@ -206,12 +259,13 @@ def write_report(
             else:
                 raise ValueError(
                     f"write_report: section {heading!r} item {k} has type {type(item).__name__}; expected str, "
-                    "mapping, list of mappings, matplotlib Figure or Path to a PNG"
+                    "mapping, list of mappings, matplotlib Figure, Path to a PNG or Html"
                 )
 
-    md_path = run_dir / f"{name}.md"
+    md_path = run_dir / f"{name}.md" if markdown else None
     html_path = run_dir / f"{name}.html"
-    atomic_write_text(md_path, "\n".join(md).rstrip() + "\n")
+    if md_path is not None:
+        atomic_write_text(md_path, "\n".join(md).rstrip() + "\n")
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
@@ -328,4 +382,36 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], *, x_label: str
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
+    return fig
+
+
+def plot_grouped_bars(values: Mapping[str, Mapping[str, float]],
+                      intervals: Mapping[str, Mapping[str, Sequence[float]]] | None = None, *,
+                      ylabel: str = "accuracy", title: str = "", chance: Mapping[str, float] | None = None):
+    """Bars per category (x) for each series (``values[series][category]``), with optional ``[low, high]``
+    error bars (``intervals[series][category]``) and a chance-level tick per category."""
+    series = list(values)
+    cats = sorted({c for v in values.values() for c in v})
+    if not series or not cats:
+        raise ValueError("plot_grouped_bars: nothing to plot")
+    fig = _figure(max(6.0, 0.9 * len(cats) * max(1, len(series)) / 2 + 2), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / len(series)
+    for k, name in enumerate(series):
+        xs = np.arange(len(cats)) + (k - (len(series) - 1) / 2) * width
+        ys = np.array([values[name].get(c, np.nan) for c in cats], dtype=float)
+        err = None
+        if intervals and name in intervals:
+            lo_hi = np.array([intervals[name].get(c, (y, y)) for c, y in zip(cats, ys)], dtype=float)
+            err = np.abs(np.stack([ys - lo_hi[:, 0], lo_hi[:, 1] - ys]))
+        ax.bar(xs, ys, width, yerr=err, capsize=2, label=str(name))
+    for i, c in enumerate(cats):
+        if chance and c in chance:
+            ax.hlines(chance[c], i - 0.45, i + 0.45, colors="black", linestyles=":", linewidth=1)
+    ax.set_xticks(range(len(cats)), [str(c).replace("_", " ") for c in cats], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
     return fig

@@ -20,6 +20,8 @@ COMMANDS = {
                                                           "random encoder vs no audio"),
     "eval-alm": ("recipes.eval_alm", "main", "evaluate an ALM artifact: QA accuracy, captions, classify-by-generation"),
     "pipeline": ("recipes.pipeline", "main", "the whole pipeline at tiny scale on the embedded default"),
+    "report": ("recipes.report", "main", "one self-contained report.html of a pipeline run folder"),
+    "demo": ("recipes.demo", "main", "a local web demo of an ALM artifact (Gradio): upload or record, ask, caption"),
 }
 
 

@@ -7,7 +7,8 @@
 3. probe both, a random encoder and MFCC on the three tasks (results JSON + Markdown/HTML report);
 4. train the audio-language model's four stages with (a) the pretrained encoder, (b) a random encoder, (c) no audio,
    report closed-ended QA accuracy per question type, then evaluate (a)'s artifact (QA, captions, classify by
-   generation).
+   generation);
+5. write ``report.html``, one self-contained page of all of it with a gallery of test clips (``mosaic-alm report``).
 Every step resumes or reuses what an earlier run left (data cache, checkpoints).
 """
 from __future__ import annotations
@@ -102,7 +103,11 @@ def main(argv=None) -> int:
             print(f"== ALM evaluation of {stages[-1]} (QA, captions, classify-by-generation)", flush=True)
             evaluate_alm(str(stages[-1]), str(root), str(out / "eval-alm"), seed=args.seed)
         timings["eval_alm_s"] = round(time.time() - t, 1)
-    atomic_write_json(out / "pipeline.json", {"args": vars(args), "timings": timings}, indent=1)
+    atomic_write_json(out / "pipeline.json", {"args": vars(args), "data_root": str(root), "timings": timings},
+                      indent=1)
+    from .report import build_report
+
+    print(f"== report: {build_report(out, root, seed=args.seed)}", flush=True)
     print(f"== done: {out} (timings {timings})", flush=True)
     return 0
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything mosaic-alm needs on a fresh Debian machine: system packages (speech synthesisers, MIDI
-# synth + soundfonts, Java for caption metrics) and a virtual environment at .venv with pinned Python packages.
+# synth + soundfonts, Java for caption metrics, Chromium for the browser tests) and a virtual environment at .venv
+# with pinned Python packages.
 #   bash scripts/setup.sh            # as root (or with sudo available) for the apt step
 #   MOSAIC_ALM_SKIP_APT=1 bash scripts/setup.sh   # when the system packages are already there
 set -euo pipefail
@@ -10,10 +11,11 @@ APT_PACKAGES=(
   espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
   fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small
   libsndfile1 openjdk-17-jre-headless numactl
+  chromium   # headless browser for the report and web-demo tests (driven over the DevTools protocol)
 )
 
 missing=()
-for cmd in espeak-ng flite text2wave fluidsynth java; do command -v "$cmd" >/dev/null || missing+=("$cmd"); done
+for cmd in espeak-ng flite text2wave fluidsynth java chromium; do command -v "$cmd" >/dev/null || missing+=("$cmd"); done
 if [ -z "${MOSAIC_ALM_SKIP_APT:-}" ] && { [ ${#missing[@]} -gt 0 ] || [ ! -f /usr/share/sounds/sf3/MuseScore_General.sf3 ]; }; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"

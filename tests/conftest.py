@@ -38,3 +38,22 @@ def embedded_root() -> Path:
     root = Path(os.environ.get("MOSAIC_ALM_DATA", REPO / "data" / "embedded-small"))
     build(root, profile="small", seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_alm_artifact(embedded_root, tmp_path_factory) -> Path:
+    """A real ALM artifact: stage 1 (projector) trained for 2 steps on the embedded data with a random tiny encoder
+    and the packaged SmolLM2 (the report gallery and the web demo run it)."""
+    import torch
+
+    from mosaic_core.config import load_config
+    from recipes.train_alm import train_stage
+
+    out = tmp_path_factory.mktemp("tiny-alm")
+    cfg = load_config(REPO / "configs/alm/stage1.yaml", [
+        f"data.root={embedded_root}", f"output_dir={out}", "name=tiny", "audio.encoder=random:tiny",
+        "train.max_steps=2", "train.batch_size=2", "projector.stats_clips=8", "train.eval_batches=1",
+        "train.warmup_ratio=0.0", "prompt.system=''", "train.ckpt_every=0"])
+    torch.manual_seed(0)
+    train_stage(cfg, quiet=True)
+    return out / "tiny" / "stage1" / "artifact"

@@ -137,3 +137,4 @@ def test_tiny_pipeline_job(embedded_root, tmp_path):
                  "--skip-alm"]) == 0
     timings = json.loads((tmp_path / "pipeline.json").read_text())["timings"]
     assert {"data_s", "pretrain_audiomosaic_s", "pretrain_mae_s", "eval_encoder_s"} <= set(timings)
+    assert "Gallery of test clips" in (tmp_path / "report.html").read_text()  # the pipeline ends with its report

@@ -1,0 +1,116 @@
+"""``mosaic-alm report``: one self-contained report.html of a run folder, rendered in headless Chromium: every image
+and audio player loads, the console stays clean, nothing is fetched from outside the file."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from chromium import Chromium
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run_folder(embedded_root, tiny_alm_artifact, tmp_path_factory) -> Path:
+    """A pipeline-shaped run folder from tiny real pieces: both pretraining objectives (2 steps), the encoder
+    evaluation on one task, the tiny ALM artifact as the pretrained variant, the committed results of a real ALM
+    ablation run (results/alm_qa.json), and the measured times in pipeline.json. (The ALM evaluation, a minute
+    of generation and Java, is added by the slow test.)"""
+    from encoder.pretraining import PretrainConfig
+    from mosaic_core.config import load_config, load_recipe, parse_config
+    from mosaic_core.io import atomic_write_json
+    from recipes.eval_encoder import EncoderEvalConfig, evaluate
+    from recipes.pretrain import train
+
+    run = tmp_path_factory.mktemp("run")
+    timings = {}
+    for name, objective in (("audiomosaic", "contrastive"), ("mae", "mae")):
+        t = time.time()
+        raw = load_config(REPO / "configs/pretrain/tiny.yaml", [
+            f"data.root={embedded_root}", f"run_dir={run / f'pretrain-{name}'}", "train.max_steps=2",
+            f"objective={objective}", "train.progress=false", "train.batch_size=8",
+            "data.manifests=[keywords/manifest.jsonl]", "data.cached_features=false"])
+        train(parse_config(PretrainConfig, raw, "pretraining config"), raw)
+        timings[f"pretrain_{name}_s"] = round(time.time() - t, 1)
+    t = time.time()
+    cfg, _ = load_recipe(EncoderEvalConfig, REPO / "configs/eval/encoder_embedded.yaml", [
+        f"data_root={embedded_root}", f"run_dir={run / 'eval-encoder'}", "probe_seeds=[0]", "probe.epochs=1",
+        "max_clips_per_split=12", "probes=[linear]",
+        f"encoders={{audiomosaic: {run / 'pretrain-audiomosaic/encoder'}, random: random}}",
+        f"tasks=[{REPO / 'configs/data/embedded_keywords.yaml'}]"])
+    evaluate(cfg)
+    timings["eval_encoder_s"] = round(time.time() - t, 1)
+    shutil.copytree(tiny_alm_artifact, run / "alm" / "pretrained" / "stage1" / "artifact")
+    shutil.copy(REPO / "results" / "alm_qa.json", run / "alm_qa.json")
+    atomic_write_json(run / "pipeline.json", {"args": {}, "data_root": str(embedded_root), "timings": timings})
+    return run
+
+
+def _render_and_check(run: Path, clips: int, images: int) -> str:
+    """Build the report with the CLI, check it is self-contained, render it in Chromium: every image and audio
+    player loads and the console shows no errors. Returns the page's HTML."""
+    from recipes.cli import main
+
+    assert main(["report", str(run), "--clips", str(clips), "--max-new-tokens", "4"]) == 0
+    text = (run / "report.html").read_text()
+    # self-contained: every src/href is an inline data URI (or an in-page anchor)
+    refs = re.findall(r'\b(?:src|href)\s*=\s*["\']([^"\']*)', text)
+    assert refs and all(r.startswith(("data:", "#")) for r in refs), [r[:60] for r in refs if
+                                                                      not r.startswith("data:")]
+    for heading in ("Pretraining loss curves", "Probe accuracy by layer", "Confusion matrices",
+                    "accuracy per question type", "Captioning", "Wall time per stage", "Gallery of test clips"):
+        assert heading in text, heading
+    with Chromium() as browser:
+        browser.open((run / "report.html").as_uri())
+        media = browser.media()
+        errors = browser.errors()
+        gallery = browser.eval("[...document.querySelectorAll('.clip')].map(c => c.innerText)")
+    assert len(media["images"]) == images, media["images"]
+    assert all(i["width"] > 0 for i in media["images"]), media["images"]
+    assert len(media["audio"]) == clips
+    assert all(a["error"] is None and a["ready"] >= 1 and a["duration"] > 0 for a in media["audio"]), media["audio"]
+    assert errors == []
+    assert len(gallery) == clips and all("model answer" in g and "reference answer" in g for g in gallery)
+    return text
+
+
+def test_report_renders_in_chromium(run_folder):
+    text = _render_and_check(run_folder, clips=3, images=7)
+    # images: pretraining 1, layer sweep 1, confusion matrix 1 (first encoder), ALM bars 1, 3 gallery clips
+    assert text.count("Not in this run") == 1 and "Not in this run: eval-alm/alm_eval.json" in text
+    qa = json.loads((REPO / "results" / "alm_qa.json").read_text())["variants"]
+    assert f"{qa['pretrained']['accuracy']['overall']['exact_match']:.3f} [" in text  # with its interval
+
+
+@pytest.mark.slow
+def test_report_with_the_alm_evaluation(run_folder, embedded_root):
+    from eval.alm_eval import evaluate_alm
+
+    art = run_folder / "alm" / "pretrained" / "stage1" / "artifact"
+    evaluate_alm(str(art), str(embedded_root), str(run_folder / "eval-alm"), max_closed=4, max_captions=2,
+                 max_classify=2)
+    text = _render_and_check(run_folder, clips=8, images=12)
+    assert "Not in this run" not in text
+    ev = json.loads((run_folder / "eval-alm" / "alm_eval.json").read_text())["numbers"]
+    assert f"{ev['captioning']['cider_d']:.4f}" in text
+
+
+def test_report_of_an_empty_folder_names_what_is_missing(tmp_path):
+    from recipes.report import build_report
+
+    page = build_report(tmp_path)
+    text = page.read_text()
+    assert text.count("Not in this run") == 6 and "<img" not in text and "<audio" not in text
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # one file, nothing else written
+
+
+def test_report_of_a_missing_folder_is_one_line(tmp_path, capsys):
+    from recipes.cli import main
+
+    assert main(["report", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no such run folder" in err
