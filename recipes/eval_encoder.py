@@ -164,7 +164,7 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
     summary = ("Accuracy on held-out splits. linear: the fair read-out (standardised logistic regression, C chosen "
                "on valid; convex, so one fit); the MFCC baseline is read out the same way; weighted / attentive: "
                f"mean ± std over probe seeds {cfg.probe_seeds}. {seconds:.0f} s in all.")
-    sections = [("Summary", [summary]), ("Accuracy", [_table(numbers)])]
+    sections = [("Summary", [summary]), ("Accuracy", [accuracy_rows(numbers)])]
     for task_name, curves in layer_curves.items():
         sections.append((f"{task_name}: linear probe accuracy by layer", [plot_probe_by_layer(curves)]))
     sections += [(title, [fig]) for title, fig in figures]
@@ -173,7 +173,7 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
     return results
 
 
-def _table(numbers: dict) -> dict:
+def accuracy_rows(numbers: dict) -> dict:
     """{"encoder / probe": {"task split": "mean ± std"}}; the MFCC baseline has no probe level."""
     rows = {}
     for task, by_enc in numbers.items():
@@ -190,7 +190,7 @@ def _table(numbers: dict) -> dict:
 
 
 def format_table(numbers: dict) -> str:
-    rows = _table(numbers)
+    rows = accuracy_rows(numbers)
     cols = sorted({c for r in rows.values() for c in r})
     return markdown_table(["encoder / probe", *cols], [[name, *(r.get(c, "") for c in cols)] for name, r in rows.items()])
 

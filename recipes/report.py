@@ -54,7 +54,7 @@ def _pretraining(run: Path) -> list:
 
 
 def _probes(run: Path) -> list[tuple[str, list]]:
-    from .eval_encoder import _table as probe_table
+    from .eval_encoder import accuracy_rows as probe_table
 
     res = _json(run / "eval-encoder" / "encoder_eval.json")
     if res is None:
