@@ -1,8 +1,13 @@
 """Task ``instruments`` of the embedded benchmark: single notes of GM programs rendered by fluidsynth.
 
-Reverb/chorus off; soundfonts FluidR3_GM, TimGM6mb and MuseScore_General; 2.0 s clips (note on 1.5 s, release
-kept). MuseScore_General is the test split; valid holds out one program per GM family (both other fonts), so valid
-instruments are unseen in train. Silent renders (RMS below -60 dBFS) are dropped.
+Reverb/chorus off; soundfonts FluidR3_GM, TimGM6mb, OPL3_FM (an OPL3 FM-chip simulation: synthesised, not
+sampled) and MuseScore_General; 2.0 s clips (note on 1.5 s, release kept). MuseScore_General is the held-out
+soundfont (the test split, the task's cross-domain split); valid holds out one program per GM family (the other
+fonts), so valid instruments are unseen in train. Silent renders (RMS below -60 dBFS) are dropped.
+
+Debian bookworm's other GM soundfonts are not distinct: fluid-soundfont-gs has FluidR3_GM's samples,
+fluidr3mono-gm-soundfont is the mono FluidR3 that MuseScore_General was made from (it would leak the test font), and
+csound-soundfont's sf_GMbank shares 240 of its 373 samples byte for byte with TimGM6mb.
 """
 
 from __future__ import annotations
@@ -49,12 +54,16 @@ PROGRAM_RANGE = {40: (55, 91), 41: (48, 81), 42: (36, 69), 43: (28, 55), 47: (36
 SOUNDFONTS = {  # name -> (path, Debian package)
     "FluidR3_GM": ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "fluid-soundfont-gm"),
     "TimGM6mb": ("/usr/share/sounds/sf2/TimGM6mb.sf2", "timgm6mb-soundfont"),
+    "OPL3_FM": ("/usr/share/sounds/sf2/OPL-3_FM_128M.sf2", "opl3-soundfont"),
     "MuseScore_General": ("/usr/share/sounds/sf3/MuseScore_General.sf3", "musescore-general-soundfont-small"),
 }
 TEST_SOUNDFONT = "MuseScore_General"
 VELOCITIES = {"soft": 45, "loud": 110}
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-INSTRUMENT_PROFILES = {"small": {"programs_per_family": 2, "pitches": 2}, "full": {"programs_per_family": 8, "pitches": 4}}
+INSTRUMENT_PROFILES = {  # pitches per program: test font, each train/valid font
+    "small": {"programs_per_family": 2, "pitches": 2, "train_pitches": 2},
+    "full": {"programs_per_family": 8, "pitches": 4, "train_pitches": 3},
+}
 NOTE_ON_S, CLIP_S, SLOT_S = 1.5, 2.0, 2.2
 
 
@@ -92,7 +101,7 @@ def instrument_specs(profile: str, seed: int, limit: int | None = None) -> list[
         for prog in programs:
             lo, hi = PROGRAM_RANGE.get(prog, FAMILY_RANGE[gm_family(prog)])
             r = item_rng(seed, "pitches", font, prog)
-            qs = np.linspace(0.1, 0.9, p["pitches"])
+            qs = np.linspace(0.1, 0.9, p["pitches"] if font == TEST_SOUNDFONT else p["train_pitches"])
             notes = sorted({int(np.clip(round(lo + q * (hi - lo) + r.integers(-2, 3)), lo, hi)) for q in qs})
             for note in notes:
                 for dyn, vel in VELOCITIES.items():
