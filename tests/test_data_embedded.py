@@ -104,7 +104,8 @@ def test_keyword_variant_splits():
 def test_instruments_soundfont_disjoint_and_labels(embedded_root):
     rows, _ = _task(embedded_root, "instruments")
     fonts = _by_split(rows, "soundfont")
-    assert fonts["test"] == {I.TEST_SOUNDFONT}
+    assert fonts["test"] == {I.TEST_SOUNDFONT} and "OPL3_FM" in I.SOUNDFONTS
+    assert fonts["train"] == fonts["valid"] == set(I.SOUNDFONTS) - {I.TEST_SOUNDFONT}
     assert I.TEST_SOUNDFONT not in fonts["train"] | fonts["valid"]
     programs = _by_split([r for r in rows if r["split"] != "test"], "program")
     assert not programs["train"] & programs["valid"]  # valid programs are unseen in train
