@@ -7,7 +7,8 @@ fonts), so valid instruments are unseen in train. Silent renders (RMS below -60 
 
 Debian bookworm's other GM soundfonts are not distinct: fluid-soundfont-gs has FluidR3_GM's samples,
 fluidr3mono-gm-soundfont is the mono FluidR3 that MuseScore_General was made from (it would leak the test font), and
-csound-soundfont's sf_GMbank shares 240 of its 373 samples byte for byte with TimGM6mb.
+csound-soundfont's sf_GMbank shares 240 of its 373 samples byte for byte with TimGM6mb. MuseScore_General descends
+from FluidR3 too, so FluidR3_GM is the train font closest to the test font.
 """
 
 from __future__ import annotations
@@ -60,10 +61,7 @@ SOUNDFONTS = {  # name -> (path, Debian package)
 TEST_SOUNDFONT = "MuseScore_General"
 VELOCITIES = {"soft": 45, "loud": 110}
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-INSTRUMENT_PROFILES = {  # pitches per program: test font, each train/valid font
-    "small": {"programs_per_family": 2, "pitches": 2, "train_pitches": 2},
-    "full": {"programs_per_family": 8, "pitches": 4, "train_pitches": 3},
-}
+INSTRUMENT_PROFILES = {"small": {"programs_per_family": 2, "pitches": 2}, "full": {"programs_per_family": 8, "pitches": 4}}
 NOTE_ON_S, CLIP_S, SLOT_S = 1.5, 2.0, 2.2
 
 
@@ -101,7 +99,7 @@ def instrument_specs(profile: str, seed: int, limit: int | None = None) -> list[
         for prog in programs:
             lo, hi = PROGRAM_RANGE.get(prog, FAMILY_RANGE[gm_family(prog)])
             r = item_rng(seed, "pitches", font, prog)
-            qs = np.linspace(0.1, 0.9, p["pitches"] if font == TEST_SOUNDFONT else p["train_pitches"])
+            qs = np.linspace(0.1, 0.9, p["pitches"])
             notes = sorted({int(np.clip(round(lo + q * (hi - lo) + r.integers(-2, 3)), lo, hi)) for q in qs})
             for note in notes:
                 for dyn, vel in VELOCITIES.items():
