@@ -3,15 +3,17 @@
 espeak-ng: all 101 voice variants of espeak-ng 1.51 (``espeak-ng --voices=variant``: Adam, Alex, klatt*, f1-f5,
 m1-m8, whisper, croak, robosoft*, ...) across 8 English accents, with random speed and pitch. Two variants are left
 out because they render sample-identical audio to ``klatt`` (``caleb``, ``klatt6``); none renders unusable audio
-(every variant says every word in 0.3-1.0 s). Splits hold out whole variants, ~70/10/20 with both genders in each
-(:data:`ESPEAK_VARIANT_SPLIT`); variants whose output is nearly identical (the klatt family with adam, benjamin,
-edward*; steph*; iven*; RicishayMax*; john/Mr serious/Tweaky/norbert; Henrique/Hugo; Diogo/michel; Mario/Michael;
-robosoft*) share a split. Each variant says each word ``espeak_reps`` times, each time in another accent (rotating
-through the profile's accents). flite's own speakers ``rms`` and ``awb`` are in train too.
+(every variant says every word in 0.3-1.0 s); ``fast`` (fast_test) renders the default voice. Splits hold out whole
+variants, ~70/10/20 with both genders in each (:data:`ESPEAK_VARIANT_SPLIT`); variants whose output is nearly
+identical (the klatt family with adam, benjamin, edward*; steph*; iven*; RicishayMax*; john/Mr
+serious/Tweaky/norbert; Henrique/Hugo; Diogo/michel; Mario/Michael; robosoft*) share a split. Each variant says each
+word ``espeak_reps`` times, each time in another accent (rotating through the profile's accents). flite's own
+speakers ``rms`` and ``awb`` are in train too.
 
 ``test_xengine`` holds out an engine: every festival clip (kal and ked diphone, slt HTS). flite's ``slt`` and
-``kal`` are built from the same speaker databases (CMU ARCTIC slt, CMU kal diphones) as festival's, so they are in no
-split: in train they would leak the held-out speakers. Natural length (silence trimmed, 50 ms margins), at most 1.28 s.
+``kal`` are built from the same speaker databases (CMU ARCTIC slt, CMU kal diphones) as festival's, so they are in
+no split: in train they would leak the held-out speakers. Natural length (silence trimmed, 50 ms margins), at most
+1.28 s.
 """
 
 from __future__ import annotations
