@@ -9,14 +9,14 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
-  fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small
+  fluidsynth fluid-soundfont-gm timgm6mb-soundfont opl3-soundfont musescore-general-soundfont-small
   libsndfile1 openjdk-17-jre-headless numactl
   chromium   # headless browser for the report and web-demo tests (driven over the DevTools protocol)
 )
 
 missing=()
 for cmd in espeak-ng flite text2wave fluidsynth java chromium; do command -v "$cmd" >/dev/null || missing+=("$cmd"); done
-if [ -z "${MOSAIC_ALM_SKIP_APT:-}" ] && { [ ${#missing[@]} -gt 0 ] || [ ! -f /usr/share/sounds/sf3/MuseScore_General.sf3 ]; }; then
+if [ -z "${MOSAIC_ALM_SKIP_APT:-}" ] && { [ ${#missing[@]} -gt 0 ] || [ ! -f /usr/share/sounds/sf3/MuseScore_General.sf3 ] || [ ! -f /usr/share/sounds/sf2/OPL-3_FM_128M.sf2 ]; }; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   echo "[setup] installing Debian packages: ${APT_PACKAGES[*]}"

@@ -69,22 +69,43 @@ def test_keywords_speaker_disjoint_and_labels(embedded_root):
         if r["engine"] == "espeak-ng":
             accent_voice, variant = r["voice"].split("+")
             assert K.ESPEAK_VARIANT_SPLIT[variant] == r["split"] and r["speaker"] == f"espeak-ng:{variant}"
-            assert r["gender"] == ("male" if variant.startswith("m") else "female")
+            assert r["gender"] == ("female" if variant in K.ESPEAK_FEMALE else "male")
             assert r["accent"] == K.ESPEAK_ACCENTS[accent_voice]
-            assert f"_{variant}_{r['word']}_" in r["id"]
+            assert f"_{K.espeak_variant_id(variant)}_{r['word']}_" in r["id"]
         else:
-            assert r["split"] == "test_xengine" and r["engine"] in ("flite", "festival")
             table = K.FLITE_VOICES if r["engine"] == "flite" else {k: v[1:] for k, v in K.FESTIVAL_VOICES.items()}
             assert (r["gender"], r["accent"]) == table[r["voice"]]
+            assert r["split"] == {"flite": "train", "festival": "test_xengine"}[r["engine"]]
     engines = _by_split(rows, "engine")
-    assert engines["test_xengine"] == {"flite", "festival"} and engines["train"] == {"espeak-ng"}
-    assert {r["voice"] for r in rows if r["split"] == "test_xengine"} == set(K.FLITE_VOICES) | set(K.FESTIVAL_VOICES)
+    assert engines["test_xengine"] == {"festival"} and engines["train"] == {"espeak-ng", "flite"}
+    assert engines["valid"] == engines["test"] == {"espeak-ng"}
+    assert {r["voice"] for r in rows if r["split"] == "test_xengine"} == set(K.FESTIVAL_VOICES)
+    assert not {"slt", "kal"} & {r["voice"] for r in rows if r["engine"] == "flite"}  # festival's speakers
+    for split in ("train", "valid", "test"):  # both genders in every split
+        assert {r["gender"] for r in rows if r["split"] == split} == {"male", "female"}, split
+
+
+def test_keyword_variant_splits():
+    """Every installed espeak-ng variant is used (or named as a duplicate); ~70/10/20 by variant, both genders."""
+    assert set(K.ESPEAK_VARIANT_SPLIT) | set(K.ESPEAK_DUPLICATES) == K.installed_espeak_variants()
+    assert not set(K.ESPEAK_VARIANT_SPLIT) & set(K.ESPEAK_DUPLICATES)
+    n = {s: sum(v == s for v in K.ESPEAK_VARIANT_SPLIT.values()) for s in ("train", "valid", "test")}
+    assert 0.6 < n["train"] / sum(n.values()) < 0.8 and n["valid"] >= 8 and n["test"] >= 16
+    for split in n:
+        variants = {v for v, s in K.ESPEAK_VARIANT_SPLIT.items() if s == split}
+        assert variants & K.ESPEAK_FEMALE and variants - K.ESPEAK_FEMALE, split
+    full = K.keyword_specs("full", 0)
+    counts = {s: sum(x["split"] == s for x in full) for s in E.SPLITS}
+    assert 2000 < counts["train"] < 3200 and 300 < counts["valid"] < 700 and 600 < counts["test"] < 1000
+    assert counts["test_xengine"] >= 400
+    assert {x["voice"].split("+")[1] for x in full if x["engine"] == "espeak-ng"} == set(K.ESPEAK_VARIANT_SPLIT)
 
 
 def test_instruments_soundfont_disjoint_and_labels(embedded_root):
     rows, _ = _task(embedded_root, "instruments")
     fonts = _by_split(rows, "soundfont")
-    assert fonts["test"] == {I.TEST_SOUNDFONT}
+    assert fonts["test"] == {I.TEST_SOUNDFONT} and "OPL3_FM" in I.SOUNDFONTS
+    assert fonts["train"] == fonts["valid"] == set(I.SOUNDFONTS) - {I.TEST_SOUNDFONT}
     assert I.TEST_SOUNDFONT not in fonts["train"] | fonts["valid"]
     programs = _by_split([r for r in rows if r["split"] != "test"], "program")
     assert not programs["train"] & programs["valid"]  # valid programs are unseen in train

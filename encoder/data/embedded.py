@@ -29,7 +29,7 @@ from mosaic_core.io import atomic_write_text
 __all__ = ["build", "BuildError", "BUILDERS", "TASKS", "SPLITS", "PROFILES", "VERSION", "KEYWORDS", "GM_FAMILIES",
            "ENV_CLASSES", "SR", "item_rng", "loudness_db"]
 
-VERSION = "1.1"
+VERSION = "1.3"
 TASKS = ("keywords", "instruments", "environment")
 SPLITS = ("train", "valid", "test", "test_xengine")
 PROFILES = ("small", "full")

@@ -2,8 +2,17 @@
 
 16 classes named after their folder and file names. Fixed 2.5 s segments: a long file gives consecutive
 non-overlapping segments (near-silent ones skipped), a short one is zero-padded at the end. Splits are made per
-source file, so all segments of a file share one split. :func:`ensure_0ad_audio` fetches the package with apt and
-streams the effects out of its zip without unpacking the 1.4 GB archive.
+source file, so all segments of a file share one split.
+
+The per-file ``test`` split is this task's cross-domain split; there is no ``test_xsource``. A held-out set of source
+folders or recording families cannot cover the classes: crowd (5 files of ``amb_trade``), sawing (``con_saw``), rustle
+(``leaves_``) and wood chopping (``lumber_tree_``) are one recording family each, sword, scream and pick are two (a
+family held out would be a third to half of the class), and every class but footsteps lies in a single 0ad folder.
+Test files of a class can share a recording family (a session) with train files, so the split is a weaker
+cross-domain test than the held-out engine (keywords) and soundfont (instruments).
+
+:func:`ensure_0ad_audio` fetches the package with apt and streams the effects out of its zip without unpacking the
+1.4 GB archive.
 """
 
 from __future__ import annotations

@@ -1,8 +1,14 @@
 """Task ``instruments`` of the embedded benchmark: single notes of GM programs rendered by fluidsynth.
 
-Reverb/chorus off; soundfonts FluidR3_GM, TimGM6mb and MuseScore_General; 2.0 s clips (note on 1.5 s, release
-kept). MuseScore_General is the test split; valid holds out one program per GM family (both other fonts), so valid
-instruments are unseen in train. Silent renders (RMS below -60 dBFS) are dropped.
+Reverb/chorus off; soundfonts FluidR3_GM, TimGM6mb, OPL3_FM (an OPL3 FM-chip simulation: synthesised, not
+sampled) and MuseScore_General; 2.0 s clips (note on 1.5 s, release kept). MuseScore_General is the held-out
+soundfont (the test split, the task's cross-domain split); valid holds out one program per GM family (the other
+fonts), so valid instruments are unseen in train. Silent renders (RMS below -60 dBFS) are dropped.
+
+Debian bookworm's other GM soundfonts are not distinct: fluid-soundfont-gs has FluidR3_GM's samples,
+fluidr3mono-gm-soundfont is the mono FluidR3 that MuseScore_General was made from (it would leak the test font), and
+csound-soundfont's sf_GMbank shares 240 of its 373 samples byte for byte with TimGM6mb. MuseScore_General descends
+from FluidR3 too, so FluidR3_GM is the train font closest to the test font.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ PROGRAM_RANGE = {40: (55, 91), 41: (48, 81), 42: (36, 69), 43: (28, 55), 47: (36
 SOUNDFONTS = {  # name -> (path, Debian package)
     "FluidR3_GM": ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "fluid-soundfont-gm"),
     "TimGM6mb": ("/usr/share/sounds/sf2/TimGM6mb.sf2", "timgm6mb-soundfont"),
+    "OPL3_FM": ("/usr/share/sounds/sf2/OPL-3_FM_128M.sf2", "opl3-soundfont"),
     "MuseScore_General": ("/usr/share/sounds/sf3/MuseScore_General.sf3", "musescore-general-soundfont-small"),
 }
 TEST_SOUNDFONT = "MuseScore_General"

@@ -1,20 +1,31 @@
 """Task ``keywords`` of the embedded benchmark: 20 spoken words synthesised by espeak-ng, flite and festival.
 
-espeak-ng: 8 English accents x variants m1-m8/f1-f5; flite: slt, rms, awb, kal; festival: kal, ked, slt_hts.
-Natural length (silence trimmed, 50 ms margins), at most 1.28 s. Splits hold out whole espeak-ng variants (a
-variant's timbre is shared across accents): train m1-m5,f1-f3; valid m6,f4; test m7,m8,f5. Every flite/festival
-clip is in ``test_xengine``.
+espeak-ng: all 101 voice variants of espeak-ng 1.51 (``espeak-ng --voices=variant``: Adam, Alex, klatt*, f1-f5,
+m1-m8, whisper, croak, robosoft*, ...) across 8 English accents, with random speed and pitch. Two variants are left
+out because they render sample-identical audio to ``klatt`` (``caleb``, ``klatt6``); none renders unusable audio
+(every variant says every word in 0.3-1.0 s); ``fast`` (fast_test) renders the default voice. Splits hold out whole
+variants, ~70/10/20 with both genders in each (:data:`ESPEAK_VARIANT_SPLIT`); variants whose output is nearly
+identical (the klatt family with adam, benjamin, edward*; steph*; iven*; RicishayMax*; john/Mr
+serious/Tweaky/norbert; Henrique/Hugo; Diogo/michel; Mario/Michael; robosoft*) share a split. Each variant says each
+word ``espeak_reps`` times, each time in another accent (rotating through the profile's accents). flite's own
+speakers ``rms`` and ``awb`` are in train too.
+
+``test_xengine`` holds out an engine: every festival clip (kal and ked diphone, slt HTS). flite's ``slt`` and
+``kal`` are built from the same speaker databases (CMU ARCTIC slt, CMU kal diphones) as festival's, so they are in
+no split: in train they would leak the held-out speakers. Natural length (silence trimmed, 50 ms margins), at most
+1.28 s.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from encoder.data.sources import SR, item_rng, load, loudness_db, parallel, require, run, trim, write_wav
+from encoder.data.sources import SR, BuildError, item_rng, load, loudness_db, parallel, require, run, trim, write_wav
 
 KEYWORDS = ("yes no up down left right on off stop go zero one two three four five six seven eight nine").split()
 ESPEAK_ACCENTS = {  # espeak-ng voice -> accent name
@@ -22,40 +33,62 @@ ESPEAK_ACCENTS = {  # espeak-ng voice -> accent name
     "en-gb-x-gbclan": "Lancastrian", "en-gb-x-gbcwmd": "West Midlands", "en-029": "Caribbean",
     "en-us-nyc": "New York",
 }
-ESPEAK_VARIANT_SPLIT = {
-    **{f"m{i}": "train" for i in range(1, 6)}, **{f"f{i}": "train" for i in range(1, 4)},
-    "m6": "valid", "f4": "valid", "m7": "test", "m8": "test", "f5": "test",
-}
-FLITE_VOICES = {"slt": ("female", "American"), "rms": ("male", "American"), "awb": ("male", "Scottish"),
-                "kal": ("male", "American")}
-FLITE_F0 = {"slt": 170.0, "rms": 110.0, "awb": 110.0, "kal": 105.0}
+# espeak-ng variant (its file under espeak-ng-data/voices/!v) -> split; the rest of ESPEAK_VARIANTS is train
+_VALID = "m6 Diogo michel grandpa RicishayMax RicishayMax2 RicishayMax3 travis f4 Alicia"
+_TEST = "m7 m8 croak Demonic announcer Storm Henrique Hugo iven iven2 iven3 iven4 Jacky Marco shelby whisper " \
+        "f5 anika anikaRobot linda"
+_TRAIN = (
+    "m1 m2 m3 m4 m5 adam Alex Andy AnxiousAndy antonio benjamin boris david Denis ed edward edward2 fast Gene Gene2 "
+    "gustave john kaukovalta klatt klatt2 klatt3 klatt4 klatt5 Lee marcelo Mario max Michael miguel Mike Mr|serious "
+    "Nguyen norbert pablo paul pedro quincy rob robert robosoft robosoft2 robosoft3 robosoft4 robosoft5 robosoft6 "
+    "robosoft7 robosoft8 sandro Tweaky UniRobot victor zac "
+    "f1 f2 f3 Andrea Annie aunty belinda steph steph2 steph3 whisperf grandma")
+ESPEAK_VARIANT_SPLIT = {v.replace("|", " "): split for split, names in (("train", _TRAIN), ("valid", _VALID),
+                                                                        ("test", _TEST)) for v in names.split()}
+ESPEAK_FEMALE = {"f1", "f2", "f3", "f4", "f5", "Alicia", "Andrea", "Annie", "aunty", "belinda", "linda", "steph",
+                 "steph2", "steph3", "anika", "anikaRobot", "whisperf", "grandma"}  # espeak-ng's own gender tags
+ESPEAK_DUPLICATES = ("caleb", "klatt6")  # render the same samples as klatt: left out
+FLITE_VOICES = {"rms": ("male", "American"), "awb": ("male", "Scottish")}  # train; slt/kal: festival's speakers
+FLITE_F0 = {"rms": 110.0, "awb": 110.0}
 FESTIVAL_VOICES = {"kal": ("voice_kal_diphone", "male", "American"), "ked": ("voice_ked_diphone", "male", "American"),
                    "slt_hts": ("voice_cmu_us_slt_arctic_hts", "female", "American")}
 KEYWORD_MAX_S = 1.28
 
-KEYWORD_PROFILES = {
-    "small": {"accents": ["en-us", "en-gb-scotland"], "espeak_reps": 1, "flite_reps": 1, "festival_reps": 1},
-    "full": {"accents": list(ESPEAK_ACCENTS), "espeak_reps": 2, "flite_reps": 4, "festival_reps": 3},
+_SMALL = tuple("m1 m2 m3 m4 m5 Alex klatt robosoft Andy zac f1 f2 f3 steph whisperf grandma "  # 16 train,
+               "m6 Diogo f4 grandpa m7 m8 croak whisper f5 linda".split())  # 4 valid, 6 test
+KEYWORD_PROFILES = {  # variants: None = all of ESPEAK_VARIANT_SPLIT
+    "small": {"accents": ["en-us", "en-gb-scotland"], "espeak_reps": 1, "flite_reps": 1, "festival_reps": 1,
+              "variants": _SMALL},
+    "full": {"accents": list(ESPEAK_ACCENTS), "espeak_reps": 2, "flite_reps": 4, "festival_reps": 7, "variants": None},
 }
+
+
+def espeak_variant_id(variant: str) -> str:
+    """The variant's name in clip ids (``Mr serious`` -> ``Mr_serious``)."""
+    return variant.replace(" ", "_")
 
 
 def keyword_specs(profile: str, seed: int, limit: int | None = None) -> list[dict[str, Any]]:
     """Every keyword clip to synthesise, with its random speed and pitch (deterministic for the seed)."""
     p = KEYWORD_PROFILES[profile]
     words = KEYWORDS[:limit] if limit else KEYWORDS
+    variants = list(ESPEAK_VARIANT_SPLIT)
+    chosen = p["variants"] or variants
     specs = []
-    for word in words:
-        for accent in p["accents"]:
-            for variant, split in ESPEAK_VARIANT_SPLIT.items():
-                for rep in range(p["espeak_reps"]):
-                    r = item_rng(seed, "espeak", word, accent, variant, rep)
-                    specs.append({
-                        "id": f"espeak_{accent}_{variant}_{word}_{rep}", "word": word, "engine": "espeak-ng",
-                        "voice": f"{accent}+{variant}", "speaker": f"espeak-ng:{variant}",
-                        "gender": "male" if variant.startswith("m") else "female", "accent": ESPEAK_ACCENTS[accent],
-                        "speed": round(float(r.uniform(0.75, 1.3)), 3), "pitch": round(float(r.uniform(0.6, 1.4)), 3),
-                        "split": split,
-                    })
+    for wi, word in enumerate(words):
+        for vi, variant in enumerate(variants):
+            if variant not in chosen:
+                continue
+            for rep in range(p["espeak_reps"]):
+                accent = p["accents"][(vi * p["espeak_reps"] + rep + wi) % len(p["accents"])]
+                r = item_rng(seed, "espeak", word, accent, variant, rep)
+                specs.append({
+                    "id": f"espeak_{accent}_{espeak_variant_id(variant)}_{word}_{rep}", "word": word,
+                    "engine": "espeak-ng", "voice": f"{accent}+{variant}", "speaker": f"espeak-ng:{variant}",
+                    "gender": "female" if variant in ESPEAK_FEMALE else "male", "accent": ESPEAK_ACCENTS[accent],
+                    "speed": round(float(r.uniform(0.75, 1.3)), 3), "pitch": round(float(r.uniform(0.6, 1.4)), 3),
+                    "split": ESPEAK_VARIANT_SPLIT[variant],
+                })
         for voice, (gender, accent) in FLITE_VOICES.items():
             for rep in range(p["flite_reps"]):
                 r = item_rng(seed, "flite", word, voice, rep)
@@ -63,7 +96,7 @@ def keyword_specs(profile: str, seed: int, limit: int | None = None) -> list[dic
                     "id": f"flite_{voice}_{word}_{rep}", "word": word, "engine": "flite", "voice": voice,
                     "speaker": f"flite:{voice}", "gender": gender, "accent": accent,
                     "speed": round(float(r.uniform(0.8, 1.25)), 3) if rep else 1.0,
-                    "pitch": round(float(r.uniform(0.8, 1.25)), 3) if rep else 1.0, "split": "test_xengine",
+                    "pitch": round(float(r.uniform(0.8, 1.25)), 3) if rep else 1.0, "split": "train",
                 })
         for voice, (_, gender, accent) in FESTIVAL_VOICES.items():
             for rep in range(p["festival_reps"]):
@@ -75,6 +108,12 @@ def keyword_specs(profile: str, seed: int, limit: int | None = None) -> list[dic
                     "split": "test_xengine",
                 })
     return specs
+
+
+def installed_espeak_variants() -> set[str]:
+    """The variant files ``espeak-ng --voices=variant`` lists (a missing one would silently fall back to default)."""
+    out = run(["espeak-ng", "--voices=variant"]).stdout.decode()
+    return {m.group(1) for m in re.finditer(r"!v/(.+?)\s*(?:\([^)]*\))?\s*$", out, re.MULTILINE)}
 
 
 def _finish_keyword(spec: dict[str, Any], audio: np.ndarray, out_dir: Path) -> dict[str, Any] | None:
@@ -138,6 +177,9 @@ def build_keywords(task_dir: Path, profile: str, seed: int, jobs: int, limit: in
     """Synthesise the keyword clips into ``task_dir/clips``; returns the manifest rows."""
     for tool, pkg in (("espeak-ng", "espeak-ng"), ("flite", "flite"), ("festival", "festival")):
         require(tool, pkg)
+    missing = sorted(set(ESPEAK_VARIANT_SPLIT) - installed_espeak_variants())
+    if missing:
+        raise BuildError(f"espeak-ng lacks voice variant(s) {missing}: install Debian bookworm's espeak-ng (1.51)")
     specs = keyword_specs(profile, seed, limit)
     simple = [s for s in specs if s["engine"] != "festival"]
     n_chunks = max(1, jobs * 4)
