@@ -47,6 +47,7 @@ from encoder.pretraining import (
     mae_step,
     memory_mb,
     decay_param_groups,
+    training_facts,
     parameter_summary,
     save_pretrain_checkpoint,
 )
@@ -235,7 +236,7 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
         writer.close()
     summary = {"steps": step, "history": history, "bad_clips": bad_clips, "skipped_steps": skipped_steps}
     if is_main:
-        export_encoder(model.encoder, run / "encoder")
+        export_encoder(model.encoder, run / "encoder", training_facts(cfg, step, len(rows), world))
         atomic_write_json(run / "history.json", history, indent=None)
     if world > 1:
         dist.barrier()
