@@ -189,8 +189,8 @@ HEAR 2021 API: `import encoder.hear as hear; m = hear.load_model("{shown}")`, th
 Probe it: `mosaic-alm eval-encoder --config configs/eval/encoder_embedded.yaml "encoders={{mine: {shown}}}"`."""
     limits = ("An audio representation for research: probing, fine-tuning, HEAR evaluation and as the frozen audio "
               "encoder of an audio-language model. It is only as good as its pretraining data and steps (see "
-              "Training and Measured results): a tiny encoder pretrained on the kit's embedded benchmark (synthetic "
-              "speech, synthesised instruments, recorded-in-package sounds) is a pipeline check, not a general "
+              "Training and Measured results): a tiny encoder pretrained on the kit's embedded benchmark (20 "
+              "synthesised spoken words, fluidsynth-rendered notes, game sound effects) is a pipeline check, not a general "
               "audio model. It hears 16 kHz mono only, one clip of the input length at a time (longer audio: "
               "chunk it, as the HEAR module does), and was not evaluated for fairness, speech privacy or "
               "safety-critical use.")

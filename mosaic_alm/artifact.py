@@ -99,7 +99,8 @@ def save_artifact(model: AudioLanguageModel, path: str | os.PathLike, run_cfg: d
         if enc is not None:
             role = "trained with the ALM" if model.cfg.trainable.encoder else "frozen inside the ALM"
             save_encoder_folder(model.encoder, tmp / "encoder", state_dict=enc, training={
-                "source": f"{model.cfg.audio.encoder} (its own card has the pretraining facts)",
+                "source": model.cfg.audio.encoder + (" (its own card has the pretraining facts)" if (
+                    Path(model.cfg.audio.encoder) / "README.md").is_file() else ""),
                 "in this artifact": f"{role}, stage {info.get('stage')}"}, shown=str(path / "encoder"))
         (tmp / "meta.json").write_text(json.dumps(info, indent=2, default=str))
         ALMArtifactConfig(alm=json.loads(json.dumps(sections, default=str)), preprocessing=pre,
