@@ -7,7 +7,7 @@ added with :func:`add_card_results`, which updates both the ``model-index`` and 
 
 A result is a dict: ``task`` (a Hugging Face task type, e.g. ``audio-classification``), ``task_name`` (what was run,
 e.g. ``linear probe``), ``dataset``, optionally ``dataset_name``, ``split``, ``source`` (where the number comes
-from), then ``metric`` and ``value``. A result with the same task name, dataset, split and metric replaces the old.
+from; shown with the metric's name), then ``metric`` and ``value``. A result with the same task name, dataset, split and metric replaces the old.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _eval_result(r: dict):
     return EvalResult(task_type=r["task"], task_name=r.get("task_name"), dataset_type=r["dataset"],
                       dataset_name=r.get("dataset_name", r["dataset"]), dataset_split=r.get("split"),
                       metric_type=r["metric"], metric_value=round(float(r["value"]), 4),
-                      source_name=r.get("source"))
+                      metric_name=f"{r['metric']} ({r['source']})" if r.get("source") else None)
 
 
 def _key(e) -> tuple:
@@ -37,9 +37,9 @@ def _key(e) -> tuple:
 def _results_table(results) -> str:
     if not results:
         return _NONE_YET
-    rows = ["| task | dataset | split | metric | value | source |", "| --- | --- | --- | --- | --- | --- |"]
-    rows += [f"| {e.task_name or e.task_type} | {e.dataset_name} | {e.dataset_split or ''} | {e.metric_type} | "
-             f"{e.metric_value:.4g} | {e.source_name or ''} |" for e in results]
+    rows = ["| task | dataset | split | metric | value |", "| --- | --- | --- | --- | --- |"]
+    rows += [f"| {e.task_name or e.task_type} | {e.dataset_name} | {e.dataset_split or ''} | "
+             f"{e.metric_name or e.metric_type} | {e.metric_value:.4g} |" for e in results]
     return "\n".join(rows)
 
 
