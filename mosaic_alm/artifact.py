@@ -189,13 +189,16 @@ print(ask(alm, "clip.wav", "What do you hear?"))
                   "Training": facts_list(training), "Use": usage, "Intended use and limits": limits}, metadata=meta)
 
 
-def _check_preprocessing(art: Path, encoder, cfg) -> None:
-    """The artifact's encoder must turn audio into features exactly as when the ALM was trained."""
+def _check_preprocessing(art: Path, cfg) -> None:
+    """The artifact's encoder must turn audio into features exactly as when the ALM was trained (checked from the
+    configs, before anything loads)."""
+    from encoder.hf import AudioMosaicConfig
+
     meta = art / "meta.json"
     recorded = json.loads(meta.read_text()).get("preprocessing") if meta.is_file() else None
-    if not recorded:  # an artifact from before the constants were recorded
+    if not recorded or not (art / "encoder" / "config.json").is_file():  # from before the constants were recorded
         return
-    now = preprocessing_constants(encoder.config, cfg.audio.target_frames)
+    now = preprocessing_constants(AudioMosaicConfig.from_pretrained(str(art / "encoder")), cfg.audio.target_frames)
     diff = [f"{k} {now.get(k)!r} (encoder/config.json) vs {v!r} (trained)" for k, v in recorded.items()
             if now.get(k) != v]
     if diff:
@@ -248,6 +251,7 @@ def build_from(cfg_dict: dict, init_from: str | os.PathLike | None = None, devic
     if art is not None:
         if cfg.audio.enabled:
             require_safetensors(art / "projector.safetensors", f"ALM artifact {art}")
+            _check_preprocessing(art, cfg)
             _check_encoder_swap(art, cfg, prev)
         if (art / "adapter").is_dir():
             require_safetensors(art / "adapter" / "adapter_model.safetensors", f"ALM artifact {art}")
@@ -266,7 +270,6 @@ def build_from(cfg_dict: dict, init_from: str | os.PathLike | None = None, devic
     if cfg.audio.enabled:
         if art is not None and (art / "encoder" / "config.json").is_file():
             encoder = resolve_encoder(str(art / "encoder"))
-            _check_preprocessing(art, encoder, cfg)
         else:
             encoder = resolve_encoder(cfg.audio.encoder)
         encoder.to(device)
