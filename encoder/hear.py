@@ -133,4 +133,4 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearEncoder) -> tuple[t
     return emb[:, keep].float().contiguous(), ts.expand(audio.shape[0], -1).contiguous()
 
 
-__all__ = ["HearEncoder", "load_model", "get_scene_embeddings", "get_timestamp_embeddings", "HEAR_SAMPLE_RATES"]
+__all__ = ["HEAR_SAMPLE_RATES", "HearEncoder", "get_scene_embeddings", "get_timestamp_embeddings", "load_model"]

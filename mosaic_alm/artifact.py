@@ -27,13 +27,18 @@ import time
 from pathlib import Path
 
 import torch
-from mosaic_core.config import ConfigError, read_yaml, save_yaml
-from mosaic_core.io import atomic_replace_dir
 from safetensors.torch import load_file, save_file
 
 from encoder.checkpoint import CheckpointError, require_safetensors
-from encoder.hf import preprocessing_constants, preprocessing_facts, resolve_encoder, save_encoder_folder
+from encoder.hf import (
+    preprocessing_constants,
+    preprocessing_facts,
+    resolve_encoder,
+    save_encoder_folder,
+)
 from mosaic_core.cards import facts_list, write_model_card
+from mosaic_core.config import ConfigError, read_yaml, save_yaml
+from mosaic_core.io import atomic_replace_dir
 
 from .llm import DEFAULT_LLM, load_llm
 from .model import ALMArtifactConfig, AudioLanguageModel, alm_config_from_dict
@@ -303,4 +308,4 @@ def load_alm(path: str | os.PathLike, device="cpu") -> AudioLanguageModel:
     return model.eval()
 
 
-__all__ = ["save_artifact", "load_alm", "write_alm_card", "build_from", "module_state", "gathered", "CONFIG_NAME"]
+__all__ = ["CONFIG_NAME", "build_from", "gathered", "load_alm", "module_state", "save_artifact", "write_alm_card"]

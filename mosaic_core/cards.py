@@ -91,4 +91,4 @@ def add_card_results(folder: str | os.PathLike, results: list[dict]) -> Path:
     return atomic_write_text(path, f"---\n{card.data.to_yaml()}\n---\n{text}")
 
 
-__all__ = ["write_model_card", "add_card_results", "read_card_results", "facts_list", "CARD_NAME"]
+__all__ = ["CARD_NAME", "add_card_results", "facts_list", "read_card_results", "write_model_card"]

@@ -39,6 +39,7 @@ from encoder.pretraining import (
     autocast_ctx,
     build_pretrain_model,
     contrastive_step,
+    decay_param_groups,
     export_encoder,
     finite_loss,
     init_distributed,
@@ -46,10 +47,9 @@ from encoder.pretraining import (
     lr_at,
     mae_step,
     memory_mb,
-    decay_param_groups,
-    training_facts,
     parameter_summary,
     save_pretrain_checkpoint,
+    training_facts,
 )
 from mosaic_core.config import ConfigError, load_recipe, save_yaml
 from mosaic_core.io import atomic_write_json

@@ -22,6 +22,7 @@ def run_cli(*args, debug: bool = False) -> tuple[int, str]:
     cmd = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "recipes.cli"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([*cmd, *(["--debug"] if debug else []), *map(str, args)], capture_output=True, text=True,
+                         check=False,
                          cwd=REPO, env=env, timeout=300)
     return out.returncode, out.stderr
 

@@ -124,7 +124,7 @@ print("auto ok")
 
 
 def test_encoder_and_alm_load_through_auto_classes_without_remote_code(encoder_folder, artifact):
-    out = subprocess.run([sys.executable, "-c", AUTO, str(encoder_folder), str(artifact)], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", AUTO, str(encoder_folder), str(artifact)], capture_output=True, check=False,
                          text=True, cwd=REPO, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0 and "auto ok" in out.stdout, out.stderr[-3000:]
     assert "trust_remote_code" not in AUTO.replace("without trust_remote_code", "")
