@@ -241,9 +241,7 @@ def build_from(cfg_dict: dict, init_from: str | os.PathLike | None = None, devic
     from peft import PeftModel
 
     cfg = alm_config_from_dict(cfg_dict)
-    art = Path(init_from) if init_from else None
-    if art is not None and not (art / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{art}: not an ALM artifact (no {CONFIG_NAME})")
+    art = check_artifact(init_from) if init_from else None
     if art is not None:
         prev = alm_config_from_dict(read_yaml(art / CONFIG_NAME))
         for key in ("enabled", "target_frames", "position"):
@@ -295,11 +293,17 @@ def build_from(cfg_dict: dict, init_from: str | os.PathLike | None = None, devic
     return model
 
 
-def load_alm(path: str | os.PathLike, device="cpu") -> AudioLanguageModel:
-    """Load a stage artifact in one call: encoder, projector, LLM + adapter; eval mode, nothing trainable."""
+def check_artifact(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it is an ALM artifact folder (holds ``alm_config.yaml``), else FileNotFoundError."""
     path = Path(path)
     if not (path / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{path}: not an ALM artifact (no {CONFIG_NAME})")
+    return path
+
+
+def load_alm(path: str | os.PathLike, device="cpu") -> AudioLanguageModel:
+    """Load a stage artifact in one call: encoder, projector, LLM + adapter; eval mode, nothing trainable."""
+    path = check_artifact(path)
     cfg = read_yaml(path / CONFIG_NAME)
     model = build_from(cfg, init_from=path, device=device)
     for p in model.parameters():
@@ -308,4 +312,5 @@ def load_alm(path: str | os.PathLike, device="cpu") -> AudioLanguageModel:
     return model.eval()
 
 
-__all__ = ["CONFIG_NAME", "build_from", "gathered", "load_alm", "module_state", "save_artifact", "write_alm_card"]
+__all__ = ["CONFIG_NAME", "build_from", "check_artifact", "gathered", "load_alm", "module_state", "save_artifact",
+           "write_alm_card"]

@@ -128,3 +128,24 @@ def test_encoder_and_alm_load_through_auto_classes_without_remote_code(encoder_f
                          text=True, cwd=REPO, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0 and "auto ok" in out.stdout, out.stderr[-3000:]
     assert "trust_remote_code" not in AUTO.replace("without trust_remote_code", "")
+
+
+def test_pipeline_puts_probe_and_qa_accuracies_into_the_cards(encoder_folder, artifact, tmp_path):
+    """The pipeline's hooks read the result structures eval-encoder and alm-experiment write."""
+    from recipes.pipeline import record_probe_results, record_qa_results
+
+    acc = {"accuracy": {"mean": 0.625, "std": 0.0, "runs": [0.625]}}
+    results = {"tasks": {"embedded_environment": {
+        "mine": {"weighted": {"test": acc, "layer_weights": [0.5, 0.5]}, "linear_by_layer_test": [0.1, 0.2]},
+        "mfcc_logreg": {"test": acc}}}}
+    record_probe_results(results, {"mine": str(encoder_folder)}, "pipeline test")
+    rows = {(r.task_name, r.dataset_type): r.metric_value for r in read_card_results(encoder_folder)}
+    assert rows[("weighted probe (frozen encoder)", "embedded_environment")] == 0.625
+    qa = {"variants": {"pretrained": {"accuracy": {"overall": {"exact_match": 0.375},
+                                                   "per_qtype": {"keyword_word": {"exact_match": 0.25}}}}}}
+    (tmp_path / "alm_qa.json").write_text(json.dumps(qa))
+    record_qa_results(tmp_path / "alm_qa.json", artifact, "pipeline test")
+    rows = {r.dataset_type: r.metric_value for r in read_card_results(artifact)}
+    assert rows == {"embedded/all": 0.375, "embedded/keyword_word": 0.25}
+    assert "| closed-ended QA, exact match | embedded/keyword_word | test | accuracy (pipeline test) | 0.25 |" in \
+        (artifact / "README.md").read_text()
