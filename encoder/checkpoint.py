@@ -215,3 +215,28 @@ def safe_torch_load(path: str | os.PathLike):
     except Exception as exc:
         raise CheckpointError(f"refusing to load {path}: not a plain tensor file ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def require_safetensors(path: str | os.PathLike, what: str) -> Path:
+    """``path`` must be a safetensors file. A missing file (next to pickle weights or not), a pickle / ``torch.save``
+    file or any other bytes raise CheckpointError naming ``what`` and the file. Only the header is read."""
+    path = Path(path)
+    if not path.is_file():
+        pickles = sorted(p.name for p in path.parent.glob("*") if p.suffix in _PICKLE_SUFFIXES)
+        extra = f" (it holds {', '.join(pickles)}: pickle weights, which the kit never loads)" if pickles else ""
+        raise CheckpointError(f"{what}: no {path.name} in {path.parent}{extra}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+    n = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+    if 0 < n <= size - 8 and head[8:9] == b"{":
+        return path
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        kind = "a pickle (torch.save) file"
+    else:
+        kind = "not a safetensors file (bad header)"
+    raise CheckpointError(f"{what}: {path} is {kind}; mosaic-alm loads safetensors only and never unpickles weights "
+                          "(convert it with safetensors.torch.save_file)")

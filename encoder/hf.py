@@ -137,6 +137,83 @@ class AudioMosaicFeatureExtractor(SequenceFeatureExtractor):
                             tensor_type=return_tensors)
 
 
+def preprocessing_constants(config: AudioMosaicConfig, target_frames: int | None = None) -> dict:
+    """What turns audio into this encoder's input: the fbank settings, normalisation and input frames. Two
+    encoders are interchangeable for a model trained on one of them only if these agree."""
+    fb = config.fbank_config(target_frames)
+    return {"sample_rate": fb.sample_rate, "num_mel_bins": fb.num_mel_bins, "frame_length_ms": fb.frame_length_ms,
+            "frame_shift_ms": fb.frame_shift_ms, "preemphasis": fb.preemphasis, "low_freq": fb.low_freq,
+            "high_freq": fb.high_freq, "norm_mean": fb.mean, "norm_std": fb.std, "target_frames": fb.target_frames,
+            "patch_size": config.patch_size}
+
+
+def preprocessing_facts(pre: dict) -> dict:
+    """The preprocessing constants as card facts (one line each)."""
+    return {"audio": f"mono, resampled to {pre['sample_rate']} Hz (libsoxr), DC removed",
+            "features": f"Kaldi log-mel fbank: {pre['num_mel_bins']} mel bins, {pre['frame_length_ms']:g} ms "
+                        f"Hann window, {pre['frame_shift_ms']:g} ms shift, pre-emphasis {pre['preemphasis']}, "
+                        f"{pre['low_freq']:g} Hz to Nyquist, no dither",
+            "normalisation": f"(x - ({pre['norm_mean']})) / (2 x {pre['norm_std']})",
+            "input length": f"{pre['target_frames']} frames = {pre['target_frames'] * pre['frame_shift_ms'] / 1000:g}"
+                            " s (longer clips cropped, shorter zero-padded in the log-mel domain)",
+            "patches": f"{pre['patch_size']} x {pre['patch_size']} on a (frames/{pre['patch_size']} time) x "
+                       f"({pre['num_mel_bins'] // pre['patch_size']} frequency) grid, time-major"}
+
+
+def write_encoder_card(folder: str | Path, config: AudioMosaicConfig, training: dict | None = None,
+                       n_params: int | None = None, shown: str | None = None) -> Path:
+    """The encoder folder's README.md model card (architecture, preprocessing, training, use, limits); ``shown`` is
+    the folder's name in the usage examples (default: ``folder``; a temporary folder passes its final path)."""
+    from mosaic_core.cards import facts_list, write_model_card
+
+    objective = (training or {}).get("objective", "none recorded (random initialisation, or saved outside a "
+                                                  "pretraining run)")
+    size = f"{config.size}, {n_params / 1e6:.1f} M parameters" if n_params else config.size
+    arch = {"type": "ViT encoder over 16 x 16 spectrogram patches (pre-norm blocks, 2-D sin-cos positions "
+                    "computed for the actual grid)", "size": size, "embed_dim": config.embed_dim,
+            "depth": config.depth, "num_heads": config.num_heads, "mlp_ratio": config.mlp_ratio,
+            "outputs": "last_hidden_state [B, 1 + patches, D] (CLS first), pooler_output [B, D] (fc_norm of the "
+                       "mean patch token); `embed(x, layer, kind)` for any layer"}
+    shown = shown or str(folder)
+    usage = f"""```python
+import encoder.hf  # registers the classes with transformers' Auto* (no trust_remote_code)
+from transformers import AutoFeatureExtractor, AutoModel
+
+model = AutoModel.from_pretrained("{shown}")
+features = AutoFeatureExtractor.from_pretrained("{shown}")
+inputs = features(waveform, sampling_rate=16000)            # any rate; resampled
+clip_embedding = model(**inputs).pooler_output               # [1, {config.embed_dim}]
+```
+HEAR 2021 API: `import encoder.hear as hear; m = hear.load_model("{shown}")`, then
+`hear.get_scene_embeddings(audio, m)` / `hear.get_timestamp_embeddings(audio, m)`.
+Probe it: `mosaic-alm eval-encoder --config configs/eval/encoder_embedded.yaml "encoders={{mine: {shown}}}"`."""
+    limits = ("An audio representation for research: probing, fine-tuning, HEAR evaluation and as the frozen audio "
+              "encoder of an audio-language model. It is only as good as its pretraining data and steps (see "
+              "Training and Measured results): a tiny encoder pretrained on the kit's embedded benchmark (20 "
+              "synthesised spoken words, fluidsynth-rendered notes, game sound effects) is a pipeline check, not a general "
+              "audio model. It hears 16 kHz mono only, one clip of the input length at a time (longer audio: "
+              "chunk it, as the HEAR module does), and was not evaluated for fairness, speech privacy or "
+              "safety-critical use.")
+    meta = {"library_name": "mosaic-alm", "license": "apache-2.0", "pipeline_tag": "feature-extraction",
+            "tags": ["audio", "audio-encoder", "audiomosaic", "self-supervised", "mosaic-alm"]}
+    return write_model_card(folder, title=f"AudioMosaic encoder ({config.size})",
+                            summary=f"An AudioMosaic audio encoder saved by mosaic-alm. Pretraining objective: "
+                                    f"{objective}.",
+                            sections={"Architecture": facts_list(arch),
+                                      "Preprocessing": facts_list(preprocessing_facts(preprocessing_constants(config))),
+                                      "Training": facts_list(training or {}), "Use": usage,
+                                      "Intended use and limits": limits}, metadata=meta)
+
+
+def save_encoder_folder(model: AudioMosaicModel, folder: str | Path, state_dict: dict | None = None,
+                        training: dict | None = None, shown: str | None = None) -> Path:
+    """Write an encoder folder: ``config.json`` + ``model.safetensors`` + the feature extractor + the model card."""
+    model.save_pretrained(str(folder), state_dict=state_dict, safe_serialization=True)
+    AudioMosaicFeatureExtractor.from_model_config(model.config).save_pretrained(str(folder))
+    n = sum(v.numel() for v in (state_dict or model.state_dict()).values())
+    return write_encoder_card(folder, model.config, training, n, shown)
+
+
 def register_auto_classes() -> None:
     AutoConfig.register("audiomosaic", AudioMosaicConfig, exist_ok=True)
     AutoModel.register(AudioMosaicConfig, AudioMosaicModel, exist_ok=True)
@@ -167,8 +244,16 @@ def resolve_encoder(spec: str, *, reference: str | None = None, **overrides) -> 
     if not (path / "config.json").is_file():
         raise ConfigError(f"encoder {spec!r}: not a folder written by pretraining (config.json + "
                           f"model.safetensors, e.g. runs/pretrain-tiny/encoder) and not random[:<size>]")
-    model = AudioMosaicModel.from_pretrained(str(path), **overrides)
-    return model
+    from safetensors import SafetensorError
+
+    from .checkpoint import CheckpointError, require_safetensors
+
+    require_safetensors(path / "model.safetensors", f"encoder {spec!r}")
+    try:
+        return AudioMosaicModel.from_pretrained(str(path), use_safetensors=True, **overrides)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"encoder {spec!r}: cannot read its weights: {exc}") from None
 
 
-__all__ = ["AudioMosaicConfig", "AudioMosaicModel", "AudioMosaicFeatureExtractor", "AudioError", "resolve_encoder"]
+__all__ = ["AudioMosaicConfig", "AudioMosaicModel", "AudioMosaicFeatureExtractor", "AudioError", "resolve_encoder",
+           "preprocessing_constants", "preprocessing_facts", "write_encoder_card", "save_encoder_folder"]

@@ -316,19 +316,35 @@ def save_pretrain_checkpoint(run: Path, step: int, model, optimizer, engine, cfg
         dist.barrier()
 
 
-def export_encoder(encoder, folder: Path) -> None:
-    """Save the encoder alone as a Hugging Face folder (config + safetensors + feature extractor), atomically."""
-    from .hf import AudioMosaicConfig, AudioMosaicFeatureExtractor, AudioMosaicModel
+def export_encoder(encoder, folder: Path, training: dict | None = None) -> None:
+    """Save the encoder alone as a Hugging Face folder (config + safetensors + feature extractor + model card
+    with the ``training`` facts), atomically."""
+    from .hf import AudioMosaicConfig, AudioMosaicModel, save_encoder_folder
 
-    hf_cfg = AudioMosaicConfig(**asdict(encoder.cfg))
-    model = AudioMosaicModel(hf_cfg)
+    model = AudioMosaicModel(AudioMosaicConfig(**asdict(encoder.cfg)))
     model.encoder.load_state_dict(encoder.state_dict())
+    atomic_replace_dir(folder, lambda tmp: save_encoder_folder(model, tmp, training=training,
+                                                                    shown=str(folder)))
 
-    def fill(tmp: Path) -> None:
-        model.save_pretrained(str(tmp))
-        AudioMosaicFeatureExtractor.from_model_config(hf_cfg).save_pretrained(str(tmp))
 
-    atomic_replace_dir(folder, fill)
+def training_facts(cfg: PretrainConfig, steps: int, n_clips: int, world: int) -> dict:
+    """What a pretraining run did, for the encoder's model card."""
+    from mosaic_core.provenance import git_commit
+
+    objective = ("AudioMosaic contrastive (NT-Xent between a structured time-masked view keeping "
+                 f"{1 - cfg.masking.time_ratio:.0%} of time columns and a frequency-masked view keeping "
+                 f"{1 - cfg.masking.freq_ratio:.0%} of frequency rows, temperature {cfg.loss.temperature})"
+                 if cfg.objective == "contrastive" else
+                 f"masked reconstruction (MAE baseline, mask ratio {cfg.mae.mask_ratio})")
+    commit = git_commit()
+    return {"objective": objective, "data": f"{cfg.data.root}: {', '.join(cfg.data.manifests)} "
+                                            f"(splits {', '.join(cfg.data.splits) or 'all'}), {n_clips} clips",
+            "steps": steps, "global batch": cfg.train.batch_size, "processes": world,
+            "learning rate": f"{cfg.optim.lr:g} (AdamW, {cfg.optim.warmup_steps} warm-up steps, cosine to "
+                             f"{cfg.optim.min_lr:g}, weight decay {cfg.optim.weight_decay:g})",
+            "input frames": cfg.data.target_frames, "precision": cfg.train.precision, "seed": cfg.seed,
+            "commit": f"{commit['commit'][:12]}{' (dirty)' if commit['dirty'] else ''}" if commit["commit"] else None,
+            "finished": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
 def parameter_summary(model: torch.nn.Module) -> dict[str, int]:

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from encoder.features import file_to_input, waveform_to_input
+from encoder.features import AudioError, file_to_input, waveform_to_input
 
 
 class AudioFeaturizer:
@@ -63,7 +63,11 @@ class AudioFeaturizer:
         if not self.use_cache or not isinstance(audio, (str, os.PathLike)):
             return None
         p = Path(audio).resolve()
-        st = p.stat()
+        try:
+            st = p.stat()
+        except OSError as exc:
+            raise AudioError(audio, "file does not exist" if isinstance(exc, FileNotFoundError) else
+                             f"cannot read it ({exc.strerror})") from None
         return (str(p), st.st_size, st.st_mtime_ns, self.target_frames)
 
     def tokens(self, audios: Sequence, batch_size: int = 32) -> torch.Tensor:

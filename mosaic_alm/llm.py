@@ -102,7 +102,25 @@ def resolve_llm_path(name_or_path: str) -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"LLM {name_or_path!r}: not 'smollm2' and not a local Hugging Face folder with a "
                                 "config.json (no hub downloads here)")
+    check_causal_lm(path, name_or_path)
     return path
+
+
+def check_causal_lm(path: Path, name: str) -> None:
+    """``path`` must hold a config that ``AutoModelForCausalLM`` loads (a decoder LLM); else one ConfigError."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        conf = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except (ValueError, OSError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"LLM {name!r}: {path / 'config.json'} is not a model config transformers knows "
+                          f"({first})") from None
+    if type(conf) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ConfigError(f"LLM {name!r}: config.json says model_type {conf.model_type!r}, which is not a causal "
+                          "language model (AutoModelForCausalLM cannot load it); give a decoder LLM folder such as "
+                          "Llama, Qwen or SmolLM2")
 
 
 def load_tokenizer(name_or_path: str = DEFAULT_LLM):
@@ -161,4 +179,4 @@ def add_lora(model, cfg: LoRAConfig):
 
 
 __all__ = ["LLMConfig", "LoRAConfig", "ensure_smollm2", "load_llm", "load_tokenizer", "add_lora",
-           "resolve_llm_path", "llm_cache_dir", "smollm2_gguf_path"]
+           "resolve_llm_path", "check_causal_lm", "llm_cache_dir", "smollm2_gguf_path"]

@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig
 
 from encoder.hf import resolve_encoder
 from mosaic_core.config import ConfigError, PositiveInt, from_dict
@@ -76,7 +77,32 @@ def alm_config_from_dict(cfg: dict) -> ALMConfig:
     return ALMConfig(**{k: from_dict(cls, cfg.get(k), k) for k, cls in MODEL_SECTIONS.items()})
 
 
+class ALMArtifactConfig(PretrainedConfig):
+    """The ``config.json`` of an ALM artifact, so that transformers' ``AutoConfig`` / ``AutoModel`` recognise the
+    folder (``model_type: mosaic-alm``, registered when this module is imported; no ``trust_remote_code``). It
+    records the model sections, the encoder's preprocessing constants and the audio token count; the loader reads
+    the artifact's ``alm_config.yaml``."""
+
+    model_type = "mosaic-alm"
+
+    def __init__(self, alm: dict | None = None, preprocessing: dict | None = None, n_audio_tokens: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.alm = alm or {}
+        self.preprocessing = preprocessing or {}
+        self.n_audio_tokens = n_audio_tokens
+
+
 class AudioLanguageModel(nn.Module):
+    config_class = ALMArtifactConfig  # what AutoModel.register checks
+
+    @classmethod
+    def from_pretrained(cls, path, *_, device="cpu", **__) -> "AudioLanguageModel":
+        """Load an artifact: what ``AutoModel.from_pretrained(artifact)`` calls (the LLM is a separate Hugging Face
+        model with a peft adapter, so the kit's loader :func:`mosaic_alm.artifact.load_alm` builds it)."""
+        from .artifact import load_alm
+
+        return load_alm(path, device)
+
     def __init__(self, cfg: ALMConfig, llm, tokenizer, encoder=None):
         super().__init__()
         self.cfg = cfg
@@ -248,5 +274,8 @@ class AudioLanguageModel(nn.Module):
         return sorted(i for i in ids if i is not None)
 
 
-__all__ = ["ALMConfig", "AudioConfig", "TrainableConfig", "PromptConfig", "AudioLanguageModel",
+AutoConfig.register(ALMArtifactConfig.model_type, ALMArtifactConfig, exist_ok=True)
+AutoModel.register(ALMArtifactConfig, AudioLanguageModel, exist_ok=True)
+
+__all__ = ["ALMArtifactConfig", "ALMConfig", "AudioConfig", "TrainableConfig", "PromptConfig", "AudioLanguageModel",
            "alm_config_from_dict", "MODEL_SECTIONS"]

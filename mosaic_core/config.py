@@ -104,7 +104,9 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
         try:
             value = safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {key!r}: cannot parse value {raw!r}: {exc}") from None
+            why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"override {key!r}: cannot parse value {raw!r} as YAML ({why}; quote the whole "
+                              "key=value argument if it holds spaces)") from None
         node[parts[-1]] = value
     return cfg
 

@@ -1,9 +1,16 @@
 """The ``mosaic-alm`` console script. Sub-commands dispatch lazily to their recipe module (``recipes/``), so importing
-the CLI costs nothing. Errors a user can cause print as one line."""
+the CLI costs nothing.
+
+Errors a user can cause end in ONE line on stderr naming the thing and the reason, exit code 1, no traceback;
+library warnings, load reports and weight-loading progress bars are silenced so nothing buries that line.
+``mosaic-alm --debug <command> ...`` (the flag may stand anywhere) shows tracebacks and library output."""
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
+import warnings
 
 COMMANDS = {
     # name: (recipe module, function, help)
@@ -26,13 +33,43 @@ COMMANDS = {
 
 
 def _usage() -> str:
-    lines = ["usage: mosaic-alm <command> [options]  (mosaic-alm <command> --help)", "", "commands:"]
+    lines = ["usage: mosaic-alm [--debug] <command> [options]  (mosaic-alm <command> --help)", "",
+             "  --debug            show tracebacks and library warnings/progress instead of one-line errors", "",
+             "commands:"]
     lines += [f"  {name:<18} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 
+_LIBRARIES = ("transformers", "peft", "torch", "huggingface_hub", "accelerate", "deepspeed", "bitsandbytes",
+              "sentence_transformers", "tensorboard", "webdataset")
+
+
+def quiet_libraries() -> None:
+    """CLI mode: libraries' warnings, load reports and weight-loading progress bars off (the kit's own progress bars
+    and messages stay). Set through the environment too, so child processes (launchers, workers) inherit it."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' own bars follow this switch
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", module="(" + "|".join(_LIBRARIES) + r")(\.|$)")
+    for name in _LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if "transformers" in sys.modules:  # already imported (e.g. main() called in-process): switch it directly
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:  # not "[Errno 2] No such file ...: 'x'"
+        return f"{exc.filename}: {exc.strerror}"
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -40,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"mosaic-alm: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if not debug:
+        quiet_libraries()
     module, func, _ = COMMANDS[name]
     fn = getattr(importlib.import_module(module), func)
     from encoder.checkpoint import CheckpointError
@@ -54,8 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(fn(rest) or 0)
     except user_errors as exc:
-        print(f"mosaic-alm {name}: error: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"mosaic-alm {name}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"mosaic-alm {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Sequence
 
-from mosaic_alm.artifact import load_alm
+from encoder.features import AudioError
+from mosaic_alm.artifact import check_artifact, load_alm
 from mosaic_alm.infer import CAPTION_PROMPT, ask
 
 
@@ -40,6 +42,10 @@ def _answer(argv, prog: str, description: str, option: tuple[str, ...], default:
     ap.add_argument(*option, required=default is None, default=default)
     args = ap.parse_args(argv)
     text = getattr(args, option[0].lstrip("-"))
+    check_artifact(args.artifact)
+    for a in args.audio:  # before the model loads: a typo costs no waiting
+        if not Path(a).is_file():
+            raise AudioError(a, "is a directory, not an audio file" if Path(a).is_dir() else "file does not exist")
     model = load_alm(args.artifact, args.device)
     answers = ask(model, list(args.audio), text, args.batch_size, args.max_new_tokens or max_new_tokens)
     answers = answers if isinstance(answers, list) else [answers]

@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         f"encoders={{audiomosaic: {encoders['audiomosaic']}, mae: {encoders['mae']}, random: random}}",
         "tasks=[" + ", ".join(str(REPO / f"configs/data/embedded_{t}.yaml") for t in
                               ("keywords", "instruments", "environment")) + "]"])
-    evaluate(cfg)
+    record_probe_results(evaluate(cfg), encoders, f"mosaic-alm pipeline {out}, seeds {args.probe_seeds}")
     timings["eval_encoder_s"] = round(time.time() - t, 1)
 
     if not args.skip_alm:
@@ -100,6 +100,8 @@ def main(argv=None) -> int:
 
         stages = sorted((out / "alm" / "pretrained").glob("stage*/artifact"))
         if stages:
+            record_qa_results(out / "alm_qa.json", stages[-1], f"mosaic-alm pipeline {out}")
+        if stages:
             print(f"== ALM evaluation of {stages[-1]} (QA, captions, classify-by-generation)", flush=True)
             evaluate_alm(str(stages[-1]), str(root), str(out / "eval-alm"), seed=args.seed)
         timings["eval_alm_s"] = round(time.time() - t, 1)
@@ -110,6 +112,32 @@ def main(argv=None) -> int:
     print(f"== report: {build_report(out, root, seed=args.seed)}", flush=True)
     print(f"== done: {out} (timings {timings})", flush=True)
     return 0
+
+
+def record_probe_results(results: dict, encoders: dict, source: str) -> None:
+    """Put the probes' test accuracies into the model cards of the evaluated encoder folders."""
+    from mosaic_core.cards import add_card_results
+
+    for name, folder in encoders.items():
+        rows = [{"task": "audio-classification", "task_name": f"{probe} probe (frozen encoder)", "dataset": task,
+                 "split": role, "metric": "accuracy", "value": r["accuracy"]["mean"], "source": source}
+                for task, by_enc in results["tasks"].items() for probe, by_role in by_enc.get(name, {}).items()
+                if isinstance(by_role, dict) for role, r in by_role.items() if role.startswith("test")]
+        if rows and (Path(folder) / "README.md").is_file():
+            add_card_results(folder, rows)
+
+
+def record_qa_results(qa_json: Path, artifact: Path, source: str) -> None:
+    """Put the pretrained variant's closed-ended QA accuracy (overall and per question type) into its card."""
+    from mosaic_core.cards import add_card_results
+
+    acc = json.loads(qa_json.read_text())["variants"].get("pretrained", {}).get("accuracy")
+    if not acc or not (artifact / "README.md").is_file():
+        return
+    rows = [{"task": "audio-text-to-text", "task_name": "closed-ended QA, exact match", "dataset": f"embedded/{q}",
+             "split": "test", "metric": "accuracy", "value": a["exact_match"], "source": source}
+            for q, a in {"all": acc["overall"], **acc["per_qtype"]}.items()]
+    add_card_results(artifact, rows)
 
 
 def _finished(run: Path, steps: int) -> bool:

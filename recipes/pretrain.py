@@ -49,6 +49,7 @@ from encoder.pretraining import (
     memory_mb,
     parameter_summary,
     save_pretrain_checkpoint,
+    training_facts,
 )
 from mosaic_core.config import ConfigError, load_recipe, save_yaml
 from mosaic_core.io import atomic_write_json
@@ -237,7 +238,7 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
         writer.close()
     summary = {"steps": step, "history": history, "bad_clips": bad_clips, "skipped_steps": skipped_steps}
     if is_main:
-        export_encoder(model.encoder, run / "encoder")
+        export_encoder(model.encoder, run / "encoder", training_facts(cfg, step, len(rows), world))
         atomic_write_json(run / "history.json", history, indent=None)
     if world > 1:
         dist.barrier()

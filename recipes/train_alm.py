@@ -262,14 +262,14 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
 
     init = resolve_init(cfg, tcfg)
     t_load = time.perf_counter()
+    train_recs = load_records(dcfg.root, dcfg.train_split, dcfg.tasks, dcfg.kind, dcfg.max_train, seed, dcfg.qtypes)
+    if not train_recs:  # checked before the model loads: a wrong data root costs no waiting
+        raise ConfigError(f"stage {cfg.get('stage')}: no training records in {dcfg.root} for tasks={dcfg.tasks} "
+                          f"qtypes={dcfg.qtypes} kind={dcfg.kind}")
     model = build_from(cfg, init_from=init, device=device, llm_and_tokenizer=llm_and_tokenizer)
     model.train()
     counts = model.apply_trainable(verbose=rank == 0 and not quiet)
     fmt = PromptFormatter.for_model(model)
-    train_recs = load_records(dcfg.root, dcfg.train_split, dcfg.tasks, dcfg.kind, dcfg.max_train, seed, dcfg.qtypes)
-    if not train_recs:
-        raise ConfigError(f"stage {cfg.get('stage')}: no training records in {dcfg.root} for tasks={dcfg.tasks} "
-                          f"qtypes={dcfg.qtypes} kind={dcfg.kind}")
     featurizer = AudioFeaturizer.for_model(model)
     ds = InstructionDataset(train_recs, fmt)
     collate = Collator(model.tokenizer.pad_token_id, "right")
