@@ -4,6 +4,11 @@
     mosaic-alm train-alm --config configs/alm/stage1.yaml configs/alm/stage2.yaml ... [key=value ...]
     mosaic-alm train-alm --all [key=value ...]            # the four curriculum stages in sequence
 
+A stage's length is ``train.examples`` (training examples in all: ceil(examples / (batch x accumulation x ranks))
+optimizer steps), or ``train.max_steps``, or ``train.epochs``. With the encoder frozen (the default) the tokens of
+every training clip are computed first in one batched pass and cached on disk (:mod:`mosaic_alm.featurizer`), so
+later stages, other runs with the same encoder and evaluation reuse them and a step costs only the LLM.
+
 Several configs run in sequence; ``train.init_from: previous`` starts a stage from the artifact of the stage before it
 (``{output_dir}/{name}/stage{N-1}/artifact``); overrides apply to every stage. Each stage writes its run folder
 ``{output_dir}/{name}/stage{N}/`` with ``config.yaml`` (resolved), TensorBoard events, ``summary.json`` and
@@ -56,6 +61,7 @@ from mosaic_core.config import (
 )
 from encoder import checkpoint as ckpt
 from mosaic_core.io import atomic_write_json
+from mosaic_core.progress import progress_bar
 from mosaic_core.runtime import (
     deepspeed_cpu_workaround,
     resolve_device,
@@ -76,6 +82,7 @@ class StageTrainConfig:
     weight_decay: float = 0.0
     epochs: PositiveFloat = 1.0
     max_steps: NonNegInt = 0  # > 0: exactly this many optimizer steps (epochs is then ignored)
+    examples: NonNegInt = 0  # > 0: this many training examples in all: ceil(examples / global batch) steps
     batch_size: PositiveInt = 8
     grad_accum: PositiveInt = 1
     warmup_ratio: Probability = 0.05
@@ -88,6 +95,19 @@ class StageTrainConfig:
     num_workers: NonNegInt = 0
     ckpt_every: NonNegInt = 0  # > 0: a resumable checkpoint every N optimizer steps in {run}/checkpoints (0: none)
     keep_last: PositiveInt = 2  # checkpoints kept (older ones are deleted)
+
+    def __post_init__(self):
+        if self.examples > 0 and self.max_steps > 0:
+            raise ValueError(f"give train.examples ({self.examples}) or train.max_steps ({self.max_steps}), not both")
+
+    def total_steps(self, steps_per_epoch: int, world: int = 1) -> int:
+        """Optimizer steps of the stage: ``examples`` over the global batch (batch x accumulation x ranks), else
+        ``max_steps``, else ``epochs`` of the data."""
+        if self.examples > 0:
+            return math.ceil(self.examples / (self.batch_size * self.grad_accum * world))
+        if self.max_steps > 0:
+            return self.max_steps
+        return int(math.ceil(self.epochs * steps_per_epoch))
 
 
 @dataclass
@@ -243,8 +263,6 @@ def resume_stage(out: Path, cfg: dict, model, opt, sched) -> dict | None:
 def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     """Train one stage from a resolved config dict; returns the summary (also written to the run folder)."""
     from torch.utils.tensorboard import SummaryWriter
-    from tqdm.auto import tqdm
-
     checked = check_stage_config(cfg)  # every key, type, range and choice, before anything loads
     tcfg, dcfg = checked.train, checked.data
     if tcfg.deepspeed and tcfg.ckpt_every > 0:  # docs/ARCHITECTURE.md, "ALM stage checkpoints": not done yet
@@ -271,12 +289,13 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
         raise ConfigError(f"stage {cfg.get('stage')}: no training records in {dcfg.root} for tasks={dcfg.tasks} "
                           f"qtypes={dcfg.qtypes} kind={dcfg.kind}")
     featurizer = AudioFeaturizer.for_model(model)
+    if featurizer is not None and rank == 0:  # frozen encoder: every clip of the stage encoded once, cached on disk
+        featurizer.precompute(sorted({r["audio_path"] for r in train_recs}), desc=f"stage {cfg.get('stage')} audio "
+                              "tokens", progress=not quiet)
     ds = InstructionDataset(train_recs, fmt)
     collate = Collator(model.tokenizer.pad_token_id, "right")
     steps_per_epoch = max(1, len(epoch_batches(len(ds), tcfg.batch_size, seed, 0, rank, world)) // tcfg.grad_accum)
-    total = int(math.ceil(tcfg.epochs * steps_per_epoch))
-    if tcfg.max_steps > 0:
-        total = tcfg.max_steps  # an explicit step budget wins over epochs (the data stream cycles)
+    total = tcfg.total_steps(steps_per_epoch, world)  # an explicit budget wins over epochs (the data stream cycles)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = alm_param_groups(model, tcfg)
     engine = None
@@ -327,8 +346,8 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
 
     t0 = time.perf_counter()
     start_step = step
-    bar = tqdm(total=total, initial=step, desc=f"stage {cfg.get('stage')}", disable=rank != 0 or quiet,
-               dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=step, desc=f"stage {cfg.get('stage')}", disable=rank != 0 or quiet,
+                       unit="step")
     use_amp = tcfg.bf16
     batches = stream(*position)
     while step < total:
@@ -383,7 +402,9 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
                "answer_tokens": tokens, "resumed_from_step": start_step if resumed is not None else None,
                "step_losses": step_losses, "first_loss": float(np.mean(losses[:n])), "last_loss": float(np.mean(losses[-n:])),
                "eval_loss": eval_loss, "parameters": counts, "init_from": str(init) if init else None,
-               "feature_cache_hits": featurizer.hits if featurizer is not None else 0}
+               "examples": step * tcfg.batch_size * tcfg.grad_accum * world,
+               "feature_cache_hits": featurizer.hits if featurizer is not None else 0,
+               "clips_encoded": featurizer.encoded if featurizer is not None else 0}
     if writer is not None:
         if eval_loss is not None:
             writer.add_scalar("eval/loss", eval_loss, step)
