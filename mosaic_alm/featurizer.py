@@ -156,7 +156,7 @@ class AudioFeaturizer:
             try:
                 with safe_open(str(shard), framework="pt") as f:
                     keys = list(f.keys())
-            except Exception as exc:  # safetensors raises its own error types; a pickle is never loaded
+            except Exception as exc:  # noqa: BLE001 -- safetensors raises its own types; a pickle is never loaded
                 self._refuse(shard, f"{type(exc).__name__}: {exc}")
                 continue
             for k in keys:
@@ -179,7 +179,7 @@ class AudioFeaturizer:
                 if bad is not None:
                     raise ValueError(f"tensor {bad} has shape {tuple(got[bad].shape)} {got[bad].dtype}, "
                                      f"expected {self._shape} floating point")
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- any failure to read the shard means: rebuild it
                 self._refuse(shard, f"{type(exc).__name__}: {exc}")
                 continue
             self._cache.update(got)

@@ -60,7 +60,7 @@ from mosaic_core.config import (
     save_yaml,
 )
 from encoder import checkpoint as ckpt
-from mosaic_core.io import atomic_write_json
+from mosaic_core.io import atomic_write_json, sha256_file
 from mosaic_core.progress import progress_bar
 from mosaic_core.runtime import (
     deepspeed_cpu_workaround,
@@ -137,6 +137,21 @@ def resolve_init(cfg: dict, tcfg: StageTrainConfig) -> Path | None:
         prev = dict(cfg, stage=int(cfg.get("stage", 1)) - 1)
         return run_dir(prev) / "artifact"
     return Path(tcfg.init_from)
+
+
+def stage_sources(cfg: dict) -> dict:
+    """What a stage starts from beyond its config, as checksums (recorded in ``summary.json``, so a finished stage
+    is reused only while they hold): the encoder folder's model.safetensors (a stage without ``init_from``; None
+    for a random encoder or no audio) and the ``init_from`` artifact's meta.json (rewritten whenever it trains)."""
+    audio, init_from = cfg.get("audio", {}), cfg.get("train", {}).get("init_from")
+    if init_from in (None, "", "none"):
+        weights = Path(str(audio.get("encoder", ""))) / "model.safetensors"
+        enc = sha256_file(weights) if audio.get("enabled", True) and weights.is_file() else None
+        return {"encoder_sha256": enc, "init_meta_sha256": None}
+    init = run_dir(dict(cfg, stage=int(cfg.get("stage", 1)) - 1)) / "artifact" if init_from == "previous" \
+        else Path(init_from)
+    meta = init / "meta.json"
+    return {"encoder_sha256": None, "init_meta_sha256": sha256_file(meta) if meta.is_file() else None}
 
 
 def _ds_config(path: str, tcfg: StageTrainConfig, world: int, device: torch.device) -> dict:
@@ -403,6 +418,7 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
                "step_losses": step_losses, "first_loss": float(np.mean(losses[:n])), "last_loss": float(np.mean(losses[-n:])),
                "eval_loss": eval_loss, "parameters": counts, "init_from": str(init) if init else None,
                "examples": step * tcfg.batch_size * tcfg.grad_accum * world,
+               **stage_sources(cfg),
                "feature_cache_hits": featurizer.hits if featurizer is not None else 0,
                "clips_encoded": featurizer.encoded if featurizer is not None else 0}
     if writer is not None:
