@@ -6,7 +6,8 @@ One step is what ``train-alm`` runs: the batch's audio inputs (tokens from the f
 fbank + frozen encoder for every clip), forward of SmolLM2-135M with the audio spliced in, answer-only loss,
 backward, AdamW step. Trainable: the projector (stage 1) or, with ``--lora``, projector + LoRA (stages 2-4).
 Batches are consecutive slices of the embedded data's keyword questions (real clips), so on-the-fly encoding decodes
-new clips each step. The first step of every setting is a warm-up and not timed. The encoder is ``random:tiny`` by
+new clips each step. The settings take turns step by step (so a busy machine's load falls on all alike); the first
+round is a warm-up and not timed; s/step is the median of the timed steps. The encoder is ``random:tiny`` by
 default (same cost as the pretrained tiny one). Prints one line per setting and writes a JSON (machine, load
 average, versions, every setting's s/step).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -59,37 +61,46 @@ def main(argv=None) -> int:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     cache = tempfile.mkdtemp(prefix="alm-step-bench-")
+    load0 = os.getloadavg()
 
+    # settings run round-robin, one step each in turn, so a busy machine's load falls on all of them alike
+    settings = [(int(t), bf16, cached) for t in args.threads.split(",") for bf16 in (False, True)
+                for cached in (True, False)]
+    feats, times, losses = {}, {s: [] for s in settings}, {}
+    for threads, bf16, cached in settings:
+        f = AudioFeaturizer(model.encoder, model.cfg.audio.target_frames, cache=cached,
+                            precision="bf16" if bf16 else "fp32", cache_dir=cache)
+        if cached:  # what train-alm does before its first step (not timed here)
+            f.precompute([a for b in batches for a in b["audios"]], progress=False)
+        feats[(threads, bf16, cached)] = f
+    for i, b in enumerate(batches):
+        for s in settings:
+            threads, bf16, cached = s
+            torch.set_num_threads(threads)
+            t0 = time.perf_counter()
+            audio = feats[s].inputs(b["audios"])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(**{k: v for k, v in b.items() if k != "audios"}, **audio).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i > 0:  # the first round is a warm-up
+                times[s].append(time.perf_counter() - t0)
+            losses[s] = float(loss.detach())
+        print(f"round {i}/{len(batches) - 1} done", flush=True)
     rows = []
-    for threads in [int(t) for t in args.threads.split(",")]:
-        torch.set_num_threads(threads)
-        for bf16 in (False, True):
-            precision = "bf16" if bf16 else "fp32"
-            for cached in (True, False):
-                feats = AudioFeaturizer(model.encoder, model.cfg.audio.target_frames, cache=cached,
-                                        precision=precision, cache_dir=cache)
-                if cached:  # what train-alm does before its first step (not timed here)
-                    feats.precompute([a for b in batches for a in b["audios"]], progress=False)
-                times = []
-                for b in batches:
-                    t0 = time.perf_counter()
-                    audio = feats.inputs(b["audios"])
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                        loss = model(**{k: v for k, v in b.items() if k != "audios"}, **audio).loss
-                    loss.backward()
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                    times.append(time.perf_counter() - t0)
-                timed = times[1:]
-                row = {"threads": threads, "precision": precision, "audio": "cached" if cached else "on_the_fly",
-                       "s_per_step": round(sum(timed) / len(timed), 3), "min_s": round(min(timed), 3),
-                       "max_s": round(max(timed), 3), "loss": round(float(loss.detach()), 3)}
-                rows.append(row)
-                print(row, flush=True)
+    for s, ts in times.items():
+        threads, bf16, cached = s
+        rows.append({"threads": threads, "precision": "bf16" if bf16 else "fp32",
+                     "audio": "cached" if cached else "on_the_fly", "s_per_step": round(statistics.median(ts), 3),
+                     "mean_s": round(statistics.mean(ts), 3), "min_s": round(min(ts), 3), "max_s": round(max(ts), 3),
+                     "loss": round(losses[s], 3)})
+        print(rows[-1], flush=True)
     res = {"bench": "alm_training_step", "llm": cfg["llm"]["name_or_path"], "encoder": args.encoder,
            "trainable": "projector+lora" if args.lora else "projector", "batch_size": args.batch_size,
            "timed_steps": args.steps, "seq_len": seq, "target_frames": model.cfg.audio.target_frames,
-           "cpu_bf16_isa": cpu_bf16_isa(), "cpus": os.cpu_count(), "load_average_1_5_15": os.getloadavg(),
+           "cpu_bf16_isa": cpu_bf16_isa(), "cpus": os.cpu_count(),
+           "load_average_at_start": load0, "load_average_at_end": os.getloadavg(),
            "results": rows, "versions": provenance()}
     base = {(r["threads"], r["precision"]): r["s_per_step"] for r in rows if r["audio"] == "cached"}
     res["on_the_fly_over_cached"] = {f"{t}t_{p}": round(r["s_per_step"] / base[(t, p)], 2)
