@@ -150,7 +150,7 @@ class AudioFeaturizer:
         from safetensors import safe_open
 
         for shard in sorted(self.cache_dir.glob("*.safetensors")):
-            if shard in self._scanned:
+            if shard in self._scanned or shard.name.startswith("."):  # .name.tmp: another process is writing it
                 continue
             self._scanned.add(shard)
             try:

@@ -30,7 +30,7 @@ from eval.stats import paired_comparison
 from mosaic_alm.artifact import load_alm
 from mosaic_alm.data import load_records
 from mosaic_alm.toy import make_toy_data
-from mosaic_core.config import load_config
+from mosaic_core.config import ConfigError, load_config
 from mosaic_core.io import atomic_write_json
 from mosaic_core.provenance import provenance
 from mosaic_core.tables import markdown_table
@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.data = str(make_toy_data(Path(args.output_dir) / "toy-data"))
         args.encoder, args.steps, args.max_test = "random:tiny", "3,3,3,3", 9
         common += ["data.qtypes=null", "prompt.system=''"]
-    steps, examples = _four(args.steps, "--steps"), _four(args.examples, "--examples") if args.examples else None
+    steps, examples = stage_budget(args.steps, "--steps"), stage_budget(args.examples, "--examples") if args.examples else None
     if examples:
         steps = None
     random_size = args.random_size
@@ -271,13 +271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _four(text: str, flag: str) -> list[int]:
+def stage_budget(text: str, flag: str) -> list[int]:
+    """``"a,b,c,d"`` -> the four stages' budgets (steps or examples); anything else is one line naming ``flag``."""
     try:
         out = [int(s) for s in text.split(",")]
     except ValueError:
         out = []
     if len(out) != 4 or min(out) < 0:
-        raise SystemExit(f"{flag} needs four comma-separated non-negative numbers (stages 1-4), got {text!r}")
+        raise ConfigError(f"{flag} needs four comma-separated non-negative numbers (stages 1-4), got {text!r}")
     return out
 
 

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from mosaic_core.config import ConfigError
 from mosaic_core.io import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,13 +88,24 @@ def main(argv=None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     variants = [v for v in args.alm_variants.split(",") if v]
     if unknown := sorted(set(variants) - set(VARIANTS)):
-        raise SystemExit(f"--alm-variants: unknown {unknown}; choose from {','.join(VARIANTS)}")
+        raise ConfigError(f"--alm-variants: unknown {unknown}; choose from {','.join(VARIANTS)}")
     try:
         sizes = [int(x) for x in args.alm_eval.split(",")]
     except ValueError:
         sizes = []
     if len(sizes) != 3:
-        raise SystemExit(f"--alm-eval needs three comma-separated numbers, got {args.alm_eval!r}")
+        raise ConfigError(f"--alm-eval needs three comma-separated numbers, got {args.alm_eval!r}")
+    if not args.skip_alm:  # the ALM settings are checked now, not after the hour before stage 4
+        from mosaic_core.config import load_config
+
+        from .alm_experiment import stage_budget
+        from .train_alm import STAGES, check_stage_config
+
+        budget = stage_budget(args.alm_examples, "--alm-examples") if args.alm_examples else \
+            stage_budget(args.alm_steps, "--alm-steps")
+        key = "train.examples" if args.alm_examples else "train.max_steps"
+        for path, n in zip(STAGES, budget):
+            check_stage_config(load_config(path, [*args.alm_overrides, f"{key}={n}"]))
 
     from encoder.data.embedded import TASKS, build
     from encoder.pretraining import PretrainConfig

@@ -110,8 +110,11 @@ def test_corrupt_or_planted_shard_is_refused_and_rebuilt(clips, encoder, tmp_pat
     else:
         keys = list(a._index)
         save_file({k: torch.zeros(3, 3) for k in keys}, str(shard))
+    writing = a.cache_dir / ".0123.tmp.safetensors"  # another process's shard being written: left alone
+    writing.write_bytes(b"partial")
     b = AudioFeaturizer(encoder, 256, cache_dir=tmp_path)
     got = b.tokens(clips[:2])
+    assert writing.is_file()
     assert b.encoded == 2 and torch.equal(got, want)
     assert "refused" in caplog.text
     c = AudioFeaturizer(encoder, 256, cache_dir=tmp_path)  # the rebuilt shard is good

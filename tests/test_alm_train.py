@@ -131,6 +131,7 @@ def test_llm_4bit_loads_and_generates():
 
 
 def test_experiment_reuses_finished_stages_and_combines_variants(toy, tmp_path, capsys):
+    from mosaic_core.config import ConfigError
     from recipes.alm_experiment import main
 
     common = ["--data", str(toy), "--encoder", "random:tiny", "--max-test", "3", "--variants", "random",
@@ -164,7 +165,7 @@ def test_experiment_reuses_finished_stages_and_combines_variants(toy, tmp_path, 
     assert ex["examples_per_stage"] == [12, 8, 0, 0] and ex["steps_per_stage"] is None
     assert [(s["steps"], s["examples"], s["reused"]) for s in ex["variants"]["random"]["stages"]] == \
         [(3, 12, None), (2, 8, None)]
-    with pytest.raises(SystemExit, match="--examples needs four"):
+    with pytest.raises(ConfigError, match="--examples needs four"):
         main([*common, "--examples", "12,8", "--out", str(tmp_path / "bad.json")])
 
     # combine: another variant of the same experiment merges; a different experiment is refused

@@ -66,6 +66,17 @@ def test_bad_config_value_is_one_line_before_any_work(command, args, override, e
     assert not run_dir.exists()  # nothing started
 
 
+@pytest.mark.parametrize("bad,expect", [(["--alm-examples", "4800,1600"], "--alm-examples needs four"),
+                                        (["--alm-steps", "a,b,c,d"], "--alm-steps needs four"),
+                                        (["train.batch_size=abc"], "train.batch_size='abc'"),
+                                        (["--alm-variants", "pretrained,big"], "unknown ['big']")])
+def test_pipeline_refuses_bad_alm_settings_before_any_work(bad, expect, tmp_path, capsys):
+    assert main(["pipeline", "--out", str(tmp_path / "p"), *bad]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expect in err, err
+    assert not (tmp_path / "p").exists()
+
+
 # --------------------------------------------------------------------------------------------------- tiny jobs
 @pytest.fixture(scope="module")
 def jobs(embedded_root, tmp_path_factory):
