@@ -38,7 +38,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from mosaic_alm.artifact import build_from
-    from mosaic_alm.data import Collator, InstructionDataset, PromptFormatter, load_records
+    from mosaic_alm.data import (
+        Collator,
+        InstructionDataset,
+        PromptFormatter,
+        load_records,
+    )
     from mosaic_alm.featurizer import AudioFeaturizer
     from mosaic_core.config import load_config
     from mosaic_core.io import atomic_write_json

@@ -28,9 +28,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -88,7 +88,7 @@ class AudioFeaturizer:
         self.encoded = 0  # clips run through the encoder
 
     @classmethod
-    def for_model(cls, model) -> "AudioFeaturizer | None":
+    def for_model(cls, model) -> AudioFeaturizer | None:
         """The featurizer of an AudioLanguageModel (None for the no-audio baseline); one per model, kept on it."""
         if not model.cfg.audio.enabled:
             return None

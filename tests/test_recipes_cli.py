@@ -173,7 +173,7 @@ def test_tiny_pipeline_job_skips_finished_stages(embedded_root, tmp_path, capsys
 def test_tiny_pipeline_with_alm_skips_finished_stages(embedded_root, tmp_path, capsys):
     """With the ALM ablation (three variants x four 1-step stages) and the ALM evaluation; run again, every stage,
     every variant and both evaluations are skipped."""
-    first, second, log = _pipeline_twice(embedded_root, tmp_path, _TINY_ALM, capsys)
+    first, second, _ = _pipeline_twice(embedded_root, tmp_path, _TINY_ALM, capsys)
     names = ["data", "pretrain_audiomosaic", "pretrain_mae", "eval_encoder", "alm_pretrained", "alm_random",
              "alm_no_audio", "eval_alm"]
     assert list(first["stages"]) == names and first["stages"]["alm_random"]["status"] == "ran"
