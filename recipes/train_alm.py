@@ -278,6 +278,7 @@ def resume_stage(out: Path, cfg: dict, model, opt, sched) -> dict | None:
 def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     """Train one stage from a resolved config dict; returns the summary (also written to the run folder)."""
     from torch.utils.tensorboard import SummaryWriter
+
     checked = check_stage_config(cfg)  # every key, type, range and choice, before anything loads
     tcfg, dcfg = checked.train, checked.data
     if tcfg.deepspeed and tcfg.ckpt_every > 0:  # docs/ARCHITECTURE.md, "ALM stage checkpoints": not done yet
