@@ -30,10 +30,16 @@ VARIANTS = ("pretrained", "random", "no_audio")
 
 
 class StageLog:
-    """Each stage's wall time and status (ran / skipped) in ``pipeline.json``, written after every stage."""
+    """Each stage's wall time and status (ran / skipped) in ``pipeline.json``, written after every stage. A skipped
+    stage keeps the wall time of the run that made it (``seconds_when_ran``, from the previous pipeline.json), so
+    ``total_seconds_when_ran`` is the whole pipeline's time even when it finished over several runs."""
 
     def __init__(self, path: Path, args: dict):
         self.path, self.t0 = path, time.time()
+        try:
+            self.before = json.loads(path.read_text()).get("stages", {})
+        except (OSError, ValueError, AttributeError):
+            self.before = {}
         self.doc = {"args": args, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished": False, "stages": {},
                     "timings": {}}
 
@@ -51,11 +57,16 @@ class StageLog:
         self.add(name, time.time() - t, status)
 
     def add(self, name: str, seconds: float, status: str) -> None:
-        self.doc["stages"][name] = {"seconds": round(seconds, 1), "status": status}
+        entry = {"seconds": round(seconds, 1), "status": status}
+        old = self.before.get(name, {})
+        if status == "skipped" and (old.get("seconds_when_ran") or old.get("status") == "ran"):
+            entry["seconds_when_ran"] = old.get("seconds_when_ran", old.get("seconds"))
+        self.doc["stages"][name] = entry
         self.doc["timings"][f"{name}_s"] = round(seconds, 1)
         st = self.doc["stages"].values()
         self.doc["total_seconds"] = round(time.time() - self.t0, 1)
         self.doc["ran_seconds"] = round(sum(s["seconds"] for s in st if s["status"] != "skipped"), 1)
+        self.doc["total_seconds_when_ran"] = round(sum(s.get("seconds_when_ran", s["seconds"]) for s in st), 1)
         self.doc["skipped"] = [n for n, s in self.doc["stages"].items() if s["status"] == "skipped"]
         self.save()
 
@@ -107,6 +118,8 @@ def main(argv=None) -> int:
         for path, n in zip(STAGES, budget):
             check_stage_config(load_config(path, [*args.alm_overrides, f"{key}={n}"]))
 
+    from transformers.utils import logging as hf_logging
+
     from encoder.data.embedded import TASKS, build
     from encoder.pretraining import PretrainConfig
     from mosaic_alm.instructions import generate
@@ -115,6 +128,7 @@ def main(argv=None) -> int:
 
     from .pretrain import train
 
+    hf_logging.disable_progress_bar()  # weight loading / shard writing bars: the stages' own bars are enough
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root = Path(args.data_root or REPO / "data" / f"embedded-{args.profile}")

@@ -166,6 +166,8 @@ def test_tiny_pipeline_job_skips_finished_stages(embedded_root, tmp_path, capsys
     assert {f"{n}_s" for n in names} <= set(first["timings"])
     assert all(second["stages"][n]["status"] == "skipped" for n in names) and second["skipped"] == names
     assert second["ran_seconds"] == 0 and all(second["stages"][n]["seconds"] < 5 for n in names)
+    assert [second["stages"][n]["seconds_when_ran"] for n in names[1:]] == \
+        [first["stages"][n]["seconds"] for n in names[1:]]  # a skipped stage keeps the time of the run that made it
     assert log.count(": skip (") == len(names)
 
 
