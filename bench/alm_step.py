@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -112,6 +113,7 @@ def main(argv=None) -> int:
                                      for r in rows if r["audio"] == "on_the_fly"
                                      for t, p in [(r["threads"], r["precision"])]}
     atomic_write_json(args.out, res)
+    shutil.rmtree(cache, ignore_errors=True)
     print(f"wrote {args.out}")
     return 0
 
