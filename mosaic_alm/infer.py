@@ -14,6 +14,8 @@ from typing import Sequence
 
 import torch
 
+from mosaic_core.progress import progress_bar
+
 from .data import IGNORE, PromptFormatter, collate
 from .featurizer import AudioFeaturizer
 
@@ -43,6 +45,9 @@ def generate_answers(model, audios: Sequence, questions: Sequence[str], batch_si
         list(range(len(items)))
     answers: list[str | None] = [None] * len(items)
     pad = model.tokenizer.pad_token_id
+    if feats is not None:
+        feats.precompute([a for a in audios if a is not None])  # clips not yet cached, in one batched pass
+    bar = progress_bar(total=len(order), desc="generating", unit="answer", disable=len(order) <= 4 * batch_size)
     for s in range(0, len(order), batch_size):
         chunk = [items[i] for i in order[s:s + batch_size]]
         b = collate(chunk, pad, "left")
@@ -51,6 +56,8 @@ def generate_answers(model, audios: Sequence, questions: Sequence[str], batch_si
                              **audio)
         for row, item in zip(out, chunk):
             answers[item["index"]] = model.tokenizer.decode(row, skip_special_tokens=True).strip()
+        bar.update(len(chunk))
+    bar.close()
     return answers  # type: ignore[return-value]
 
 
@@ -90,7 +97,10 @@ def option_loglik(model, audios: Sequence, questions: Sequence[str], options: Se
     dev = model.device
     feats = AudioFeaturizer.for_model(model)
     best, all_scores = [], []
-    for a, q, opts in zip(audios, questions, options):
+    if feats is not None:
+        feats.precompute([a for a in audios if a is not None])
+    for a, q, opts in progress_bar(list(zip(audios, questions, options)), desc="scoring options", unit="question",
+                                   disable=len(questions) <= 32):
         if not opts:
             raise ValueError(f"question {q!r} has no options to score")
         enc = fmt.encode(q)

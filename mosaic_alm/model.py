@@ -32,7 +32,7 @@ class AudioConfig:
     target_frames: PositiveInt = 256  # every clip is padded/cropped to this many frames (256 -> 8 audio tokens)
     position: Literal["placeholder", "prepend"] = "placeholder"
     placeholder: str = "<audio>"
-    cache_features: bool = True  # cache frozen-encoder tokens per clip (in memory)
+    cache_features: bool = True  # cache frozen-encoder tokens per clip (on disk, see mosaic_alm.featurizer)
 
     def __post_init__(self):
         if self.position not in ("placeholder", "prepend"):

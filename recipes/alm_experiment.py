@@ -30,12 +30,12 @@ from eval.stats import paired_comparison
 from mosaic_alm.artifact import load_alm
 from mosaic_alm.data import load_records
 from mosaic_alm.toy import make_toy_data
-from mosaic_core.config import load_config
+from mosaic_core.config import ConfigError, load_config
 from mosaic_core.io import atomic_write_json
 from mosaic_core.provenance import provenance
 from mosaic_core.tables import markdown_table
 
-from .train_alm import STAGES, run_dir, train_stage
+from .train_alm import STAGES, run_dir, stage_sources, train_stage
 
 
 def compare_variants(results: dict) -> dict:
@@ -58,8 +58,9 @@ VARIANTS = {
 
 
 def finished_stage(cfg: dict) -> dict | None:
-    """The summary of an earlier run of exactly this resolved stage config (same folder, config and artifact), or
-    None. Used by ``--reuse`` so a longer curriculum can continue from stages that already ran."""
+    """The summary of an earlier run of exactly this resolved stage config (same folder, config and artifact, and
+    for a first stage the same encoder weights in the encoder folder), or None. Used by ``--reuse`` so a longer
+    curriculum can continue from stages that already ran, and a re-run skips them."""
     import yaml
 
     d = run_dir(cfg)
@@ -70,18 +71,32 @@ def finished_stage(cfg: dict) -> dict | None:
         return None
     if old_cfg != json.loads(json.dumps(cfg)) or not (d / "artifact" / "meta.json").is_file():
         return None
+    if any(summary.get(k) != v for k, v in stage_sources(cfg).items()):  # encoder pretrained again, stage N-1
+        return None                                                        # trained anew, ...
     return summary
+
+
+def _artifact_stamp(artifact: str | Path) -> int | None:
+    meta = Path(artifact) / "meta.json"
+    return meta.stat().st_mtime_ns if meta.is_file() else None
 
 
 def run_variant(variant: str, encoder: str, data_root: str, steps: Sequence[int], common: Sequence[str],
                 output_dir: str, seed: int, test_records: list[dict], eval_batch: int, random_size: str,
-                reuse: bool = False) -> dict:
+                reuse: bool = False, examples: Sequence[int] | None = None, previous: dict | None = None) -> dict:
+    """Train the variant's stages (``steps`` optimizer steps, or ``examples`` training examples, per stage) and
+    evaluate its last artifact. With ``reuse``, stages that already ran with the identical config are kept (never
+    after a stage that trained anew) and, when every stage was kept, so is ``previous``'s evaluation of the same
+    artifact."""
     over = [f"data.root={data_root}", f"output_dir={output_dir}", f"name={variant}", f"seed={seed}", *common]
     over += [o.replace("random:tiny", f"random:{random_size}") for o in VARIANTS[variant](encoder)]
     stages = []
-    first = True
-    for path, n_steps in zip(STAGES, steps):
-        cfg = load_config(path, over + [f"train.max_steps={n_steps}"])
+    first, upstream_fresh = True, False
+    budgets = [("examples", n) for n in examples] if examples else [("steps", n) for n in steps]
+    for path, (unit, n_steps) in zip(STAGES, budgets):
+        budget = [f"train.examples={n_steps}", "train.max_steps=0"] if unit == "examples" else \
+            [f"train.max_steps={n_steps}"]
+        cfg = load_config(path, over + budget)
         if variant == "no_audio":
             if cfg["stage"] == 1:
                 continue  # nothing to train without a projector
@@ -91,22 +106,30 @@ def run_variant(variant: str, encoder: str, data_root: str, steps: Sequence[int]
             first = False
         if n_steps <= 0:
             continue
-        summary = finished_stage(cfg) if reuse else None
+        summary = finished_stage(cfg) if reuse and not upstream_fresh else None
         if summary is not None:
-            print(f"== {variant}: stage {cfg['stage']} ({n_steps} steps) already ran with this config; reusing "
-                  f"{summary['artifact']}", flush=True)
+            print(f"== {variant}: stage {cfg['stage']} ({n_steps} {unit}) already ran with this config; skip, "
+                  f"reusing {summary['artifact']}", flush=True)
             summary["reused"] = True
         else:
-            print(f"== {variant}: stage {cfg['stage']} ({n_steps} steps)", flush=True)
+            print(f"== {variant}: stage {cfg['stage']} ({n_steps} {unit})", flush=True)
+            t0 = time.perf_counter()
             summary = train_stage(cfg, quiet=False)
+            summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+            upstream_fresh = True
         stages.append(summary)
+    stamp = _artifact_stamp(stages[-1]["artifact"])
+    keep = ("stage", "steps", "examples", "train_records", "train_seconds", "seconds_per_step", "wall_seconds",
+            "first_loss", "last_loss", "eval_loss", "artifact", "reused", "clips_encoded")
+    result = {"stages": [{k: s.get(k) for k in keep} for s in stages], "artifact_stamp": stamp}
+    if previous is not None and not upstream_fresh and previous.get("artifact_stamp") == stamp \
+            and [s["artifact"] for s in previous.get("stages", [])] == [s["artifact"] for s in stages]:
+        print(f"== {variant}: its last artifact was evaluated on these test questions already; skip", flush=True)
+        return dict(result, accuracy=previous["accuracy"], evaluation_reused=True)
     model = load_alm(stages[-1]["artifact"])
     print(f"== {variant}: evaluating {len(test_records)} closed-ended test questions", flush=True)
-    acc = evaluate_closed(model, test_records, batch_size=eval_batch)
-    return {"stages": [{k: s.get(k) for k in ("stage", "steps", "train_records", "train_seconds", "seconds_per_step",
-                                              "first_loss", "last_loss", "eval_loss", "artifact", "reused")}
-                       for s in stages],
-            "accuracy": acc}
+    result["accuracy"] = evaluate_closed(model, test_records, batch_size=eval_batch)
+    return result
 
 
 def evaluate_stage(results_path: str | Path, stage: int, variants: Sequence[str], out: str | Path,
@@ -126,8 +149,8 @@ def evaluate_stage(results_path: str | Path, stage: int, variants: Sequence[str]
     return done
 
 
-SAME_EXPERIMENT = ("data", "seed", "steps_per_stage", "test_questions", "test_qtypes", "overrides",
-                   "random_encoder_size")
+SAME_EXPERIMENT = ("data", "seed", "steps_per_stage", "examples_per_stage", "test_questions", "test_qtypes",
+                   "overrides", "random_encoder_size")
 
 
 def combine_results(paths: Sequence[str | Path], out: str | Path) -> dict:
@@ -167,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--random-size", default=None, help="size preset of the random encoder (default: the "
                                                         "pretrained encoder's)")
     ap.add_argument("--steps", default="60,40,60,30", help="optimizer steps of stages 1,2,3,4")
+    ap.add_argument("--examples", default=None, help="training examples of stages 1,2,3,4 (instead of --steps): "
+                                                     "steps = ceil(examples / (batch x accumulation))")
     ap.add_argument("--max-test", type=int, default=300, help="closed-ended test questions (spread over qtypes)")
     ap.add_argument("--variants", default="pretrained,random,no_audio")
     ap.add_argument("--seed", type=int, default=0)
@@ -204,9 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.data = str(make_toy_data(Path(args.output_dir) / "toy-data"))
         args.encoder, args.steps, args.max_test = "random:tiny", "3,3,3,3", 9
         common += ["data.qtypes=null", "prompt.system=''"]
-    steps = [int(s) for s in args.steps.split(",")]
-    if len(steps) != 4:
-        raise SystemExit("--steps needs four comma-separated numbers")
+    steps, examples = stage_budget(args.steps, "--steps"), stage_budget(args.examples, "--examples") if args.examples else None
+    if examples:
+        steps = None
     random_size = args.random_size
     if random_size is None:
         random_size = "tiny"
@@ -216,21 +241,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     test = sample_per_qtype(test, args.max_test, args.seed)
     results = {"experiment": "alm_closed_qa_encoder_ablation", "data": args.data, "encoder": args.encoder,
                "random_encoder_size": random_size, "seed": args.seed, "steps_per_stage": steps,
+               "examples_per_stage": examples,
                "overrides": common, "test_questions": len(test),
                "test_qtypes": {q: sum(r["qtype"] == q for r in test) for q in sorted({r["qtype"] for r in test})},
                "versions": provenance(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "variants": {}}
     out = Path(args.out)
-    if args.merge and out.is_file():
-        old = json.loads(out.read_text())
-        same = all(old.get(k) == results[k] for k in ("data", "seed", "steps_per_stage", "test_questions", "overrides"))
+    try:
+        old = json.loads(out.read_text()) if out.is_file() else None
+    except ValueError:
+        old = None
+    same = old is not None and all(old.get(k) == results[k] for k in SAME_EXPERIMENT)
+    if args.merge and old is not None:
         if not same:
             raise SystemExit(f"--merge: {out} was made with other data/seed/steps/test set; not merging")
         results["variants"] = {k: v for k, v in old["variants"].items() if k not in args.variants.split(",")}
         results["encoder"] = old["encoder"] if args.encoder.startswith("random:") else args.encoder
     for v in args.variants.split(","):
         t0 = time.perf_counter()
+        previous = old["variants"].get(v) if args.reuse and same else None
         results["variants"][v] = run_variant(v, args.encoder, args.data, steps, common, args.output_dir, args.seed,
-                                             test, args.eval_batch, random_size, args.reuse)
+                                             test, args.eval_batch, random_size, args.reuse, examples, previous)
         results["variants"][v]["total_seconds"] = round(time.perf_counter() - t0, 1)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out, results)
@@ -239,6 +269,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {out}")
     _print_summary(results)
     return 0
+
+
+def stage_budget(text: str, flag: str) -> list[int]:
+    """``"a,b,c,d"`` -> the four stages' budgets (steps or examples); anything else is one line naming ``flag``."""
+    try:
+        out = [int(s) for s in text.split(",")]
+    except ValueError:
+        out = []
+    if len(out) != 4 or min(out) < 0:
+        raise ConfigError(f"{flag} needs four comma-separated non-negative numbers (stages 1-4), got {text!r}")
+    return out
 
 
 def variants_table(results: dict) -> str:

@@ -40,6 +40,7 @@ from mosaic_core.config import (
     load_recipe,
     to_plain,
 )
+from mosaic_core.progress import progress_bar
 from mosaic_core.runtime import precision_note, set_threads, use_bf16
 from mosaic_core.tables import markdown_table
 
@@ -95,6 +96,9 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
     for name, spec in cfg.encoders.items():
         torch.manual_seed(seed)  # a random encoder's weights
         encoders[name] = resolve_encoder(spec, reference=reference).eval()
+    # one bar over every probe fit (task x encoder x probe x seed); ETA from the fits so far
+    bar = progress_bar(total=len(cfg.tasks) * len(encoders) * len(cfg.probes) * len(cfg.probe_seeds),
+                       desc="eval-encoder probes", unit="fit")
     for task_path in cfg.tasks:
         task = load_task(TaskConfig(config=task_path, data_root=cfg.data_root,
                                     max_clips_per_split=cfg.max_clips_per_split, cache="never"), seed=seed)
@@ -138,6 +142,7 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
                 scores = {role: [] for role in test_roles}
                 last_probe = None
                 for s in cfg.probe_seeds:
+                    bar.set_postfix_str(f"{name} {enc_name} {probe_name} seed {s}", refresh=False)
                     probe, key = make_probe(probe_name, feats["train"], n_cls)
                     P.fit_probe(probe, feats["train"][key], labels["train"],
                                 valid[key] if valid is not None else None,
@@ -145,6 +150,7 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
                     for role in test_roles:
                         scores[role].append(P.evaluate_probe(probe, feats[role][key], labels[role])["accuracy"])
                     last_probe = (probe, key)
+                    bar.update(1)
                 for role in test_roles:
                     r_enc.setdefault(probe_name, {})[role] = {"accuracy": _mean_std(scores[role])}
                 if probe_name == "weighted" and last_probe is not None:
@@ -157,6 +163,7 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
                 layer_curves.setdefault(name, {})[enc_name] = curve
             print(f"[eval-encoder] {name} {enc_name}: " + ", ".join(
                 f"{p} {r_enc[p]['test']['accuracy']['mean']:.3f}" for p in cfg.probes), flush=True)
+    bar.close()
     seconds = time.time() - t0
     results = {"tasks": numbers, "seconds": seconds, "bad_clips": bad_clips,
                "encoders": dict(cfg.encoders)}

@@ -1,6 +1,6 @@
 """Recipe: the whole pipeline at tiny scale on the embedded default, one command:
 
-    mosaic-alm pipeline [--profile full|small] [--out runs/pipeline]
+    mosaic-alm pipeline [--profile full|small] [--out runs/pipeline] [--alm-examples 4800,1600,3200,960]
 
 1. build the offline benchmark from Debian packages (cached) and its instruction data;
 2. pretrain the tiny AudioMosaic encoder (contrastive) and, same data/steps/batch, the MAE baseline;
@@ -9,7 +9,11 @@
    report closed-ended QA accuracy per question type, then evaluate (a)'s artifact (QA, captions, classify by
    generation);
 5. write ``report.html``, one self-contained page of all of it with a gallery of test clips (``mosaic-alm report``).
-Every step resumes or reuses what an earlier run left (data cache, checkpoints).
+
+Every stage shows a progress bar with an ETA. Run again, the pipeline skips every stage that finished with the same
+settings (data, each pretraining, the encoder evaluation, each ALM variant's stages and evaluation, the ALM
+evaluation) and resumes the one that was interrupted. ``{out}/pipeline.json`` is rewritten after every stage: each
+stage's wall time and whether it ran or was skipped, plus totals, so a killed run still shows what finished.
 """
 from __future__ import annotations
 
@@ -19,9 +23,58 @@ import sys
 import time
 from pathlib import Path
 
+from mosaic_core.config import ConfigError
 from mosaic_core.io import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ("pretrained", "random", "no_audio")
+
+
+class StageLog:
+    """Each stage's wall time and status (ran / skipped) in ``pipeline.json``, written after every stage. A skipped
+    stage keeps the wall time of the run that made it (``seconds_when_ran``, from the previous pipeline.json), so
+    ``total_seconds_when_ran`` is the whole pipeline's time even when it finished over several runs."""
+
+    def __init__(self, path: Path, args: dict):
+        self.path, self.t0 = path, time.time()
+        try:
+            self.before = json.loads(path.read_text()).get("stages", {})
+        except (OSError, ValueError, AttributeError):
+            self.before = {}
+        self.doc = {"args": args, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished": False, "stages": {},
+                    "timings": {}}
+
+    def run(self, name: str, title: str, done, work) -> None:
+        """``done()`` -> a reason to skip (str) or None; otherwise ``work()`` runs (it may return a status str)."""
+        t = time.time()
+        why = done()
+        if why:
+            print(f"== {title}: skip ({why})", flush=True)
+            status = "skipped"
+        else:
+            print(f"== {title}", flush=True)
+            status = work()
+            status = status if isinstance(status, str) else "ran"
+        self.add(name, time.time() - t, status)
+
+    def add(self, name: str, seconds: float, status: str) -> None:
+        entry = {"seconds": round(seconds, 1), "status": status}
+        old = self.before.get(name, {})
+        if status == "skipped" and (old.get("seconds_when_ran") or old.get("status") == "ran"):
+            entry["seconds_when_ran"] = old.get("seconds_when_ran", old.get("seconds"))
+        self.doc["stages"][name] = entry
+        self.doc["timings"][f"{name}_s"] = round(seconds, 1)
+        st = self.doc["stages"].values()
+        self.doc["total_seconds"] = round(time.time() - self.t0, 1)
+        self.doc["ran_seconds"] = round(sum(s["seconds"] for s in st if s["status"] != "skipped"), 1)
+        self.doc["total_seconds_when_ran"] = round(sum(s.get("seconds_when_ran", s["seconds"]) for s in st), 1)
+        self.doc["skipped"] = [n for n, s in self.doc["stages"].items() if s["status"] == "skipped"]
+        self.save()
+
+    def save(self, finished: bool = False) -> None:
+        self.doc["finished"] = finished
+        self.doc["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        atomic_write_json(self.path, self.doc, indent=1)
 
 
 def main(argv=None) -> int:
@@ -35,44 +88,73 @@ def main(argv=None) -> int:
     p.add_argument("--max-clips", type=int, default=0, help="> 0: at most this many clips per split in the encoder "
                                                               "evaluation (a quick look)")
     p.add_argument("--alm-steps", default="250,100,200,60", help="optimizer steps of ALM stages 1-4")
+    p.add_argument("--alm-examples", default=None, help="training examples of ALM stages 1-4 (instead of "
+                                                        "--alm-steps), e.g. 4800,1600,3200,960")
     p.add_argument("--alm-test", type=int, default=360, help="closed-ended test questions")
+    p.add_argument("--alm-eval", default="200,60,40", help="ALM evaluation sizes: closed-QA questions, captioned "
+                                                            "clips, clips per task classified by generation")
+    p.add_argument("--alm-variants", default=",".join(VARIANTS), help="ALM ablation variants to run")
     p.add_argument("--skip-alm", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("alm_overrides", nargs="*", help="key=value overrides for every ALM stage (e.g. train.bf16=true)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    variants = [v for v in args.alm_variants.split(",") if v]
+    if unknown := sorted(set(variants) - set(VARIANTS)):
+        raise ConfigError(f"--alm-variants: unknown {unknown}; choose from {','.join(VARIANTS)}")
+    try:
+        sizes = [int(x) for x in args.alm_eval.split(",")]
+    except ValueError:
+        sizes = []
+    if len(sizes) != 3:
+        raise ConfigError(f"--alm-eval needs three comma-separated numbers, got {args.alm_eval!r}")
+    if not args.skip_alm:  # the ALM settings are checked now, not after the hour before stage 4
+        from mosaic_core.config import load_config
 
-    from encoder.data.embedded import build
+        from .alm_experiment import stage_budget
+        from .train_alm import STAGES, check_stage_config
+
+        budget = stage_budget(args.alm_examples, "--alm-examples") if args.alm_examples else \
+            stage_budget(args.alm_steps, "--alm-steps")
+        key = "train.examples" if args.alm_examples else "train.max_steps"
+        for path, n in zip(STAGES, budget):
+            check_stage_config(load_config(path, [*args.alm_overrides, f"{key}={n}"]))
+
+    from transformers.utils import logging as hf_logging
+
+    from encoder.data.embedded import TASKS, build
     from encoder.pretraining import PretrainConfig
     from mosaic_alm.instructions import generate
     from mosaic_core.config import load_config, load_recipe, parse_config
+    from mosaic_core.progress import progress_bar
 
     from .pretrain import train
 
+    hf_logging.disable_progress_bar()  # weight loading / shard writing bars: the stages' own bars are enough
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root = Path(args.data_root or REPO / "data" / f"embedded-{args.profile}")
-    timings = {}
+    log = StageLog(out / "pipeline.json", vars(args))
+    n_steps = 3 if args.skip_alm else 4
 
-    t = time.time()
-    print(f"== 1/4 data: {root} ({args.profile})", flush=True)
-    build(root, profile=args.profile, seed=args.seed)
-    generate(root, seed=args.seed)
-    timings["data_s"] = round(time.time() - t, 1)
+    def build_data():
+        for task in progress_bar(TASKS, desc="data: tasks", unit="task", mininterval=0):
+            build(root, profile=args.profile, seed=args.seed, tasks=[task])
+        generate(root, seed=args.seed)
+
+    log.run("data", f"1/{n_steps} data: {root} ({args.profile})", lambda: _data_ready(root, args.profile, args.seed),
+            build_data)
 
     encoders = {}
     for name, objective in (("audiomosaic", "contrastive"), ("mae", "mae")):
-        t = time.time()
         run = out / f"pretrain-{name}"
-        print(f"== 2/4 pretrain {name} ({objective}) -> {run}", flush=True)
         raw = load_config(REPO / "configs/pretrain/tiny.yaml", [
             f"data.root={root}", f"run_dir={run}", f"train.max_steps={args.pretrain_steps}", f"seed={args.seed}",
-            f"objective={objective}", "train.progress=false"])
-        if not (run / "encoder" / "config.json").is_file() or not _finished(run, args.pretrain_steps):
-            train(parse_config(PretrainConfig, raw, "pretraining config"), raw)
+            f"objective={objective}"])
+        log.run(f"pretrain_{name}", f"2/{n_steps} pretrain {name} ({objective}) -> {run}",
+                lambda run=run: _pretrained(run, args.pretrain_steps),
+                lambda raw=raw: train(parse_config(PretrainConfig, raw, "pretraining config"), raw))
         encoders[name] = str(run / "encoder")
-        timings[f"pretrain_{name}_s"] = round(time.time() - t, 1)
 
-    t = time.time()
-    print("== 3/4 encoder evaluation", flush=True)
     from .eval_encoder import EncoderEvalConfig, evaluate
 
     seeds = "[" + args.probe_seeds + "]"
@@ -83,34 +165,51 @@ def main(argv=None) -> int:
         f"encoders={{audiomosaic: {encoders['audiomosaic']}, mae: {encoders['mae']}, random: random}}",
         "tasks=[" + ", ".join(str(REPO / f"configs/data/embedded_{t}.yaml") for t in
                               ("keywords", "instruments", "environment")) + "]"])
-    record_probe_results(evaluate(cfg), encoders, f"mosaic-alm pipeline {out}, seeds {args.probe_seeds}")
-    timings["eval_encoder_s"] = round(time.time() - t, 1)
+    log.run("eval_encoder", f"3/{n_steps} encoder evaluation", lambda: _encoder_eval_done(cfg, encoders),
+            lambda: record_probe_results(evaluate(cfg), encoders,
+                                         f"mosaic-alm pipeline {out}, seeds {args.probe_seeds}"))
 
     if not args.skip_alm:
-        t = time.time()
-        print("== 4/4 audio-language model: pretrained vs random encoder vs no audio", flush=True)
+        from .alm_experiment import combine_results
         from .alm_experiment import main as alm_experiment
 
-        alm_experiment(["--data", str(root), "--encoder", encoders["audiomosaic"], "--steps", args.alm_steps,
-                        "--max-test", str(args.alm_test), "--seed", str(args.seed),
-                        "--output-dir", str(out / "alm"), "--out", str(out / "alm_qa.json"), "--reuse"])
-        timings["alm_s"] = round(time.time() - t, 1)
-        t = time.time()
-        from eval.alm_eval import evaluate_alm
+        budget = ["--examples", args.alm_examples] if args.alm_examples else ["--steps", args.alm_steps]
+        files = []
+        for v in variants:
+            res = out / f"alm_qa_{v}.json"
+
+            def run_variant(v=v, res=res):
+                code = alm_experiment(["--data", str(root), "--encoder", encoders["audiomosaic"], *budget,
+                                       "--max-test", str(args.alm_test), "--seed", str(args.seed), "--variants", v,
+                                       "--output-dir", str(out / "alm"), "--out", str(res), "--reuse",
+                                       *args.alm_overrides])
+                r = json.loads(res.read_text())["variants"][v]
+                if code == 0 and r.get("evaluation_reused") and all(s.get("reused") for s in r["stages"]):
+                    return "skipped"  # alm-experiment found every stage and the evaluation done
+                return "ran"
+
+            log.run(f"alm_{v}", f"4/4 audio-language model, variant {v} (stages 1-4, closed-QA evaluation)",
+                    lambda: None, run_variant)
+            files.append(res)
+        combine_results(files, out / "alm_qa.json")
 
         stages = sorted((out / "alm" / "pretrained").glob("stage*/artifact"))
-        if stages:
+        if stages and (out / "alm_qa.json").is_file():
             record_qa_results(out / "alm_qa.json", stages[-1], f"mosaic-alm pipeline {out}")
         if stages:
-            print(f"== ALM evaluation of {stages[-1]} (QA, captions, classify-by-generation)", flush=True)
-            evaluate_alm(str(stages[-1]), str(root), str(out / "eval-alm"), seed=args.seed)
-        timings["eval_alm_s"] = round(time.time() - t, 1)
-    atomic_write_json(out / "pipeline.json", {"args": vars(args), "data_root": str(root), "timings": timings},
-                      indent=1)
+            from eval.alm_eval import evaluate_alm
+
+            art, ev = stages[-1], out / "eval-alm"
+            log.run("eval_alm", f"ALM evaluation of {art} (QA, captions, classify-by-generation)",
+                    lambda: _alm_eval_done(ev, art, root, args.seed, sizes),
+                    lambda: evaluate_alm(str(art), str(root), str(ev), max_closed=sizes[0], max_captions=sizes[1],
+                                         max_classify=sizes[2], seed=args.seed))
+    log.save(finished=True)
     from .report import build_report
 
     print(f"== report: {build_report(out, root, seed=args.seed)}", flush=True)
-    print(f"== done: {out} (timings {timings})", flush=True)
+    print(f"== done: {out} ({log.doc['total_seconds']:.0f} s; ran {log.doc['ran_seconds']:.0f} s, skipped "
+          f"{log.doc['skipped'] or 'nothing'}); stage times in {out / 'pipeline.json'}", flush=True)
     return 0
 
 
@@ -140,9 +239,63 @@ def record_qa_results(qa_json: Path, artifact: Path, source: str) -> None:
     add_card_results(artifact, rows)
 
 
-def _finished(run: Path, steps: int) -> bool:
+def _data_ready(root: Path, profile: str, seed: int) -> str | None:
+    """Why the data stage can be skipped (every task built with these settings, instructions written after)."""
+    from encoder.data.embedded import TASKS, VERSION
+
+    info_path = root / "build_info.json"
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        return None
+    key = {"profile": profile, "seed": seed, "version": VERSION, "limit": None}
+    if any(info.get(k) != v for k, v in key.items()):
+        return None
+    if not all(t in info.get("tasks", {}) and (root / t / "manifest.jsonl").is_file() for t in TASKS):
+        return None
+    ins = [root / "instructions" / f"{s}.json" for s in ("train", "valid", "test")]
+    if not all(p.is_file() and p.stat().st_mtime >= info_path.stat().st_mtime for p in ins):
+        return None
+    return f"{root} is built ({', '.join(TASKS)}) with its instructions"
+
+
+def _pretrained(run: Path, steps: int) -> str | None:
     hist = run / "history.json"
-    return hist.is_file() and len(json.loads(hist.read_text())) >= steps
+    if (run / "encoder" / "config.json").is_file() and hist.is_file() and len(json.loads(hist.read_text())) >= steps:
+        return f"{run} holds a finished run of {steps} steps"
+    return None
+
+
+def _encoder_eval_done(cfg, encoders: dict[str, str]) -> str | None:
+    """Skip when encoder_eval.json holds this exact config and is newer than every encoder's weights."""
+    from mosaic_core.config import to_plain
+
+    path = Path(cfg.run_dir) / "encoder_eval.json"
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    weights = [Path(e) / "model.safetensors" for e in encoders.values()]
+    if res.get("config") != json.loads(json.dumps(to_plain(cfg))) or \
+            any(not w.is_file() or w.stat().st_mtime > path.stat().st_mtime for w in weights):
+        return None
+    return f"{path} holds this evaluation"
+
+
+def _alm_eval_done(ev: Path, artifact: Path, root: Path, seed: int, sizes: list[int]) -> str | None:
+    path = ev / "alm_eval.json"
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    meta = artifact / "meta.json"
+    cfg = res.get("config", {})
+    want = {"artifact": str(artifact), "data": str(root), "max_closed": sizes[0], "max_captions": sizes[1],
+            "max_classify": sizes[2]}
+    if any(cfg.get(k) != v for k, v in want.items()) or res.get("seed") != seed or not meta.is_file() \
+            or meta.stat().st_mtime > path.stat().st_mtime:
+        return None
+    return f"{path} holds the evaluation of this artifact"
 
 
 if __name__ == "__main__":

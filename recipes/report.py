@@ -130,8 +130,15 @@ def _timings(run: Path) -> list:
     res = _json(run / "pipeline.json")
     if res is None or not res.get("timings"):
         return [_missing("pipeline.json")]
-    t = {**{k.removesuffix("_s"): v for k, v in res["timings"].items()}, "total": sum(res["timings"].values())}
-    return [[{"stage": k, "seconds": f"{v:.1f}", "minutes": f"{v / 60:.1f}"} for k, v in t.items()]]
+    stages = res.get("stages") or {k.removesuffix("_s"): {"seconds": v, "status": "ran"}
+                                   for k, v in res["timings"].items()}
+    rows = [{"stage": k, "seconds": f"{s.get('seconds_when_ran', s['seconds']):.1f}",
+             "minutes": f"{s.get('seconds_when_ran', s['seconds']) / 60:.1f}",
+             "status": s["status"] + (" (time of the run that made it)" if "seconds_when_ran" in s else "")}
+            for k, s in stages.items()]
+    total = sum(s.get("seconds_when_ran", s["seconds"]) for s in stages.values())
+    rows.append({"stage": "total", "seconds": f"{total:.1f}", "minutes": f"{total / 60:.1f}", "status": ""})
+    return [rows]
 
 
 def _gallery_questions(data: Path, n: int, seed: int) -> list[dict]:

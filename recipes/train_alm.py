@@ -4,6 +4,11 @@
     mosaic-alm train-alm --config configs/alm/stage1.yaml configs/alm/stage2.yaml ... [key=value ...]
     mosaic-alm train-alm --all [key=value ...]            # the four curriculum stages in sequence
 
+A stage's length is ``train.examples`` (training examples in all: ceil(examples / (batch x accumulation x ranks))
+optimizer steps), or ``train.max_steps``, or ``train.epochs``. With the encoder frozen (the default) the tokens of
+every training clip are computed first in one batched pass and cached on disk (:mod:`mosaic_alm.featurizer`), so
+later stages, other runs with the same encoder and evaluation reuse them and a step costs only the LLM.
+
 Several configs run in sequence; ``train.init_from: previous`` starts a stage from the artifact of the stage before it
 (``{output_dir}/{name}/stage{N-1}/artifact``); overrides apply to every stage. Each stage writes its run folder
 ``{output_dir}/{name}/stage{N}/`` with ``config.yaml`` (resolved), TensorBoard events, ``summary.json`` and
@@ -55,7 +60,8 @@ from mosaic_core.config import (
     save_yaml,
 )
 from encoder import checkpoint as ckpt
-from mosaic_core.io import atomic_write_json
+from mosaic_core.io import atomic_write_json, sha256_file
+from mosaic_core.progress import progress_bar
 from mosaic_core.runtime import (
     deepspeed_cpu_workaround,
     resolve_device,
@@ -76,6 +82,7 @@ class StageTrainConfig:
     weight_decay: float = 0.0
     epochs: PositiveFloat = 1.0
     max_steps: NonNegInt = 0  # > 0: exactly this many optimizer steps (epochs is then ignored)
+    examples: NonNegInt = 0  # > 0: this many training examples in all: ceil(examples / global batch) steps
     batch_size: PositiveInt = 8
     grad_accum: PositiveInt = 1
     warmup_ratio: Probability = 0.05
@@ -88,6 +95,19 @@ class StageTrainConfig:
     num_workers: NonNegInt = 0
     ckpt_every: NonNegInt = 0  # > 0: a resumable checkpoint every N optimizer steps in {run}/checkpoints (0: none)
     keep_last: PositiveInt = 2  # checkpoints kept (older ones are deleted)
+
+    def __post_init__(self):
+        if self.examples > 0 and self.max_steps > 0:
+            raise ValueError(f"give train.examples ({self.examples}) or train.max_steps ({self.max_steps}), not both")
+
+    def total_steps(self, steps_per_epoch: int, world: int = 1) -> int:
+        """Optimizer steps of the stage: ``examples`` over the global batch (batch x accumulation x ranks), else
+        ``max_steps``, else ``epochs`` of the data."""
+        if self.examples > 0:
+            return math.ceil(self.examples / (self.batch_size * self.grad_accum * world))
+        if self.max_steps > 0:
+            return self.max_steps
+        return int(math.ceil(self.epochs * steps_per_epoch))
 
 
 @dataclass
@@ -117,6 +137,21 @@ def resolve_init(cfg: dict, tcfg: StageTrainConfig) -> Path | None:
         prev = dict(cfg, stage=int(cfg.get("stage", 1)) - 1)
         return run_dir(prev) / "artifact"
     return Path(tcfg.init_from)
+
+
+def stage_sources(cfg: dict) -> dict:
+    """What a stage starts from beyond its config, as checksums (recorded in ``summary.json``, so a finished stage
+    is reused only while they hold): the encoder folder's model.safetensors (a stage without ``init_from``; None
+    for a random encoder or no audio) and the ``init_from`` artifact's meta.json (rewritten whenever it trains)."""
+    audio, init_from = cfg.get("audio", {}), cfg.get("train", {}).get("init_from")
+    if init_from in (None, "", "none"):
+        weights = Path(str(audio.get("encoder", ""))) / "model.safetensors"
+        enc = sha256_file(weights) if audio.get("enabled", True) and weights.is_file() else None
+        return {"encoder_sha256": enc, "init_meta_sha256": None}
+    init = run_dir(dict(cfg, stage=int(cfg.get("stage", 1)) - 1)) / "artifact" if init_from == "previous" \
+        else Path(init_from)
+    meta = init / "meta.json"
+    return {"encoder_sha256": None, "init_meta_sha256": sha256_file(meta) if meta.is_file() else None}
 
 
 def _ds_config(path: str, tcfg: StageTrainConfig, world: int, device: torch.device) -> dict:
@@ -243,7 +278,6 @@ def resume_stage(out: Path, cfg: dict, model, opt, sched) -> dict | None:
 def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     """Train one stage from a resolved config dict; returns the summary (also written to the run folder)."""
     from torch.utils.tensorboard import SummaryWriter
-    from tqdm.auto import tqdm
 
     checked = check_stage_config(cfg)  # every key, type, range and choice, before anything loads
     tcfg, dcfg = checked.train, checked.data
@@ -271,12 +305,13 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     counts = model.apply_trainable(verbose=rank == 0 and not quiet)
     fmt = PromptFormatter.for_model(model)
     featurizer = AudioFeaturizer.for_model(model)
+    if featurizer is not None and rank == 0:  # frozen encoder: every clip of the stage encoded once, cached on disk
+        featurizer.precompute(sorted({r["audio_path"] for r in train_recs}), desc=f"stage {cfg.get('stage')} audio "
+                              "tokens", progress=not quiet)
     ds = InstructionDataset(train_recs, fmt)
     collate = Collator(model.tokenizer.pad_token_id, "right")
     steps_per_epoch = max(1, len(epoch_batches(len(ds), tcfg.batch_size, seed, 0, rank, world)) // tcfg.grad_accum)
-    total = int(math.ceil(tcfg.epochs * steps_per_epoch))
-    if tcfg.max_steps > 0:
-        total = tcfg.max_steps  # an explicit step budget wins over epochs (the data stream cycles)
+    total = tcfg.total_steps(steps_per_epoch, world)  # an explicit budget wins over epochs (the data stream cycles)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = alm_param_groups(model, tcfg)
     engine = None
@@ -327,8 +362,8 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
 
     t0 = time.perf_counter()
     start_step = step
-    bar = tqdm(total=total, initial=step, desc=f"stage {cfg.get('stage')}", disable=rank != 0 or quiet,
-               dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=step, desc=f"stage {cfg.get('stage')}", disable=rank != 0 or quiet,
+                       unit="step")
     use_amp = tcfg.bf16
     batches = stream(*position)
     while step < total:
@@ -383,7 +418,10 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
                "answer_tokens": tokens, "resumed_from_step": start_step if resumed is not None else None,
                "step_losses": step_losses, "first_loss": float(np.mean(losses[:n])), "last_loss": float(np.mean(losses[-n:])),
                "eval_loss": eval_loss, "parameters": counts, "init_from": str(init) if init else None,
-               "feature_cache_hits": featurizer.hits if featurizer is not None else 0}
+               "examples": step * tcfg.batch_size * tcfg.grad_accum * world,
+               **stage_sources(cfg),
+               "feature_cache_hits": featurizer.hits if featurizer is not None else 0,
+               "clips_encoded": featurizer.encoded if featurizer is not None else 0}
     if writer is not None:
         if eval_loss is not None:
             writer.add_scalar("eval/loss", eval_loss, step)

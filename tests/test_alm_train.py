@@ -131,6 +131,7 @@ def test_llm_4bit_loads_and_generates():
 
 
 def test_experiment_reuses_finished_stages_and_combines_variants(toy, tmp_path, capsys):
+    from mosaic_core.config import ConfigError
     from recipes.alm_experiment import main
 
     common = ["--data", str(toy), "--encoder", "random:tiny", "--max-test", "3", "--variants", "random",
@@ -145,9 +146,27 @@ def test_experiment_reuses_finished_stages_and_combines_variants(toy, tmp_path, 
     res = json.loads(longer.read_text())["variants"]["random"]["stages"]
     assert [s["stage"] for s in res] == [1, 2] and res[0]["reused"] and not res[1]["reused"]
     assert (art1 / "meta.json").stat().st_mtime_ns == stamp  # stage 1 was not trained again
+    # the same command again: every stage and the evaluation are skipped
+    capsys.readouterr()
+    assert main([*common, "--steps", "2,2,0,0", "--reuse", "--out", str(longer)]) == 0
+    again = json.loads(longer.read_text())["variants"]["random"]
+    assert all(s["reused"] for s in again["stages"]) and again["evaluation_reused"]
+    assert capsys.readouterr().out.count("skip") == 3
     # a different stage-1 budget is a different config: it trains again instead of reusing
     assert main([*common, "--steps", "3,0,0,0", "--reuse", "--out", str(tmp_path / "other.json")]) == 0
     assert not json.loads((tmp_path / "other.json").read_text())["variants"]["random"]["stages"][0]["reused"]
+    # stage 2's folder holds a run on the 2-step stage 1: on the 3-step one it trains again (config unchanged)
+    assert main([*common, "--steps", "3,2,0,0", "--reuse", "--out", str(tmp_path / "chain.json")]) == 0
+    chain = json.loads((tmp_path / "chain.json").read_text())["variants"]["random"]["stages"]
+    assert [s["reused"] for s in chain] == [True, None]
+    # --examples budgets
+    assert main([*common, "--examples", "12,8,0,0", "--reuse", "--out", str(tmp_path / "ex.json")]) == 0
+    ex = json.loads((tmp_path / "ex.json").read_text())
+    assert ex["examples_per_stage"] == [12, 8, 0, 0] and ex["steps_per_stage"] is None
+    assert [(s["steps"], s["examples"], s["reused"]) for s in ex["variants"]["random"]["stages"]] == \
+        [(3, 12, None), (2, 8, None)]
+    with pytest.raises(ConfigError, match="--examples needs four"):
+        main([*common, "--examples", "12,8", "--out", str(tmp_path / "bad.json")])
 
     # combine: another variant of the same experiment merges; a different experiment is refused
     other = json.loads(longer.read_text())
@@ -159,6 +178,20 @@ def test_experiment_reuses_finished_stages_and_combines_variants(toy, tmp_path, 
         main(["--combine", str(longer), str(tmp_path / "other.json"), "--out", str(tmp_path / "bad.json")])
     with pytest.raises(SystemExit, match="more than one file"):
         main(["--combine", str(longer), str(longer), "--out", str(tmp_path / "bad.json")])
+
+
+def test_stage_length_in_examples_or_steps():
+    from mosaic_core.config import ConfigError, load_config
+    from recipes.train_alm import STAGES, StageTrainConfig, check_stage_config
+
+    assert StageTrainConfig(examples=4800, batch_size=16).total_steps(1000) == 300
+    assert StageTrainConfig(examples=100, batch_size=8, grad_accum=2).total_steps(1000, world=2) == 4  # ceil(100/32)
+    assert StageTrainConfig(max_steps=7).total_steps(1000) == 7
+    assert StageTrainConfig(epochs=1.5).total_steps(10) == 15
+    cfg = check_stage_config(load_config(STAGES[0], ["train.examples=64"]))
+    assert cfg.train.total_steps(1) == 8
+    with pytest.raises(ConfigError, match="train.examples .* or train.max_steps"):
+        check_stage_config(load_config(STAGES[0], ["train.examples=64", "train.max_steps=3"]))
 
 
 def test_paired_comparison_of_variants():

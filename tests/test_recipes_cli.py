@@ -66,6 +66,17 @@ def test_bad_config_value_is_one_line_before_any_work(command, args, override, e
     assert not run_dir.exists()  # nothing started
 
 
+@pytest.mark.parametrize("bad,expect", [(["--alm-examples", "4800,1600"], "--alm-examples needs four"),
+                                        (["--alm-steps", "a,b,c,d"], "--alm-steps needs four"),
+                                        (["train.batch_size=abc"], "train.batch_size='abc'"),
+                                        (["--alm-variants", "pretrained,big"], "unknown ['big']")])
+def test_pipeline_refuses_bad_alm_settings_before_any_work(bad, expect, tmp_path, capsys):
+    assert main(["pipeline", "--out", str(tmp_path / "p"), *bad]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expect in err, err
+    assert not (tmp_path / "p").exists()
+
+
 # --------------------------------------------------------------------------------------------------- tiny jobs
 @pytest.fixture(scope="module")
 def jobs(embedded_root, tmp_path_factory):
@@ -129,12 +140,46 @@ def test_tiny_finetune_job(embedded_root, tmp_path, monkeypatch):
     assert 0 <= json.loads((tmp_path / "finetune.json").read_text())["numbers"]["test"]["test"]["accuracy"] <= 1
 
 
-def test_tiny_pipeline_job(embedded_root, tmp_path):
+_TINY_PIPELINE = ["--profile", "small", "--pretrain-steps", "2", "--probe-seeds", "0", "--probe-epochs", "1",
+                  "--max-clips", "12"]
+_TINY_ALM = ["--alm-steps", "1,1,1,1", "--alm-test", "3", "--alm-eval", "2,1,1", "data.max_train=8",
+             "train.batch_size=2", "train.eval_batches=0", "projector.stats_clips=4"]
+
+
+def _pipeline_twice(embedded_root, out, extra, capsys) -> tuple[dict, dict, str]:
+    """Run the pipeline, then again: the second run must skip every stage (near-zero times, a skip line each)."""
+    args = ["pipeline", "--data-root", str(embedded_root), "--out", str(out), *_TINY_PIPELINE, *extra]
+    assert main(args) == 0
+    first = json.loads((out / "pipeline.json").read_text())
+    capsys.readouterr()
+    assert main(args) == 0
+    second = json.loads((out / "pipeline.json").read_text())
+    return first, second, capsys.readouterr().out
+
+
+def test_tiny_pipeline_job_skips_finished_stages(embedded_root, tmp_path, capsys):
     """The whole pipeline, tiny: cached data, 2 pretraining steps each, a quick encoder evaluation (no ALM: the
-    ALM ablation's CLI runs in test_alm_train's smoke experiment)."""
-    assert main(["pipeline", "--data-root", str(embedded_root), "--profile", "small", "--out", str(tmp_path),
-                 "--pretrain-steps", "2", "--probe-seeds", "0", "--probe-epochs", "1", "--max-clips", "12",
-                 "--skip-alm"]) == 0
-    timings = json.loads((tmp_path / "pipeline.json").read_text())["timings"]
-    assert {"data_s", "pretrain_audiomosaic_s", "pretrain_mae_s", "eval_encoder_s"} <= set(timings)
+    ALM ablation runs in test_alm_train's experiment and in the slow test below); run again, it skips all."""
+    first, second, log = _pipeline_twice(embedded_root, tmp_path, ["--skip-alm"], capsys)
+    names = ["data", "pretrain_audiomosaic", "pretrain_mae", "eval_encoder"]
+    assert list(first["stages"]) == names and first["finished"] and first["stages"]["pretrain_mae"]["status"] == "ran"
+    assert {f"{n}_s" for n in names} <= set(first["timings"])
+    assert all(second["stages"][n]["status"] == "skipped" for n in names) and second["skipped"] == names
+    assert second["ran_seconds"] == 0 and all(second["stages"][n]["seconds"] < 5 for n in names)
+    assert [second["stages"][n]["seconds_when_ran"] for n in names[1:]] == \
+        [first["stages"][n]["seconds"] for n in names[1:]]  # a skipped stage keeps the time of the run that made it
+    assert log.count(": skip (") == len(names)
     assert "Gallery of test clips" in (tmp_path / "report.html").read_text()  # the pipeline ends with its report
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_with_alm_skips_finished_stages(embedded_root, tmp_path, capsys):
+    """With the ALM ablation (three variants x four 1-step stages) and the ALM evaluation; run again, every stage,
+    every variant and both evaluations are skipped."""
+    first, second, _ = _pipeline_twice(embedded_root, tmp_path, _TINY_ALM, capsys)
+    names = ["data", "pretrain_audiomosaic", "pretrain_mae", "eval_encoder", "alm_pretrained", "alm_random",
+             "alm_no_audio", "eval_alm"]
+    assert list(first["stages"]) == names and first["stages"]["alm_random"]["status"] == "ran"
+    assert all(second["stages"][n]["status"] == "skipped" for n in names), second["stages"]
+    assert sum(s["seconds"] for s in second["stages"].values()) < 30
+    assert set(json.loads((tmp_path / "alm_qa.json").read_text())["variants"]) == {"pretrained", "random", "no_audio"}
