@@ -97,8 +97,8 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
         torch.manual_seed(seed)  # a random encoder's weights
         encoders[name] = resolve_encoder(spec, reference=reference).eval()
     # one bar over every probe fit (task x encoder x probe x seed); ETA from the fits so far
-    bar = progress_bar(total=len(cfg.tasks) * len(encoders) * len(cfg.probes) * len(cfg.probe_seeds),
-                       desc="eval-encoder probes", unit="fit")
+    fits = sum(1 if p == "linear" else len(cfg.probe_seeds) for p in cfg.probes)
+    bar = progress_bar(total=len(cfg.tasks) * len(encoders) * fits, desc="eval-encoder probes", unit="fit")
     for task_path in cfg.tasks:
         task = load_task(TaskConfig(config=task_path, data_root=cfg.data_root,
                                     max_clips_per_split=cfg.max_clips_per_split, cache="never"), seed=seed)
@@ -138,6 +138,7 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
                         cm = confusion_matrix(labels["test"].numpy(), pred, n_cls)
                         figures.append((f"{name}: confusion matrix ({enc_name}, linear read-out, test)",
                                         plot_confusion_matrix(cm, classes)))
+                    bar.update(1)
                     continue
                 scores = {role: [] for role in test_roles}
                 last_probe = None

@@ -148,9 +148,9 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
     quarantine = run / f"quarantine.rank{rank}.jsonl"
     bar = None
     if is_main and cfg.train.progress:
-        from tqdm import tqdm
+        from mosaic_core.progress import progress_bar
 
-        bar = tqdm(total=total, initial=start_step, desc="pretrain", dynamic_ncols=True)
+        bar = progress_bar(total=total, initial=start_step, desc=f"pretrain ({cfg.objective})")
     model.train()
     t_last, step = time.time(), start_step
     t_origin = t_last - (history[-1].get("elapsed_s", 0.0) if history else 0.0)  # wall time across resumes
