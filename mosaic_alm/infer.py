@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from mosaic_core.progress import progress_bar
+from mosaic_core.runtime import autocast, use_bf16
 
 from .data import IGNORE, PromptFormatter, collate
 from .featurizer import AudioFeaturizer
@@ -29,6 +30,12 @@ def _as_list(x, n=None):
     if n is not None and len(x) == 1 and n > 1:
         x = x * n
     return x
+
+
+def inference_autocast(model):
+    """bf16 autocast for the LLM where :func:`mosaic_core.runtime.use_bf16` says ``auto`` means bf16 (native bf16
+    CPUs, GPUs); ``MOSAIC_ALM_PRECISION=fp32`` keeps fp32."""
+    return autocast(use_bf16("auto", model.device), model.device)
 
 
 @torch.no_grad()
@@ -52,8 +59,9 @@ def generate_answers(model, audios: Sequence, questions: Sequence[str], batch_si
         chunk = [items[i] for i in order[s:s + batch_size]]
         b = collate(chunk, pad, "left")
         audio = feats.inputs(b["audios"]) if feats is not None else {}
-        out = model.generate(b["input_ids"], b["attention_mask"], b["audio_mask"], max_new_tokens=max_new_tokens,
-                             **audio)
+        with inference_autocast(model):
+            out = model.generate(b["input_ids"], b["attention_mask"], b["audio_mask"],
+                                 max_new_tokens=max_new_tokens, **audio)
         for row, item in zip(out, chunk):
             answers[item["index"]] = model.tokenizer.decode(row, skip_special_tokens=True).strip()
         bar.update(len(chunk))
@@ -105,9 +113,10 @@ def option_loglik(model, audios: Sequence, questions: Sequence[str], options: Se
             raise ValueError(f"question {q!r} has no options to score")
         enc = fmt.encode(q)
         ids = torch.tensor([enc["input_ids"]])
-        emb = model.embed(ids, torch.tensor([enc["audio_mask"]]).bool(), **(feats.inputs([a]) if feats else {}))
+        with inference_autocast(model):
+            emb = model.embed(ids, torch.tensor([enc["audio_mask"]]).bool(), **(feats.inputs([a]) if feats else {}))
+            out = model.llm(inputs_embeds=emb, attention_mask=torch.ones_like(ids, device=dev), use_cache=True)
         n_prompt = ids.shape[1]
-        out = model.llm(inputs_embeds=emb, attention_mask=torch.ones_like(ids, device=dev), use_cache=True)
         first = torch.log_softmax(out.logits[:, -1].float(), -1)  # [1, V]: predicts the first answer token
         answers = [fmt.encode(q, o)["input_ids"][n_prompt:] for o in opts]
         n = len(answers)
@@ -122,8 +131,9 @@ def option_loglik(model, audios: Sequence, questions: Sequence[str], options: Se
             feed = tgt[:, :-1].clamp(min=0).masked_fill(tgt[:, :-1] == IGNORE, pad).to(dev)
             mask = torch.cat([torch.ones(n, n_prompt, dtype=torch.long), (tgt[:, :-1] != IGNORE).long()], 1).to(dev)
             pos = (n_prompt + torch.arange(width - 1)).unsqueeze(0).expand(n, -1).to(dev)
-            logits = model.llm(input_ids=feed, attention_mask=mask, position_ids=pos, cache=cache,
-                               use_cache=True).logits.float()
+            with inference_autocast(model):
+                logits = model.llm(input_ids=feed, attention_mask=mask, position_ids=pos, cache=cache,
+                                   use_cache=True).logits.float()
             lp = torch.log_softmax(logits, -1)
             t = tgt[:, 1:].to(dev)
             ok = t != IGNORE

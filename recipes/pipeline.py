@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--alm-variants", default=",".join(VARIANTS), help="ALM ablation variants to run")
     p.add_argument("--skip-alm", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("alm_overrides", nargs="*", help="key=value overrides for every ALM stage (e.g. train.bf16=true)")
+    p.add_argument("alm_overrides", nargs="*", help="key=value overrides for every ALM stage (e.g. train.precision=fp32)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     variants = [v for v in args.alm_variants.split(",") if v]
     if unknown := sorted(set(variants) - set(VARIANTS)):

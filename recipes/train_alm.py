@@ -34,7 +34,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -64,9 +64,11 @@ from mosaic_core.io import atomic_write_json, sha256_file
 from mosaic_core.progress import progress_bar
 from mosaic_core.runtime import (
     deepspeed_cpu_workaround,
+    precision_note,
     resolve_device,
     seed_everything,
     single_process_dist_env,
+    use_bf16,
 )
 from mosaic_core.schedule import cosine_schedule
 
@@ -90,7 +92,7 @@ class StageTrainConfig:
     log_every: PositiveInt = 10
     eval_batches: NonNegInt = 4  # batches of the eval split for a held-out loss at the end (0: none)
     device: str = "auto"  # auto | cpu | cuda
-    bf16: bool = False  # autocast to bfloat16 (CUDA, or CPU if it helps)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the GPU/CPU computes it natively
     deepspeed: str | None = None  # a DeepSpeed JSON (ZeRO 2/3)
     num_workers: NonNegInt = 0
     ckpt_every: NonNegInt = 0  # > 0: a resumable checkpoint every N optimizer steps in {run}/checkpoints (0: none)
@@ -163,7 +165,7 @@ def _ds_config(path: str, tcfg: StageTrainConfig, world: int, device: torch.devi
     cfg.setdefault("optimizer", {"type": "AdamW", "params": {}})
     cfg["optimizer"]["params"].update(lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     cfg.pop("scheduler", None)  # our LambdaLR drives the schedule
-    cfg["bf16"] = {"enabled": bool(tcfg.bf16)}
+    cfg["bf16"] = {"enabled": use_bf16(tcfg.precision, device)}
     if device.type == "cpu":  # no JIT-compiled fused Adam on CPU (docs/ARCHITECTURE.md): torch AdamW inside DeepSpeed
         cfg["optimizer"]["params"]["torch_adam"] = True
     return cfg
@@ -364,7 +366,9 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     start_step = step
     bar = progress_bar(total=total, initial=step, desc=f"stage {cfg.get('stage')}", disable=rank != 0 or quiet,
                        unit="step")
-    use_amp = tcfg.bf16
+    use_amp = use_bf16(tcfg.precision, device)
+    if rank == 0 and not quiet:
+        print(f"[train-alm] precision: {precision_note(use_amp, device)}", flush=True)
     batches = stream(*position)
     while step < total:
         # one optimizer step = grad_accum micro-batches; each micro-batch's mean loss is weighted by its share of the

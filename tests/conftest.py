@@ -57,3 +57,16 @@ def tiny_alm_artifact(embedded_root, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     train_stage(cfg, quiet=True)
     return out / "tiny" / "stage1" / "artifact"
+
+
+@pytest.fixture(scope="module")
+def fp32_everywhere():
+    """``auto`` precision means fp32 for this module (tests of exact equalities between two computations; bf16
+    autocast, the default on CPUs with native bf16, is checked against fp32 by its own tests)."""
+    before = os.environ.get("MOSAIC_ALM_PRECISION")
+    os.environ["MOSAIC_ALM_PRECISION"] = "fp32"
+    yield
+    if before is None:
+        os.environ.pop("MOSAIC_ALM_PRECISION", None)
+    else:
+        os.environ["MOSAIC_ALM_PRECISION"] = before

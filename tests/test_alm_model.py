@@ -12,6 +12,11 @@ from mosaic_alm.toy import make_toy_data
 from mosaic_alm.model import ALMConfig, AudioLanguageModel
 
 
+# exact equalities of the model's paths (cache vs full forward, batch vs single) hold in fp32; bf16 autocast (the
+# default where the CPU has it) is checked against fp32 in test_bf16_inference_tracks_fp32
+pytestmark = pytest.mark.usefixtures("fp32_everywhere")
+
+
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return make_toy_data(tmp_path_factory.mktemp("toy"), per_class={"train": 2, "test": 1})
@@ -82,8 +87,9 @@ def test_model_takes_tensors_only(alm, toy):
         alm.embed(b["input_ids"], b["audio_mask"])
     spec = AudioFeaturizer.for_model(alm).spectrograms([clip])
     with torch.no_grad():  # spectrograms through the encoder inside the model == cached frozen tokens
+        feats = AudioFeaturizer.for_model(alm)
         e1 = alm.embed(b["input_ids"], b["audio_mask"], spectrograms=spec)
-        e2 = alm.embed(b["input_ids"], b["audio_mask"], audio_tokens=AudioFeaturizer.for_model(alm).tokens([clip]))
+        e2 = alm.embed(b["input_ids"], b["audio_mask"], audio_tokens=feats.tokens([clip]))
     torch.testing.assert_close(e1, e2)
 
 
@@ -168,3 +174,24 @@ def test_option_loglik_with_shared_prompt_cache_matches_full_forward(alm, toy):
     ref = (lp.gather(-1, t.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (t != IGNORE)).sum(1)
     torch.testing.assert_close(torch.tensor(scores[0]), ref, rtol=1e-4, atol=1e-4)
     assert best[0] == int(ref.argmax())
+
+
+def test_bf16_inference_tracks_fp32(alm, toy, monkeypatch):
+    """Where the CPU computes bf16 natively, inference autocasts to bf16 by default: option log-likelihoods stay
+    within a few percent of fp32's and greedy answers start the same."""
+    from mosaic_alm.infer import generate_answers, option_loglik
+    from mosaic_core.runtime import cpu_bf16_isa
+
+    if cpu_bf16_isa() is None:
+        pytest.skip("no native bf16 on this CPU: auto stays fp32")
+    clips = [str(toy / "clips" / f"train_{c}_0.wav") for c in ("beep", "hum")]
+    qs, opts = ["Which sound is heard?"] * 2, [["beep", "hum", "noise"]] * 2
+    runs = {}
+    for prec in ("fp32", "auto"):
+        monkeypatch.setenv("MOSAIC_ALM_PRECISION", prec)
+        runs[prec] = (option_loglik(alm, clips, qs, opts, return_scores=True)[1],
+                      generate_answers(alm, clips, qs, max_new_tokens=3))
+    a, b = torch.tensor(runs["fp32"][0]), torch.tensor(runs["auto"][0])
+    assert not torch.equal(a, b)  # auto really ran in bf16
+    torch.testing.assert_close(b, a, rtol=0.05, atol=0.5)
+    assert [x.split()[:1] for x in runs["auto"][1]] == [x.split()[:1] for x in runs["fp32"][1]]

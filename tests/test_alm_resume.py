@@ -26,6 +26,10 @@ def toy(tmp_path_factory):
     return make_toy_data(tmp_path_factory.mktemp("toy"), per_class={"train": 4, "valid": 1, "test": 1})
 
 
+# losses and weights are compared exactly (or to 1e-5): fp32, whatever the CPU
+pytestmark = pytest.mark.usefixtures("fp32_everywhere")
+
+
 def _overrides(toy, out, steps=STEPS):
     return [f"data.root={toy}", f"output_dir={out}", "name=t", "audio.encoder=random:tiny", f"train.max_steps={steps}",
             "train.batch_size=2", "prompt.system=''", "data.qtypes=[sound_event]", "train.eval_batches=0",
