@@ -96,6 +96,8 @@ def main(argv=None) -> int:
     p.add_argument("--alm-variants", default=",".join(VARIANTS), help="ALM ablation variants to run")
     p.add_argument("--skip-alm", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2, help="processes at a time for the MAE baseline and the ALM variants "
+                                                      "(one torch thread each)")
     p.add_argument("alm_overrides", nargs="*", help="key=value overrides for every ALM stage (e.g. train.precision=fp32)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     variants = [v for v in args.alm_variants.split(",") if v]
@@ -144,16 +146,27 @@ def main(argv=None) -> int:
     log.run("data", f"1/{n_steps} data: {root} ({args.profile})", lambda: _data_ready(root, args.profile, args.seed),
             build_data)
 
-    encoders = {}
+    # the two pretrainings are one thread each: the MAE baseline trains in a second process alongside
+    encoders, over = {}, {}
     for name, objective in (("audiomosaic", "contrastive"), ("mae", "mae")):
-        run = out / f"pretrain-{name}"
-        raw = load_config(REPO / "configs/pretrain/tiny.yaml", [
-            f"data.root={root}", f"run_dir={run}", f"train.max_steps={args.pretrain_steps}", f"seed={args.seed}",
-            f"objective={objective}"])
-        log.run(f"pretrain_{name}", f"2/{n_steps} pretrain {name} ({objective}) -> {run}",
-                lambda run=run: _pretrained(run, args.pretrain_steps),
-                lambda raw=raw: train(parse_config(PretrainConfig, raw, "pretraining config"), raw))
-        encoders[name] = str(run / "encoder")
+        over[name] = [f"data.root={root}", f"run_dir={out / f'pretrain-{name}'}",
+                      f"train.max_steps={args.pretrain_steps}", f"seed={args.seed}", f"objective={objective}"]
+        encoders[name] = str(out / f"pretrain-{name}" / "encoder")
+    mae_run = out / "pretrain-mae"
+    side = None
+    if not _pretrained(mae_run, args.pretrain_steps) and args.jobs > 1:
+        side = _spawn(["-m", "recipes.pretrain", "--config", str(REPO / "configs/pretrain/tiny.yaml"),
+                       *over["mae"], "train.progress=false"], mae_run / "pretrain.log")
+    raw = load_config(REPO / "configs/pretrain/tiny.yaml", over["audiomosaic"])
+    log.run("pretrain_audiomosaic", f"2/{n_steps} pretrain audiomosaic (contrastive) -> {out / 'pretrain-audiomosaic'}"
+            + (" (the MAE baseline trains alongside)" if side else ""),
+            lambda: _pretrained(out / "pretrain-audiomosaic", args.pretrain_steps),
+            lambda: train(parse_config(PretrainConfig, raw, "pretraining config"), raw))
+    raw_mae = load_config(REPO / "configs/pretrain/tiny.yaml", over["mae"])
+    log.run("pretrain_mae", f"2/{n_steps} pretrain mae (same data, steps and batch) -> {mae_run}",
+            lambda: _pretrained(mae_run, args.pretrain_steps),
+            lambda: _wait(side, "the MAE pretraining") if side else
+            train(parse_config(PretrainConfig, raw_mae, "pretraining config"), raw_mae))
 
     from .eval_encoder import EncoderEvalConfig, evaluate
 
@@ -171,26 +184,41 @@ def main(argv=None) -> int:
 
     if not args.skip_alm:
         from .alm_experiment import combine_results
-        from .alm_experiment import main as alm_experiment
 
         budget = ["--examples", args.alm_examples] if args.alm_examples else ["--steps", args.alm_steps]
-        files = []
-        for v in variants:
-            res = out / f"alm_qa_{v}.json"
+        files = {v: out / f"alm_qa_{v}.json" for v in variants}
 
-            def run_variant(v=v, res=res):
-                code = alm_experiment(["--data", str(root), "--encoder", encoders["audiomosaic"], *budget,
-                                       "--max-test", str(args.alm_test), "--seed", str(args.seed), "--variants", v,
-                                       "--output-dir", str(out / "alm"), "--out", str(res), "--reuse",
-                                       *args.alm_overrides])
-                r = json.loads(res.read_text())["variants"][v]
-                if code == 0 and r.get("evaluation_reused") and all(s.get("reused") for s in r["stages"]):
-                    return "skipped"  # alm-experiment found every stage and the evaluation done
-                return "ran"
+        def run_variants():
+            """Every variant as its own ``alm-experiment --reuse`` process, ``--jobs`` at a time (one thread each):
+            finished stages and evaluations are reused, so a re-run only does what is missing."""
+            waiting, running, seconds = list(variants), {}, {}
+            bar = progress_bar(total=len(variants), desc=f"ALM variants ({args.jobs} at a time)", unit="variant",
+                               mininterval=0)
+            while waiting or running:
+                while waiting and len(running) < max(1, args.jobs):
+                    v = waiting.pop(0)
+                    running[v] = (time.time(), _spawn(
+                        ["-m", "recipes.cli", "alm-experiment", "--data", str(root), "--encoder",
+                         encoders["audiomosaic"], *budget, "--max-test", str(args.alm_test), "--seed", str(args.seed),
+                         "--variants", v, "--output-dir", str(out / "alm"), "--out", str(files[v]), "--reuse",
+                         *args.alm_overrides], out / "alm" / f"{v}.log"))
+                for v, (t0, proc) in list(running.items()):
+                    if proc.poll() is not None:
+                        _wait(proc, f"ALM variant {v}")
+                        seconds[v] = round(time.time() - t0, 1)
+                        del running[v]
+                        bar.update(1)
+                time.sleep(1.0)
+            bar.close()
+            log.doc["alm_variant_seconds"] = seconds
+            kept = [json.loads(files[v].read_text())["variants"][v] for v in variants]
+            if all(r.get("evaluation_reused") and all(st.get("reused") for st in r["stages"]) for r in kept):
+                return "skipped"  # every stage and evaluation was found done
+            return "ran"
 
-            log.run(f"alm_{v}", f"4/4 audio-language model, variant {v} (stages 1-4, closed-QA evaluation)",
-                    lambda: None, run_variant)
-            files.append(res)
+        log.run("alm", f"4/4 audio-language model: variants {', '.join(variants)} (stages 1-4, closed-QA "
+                       f"evaluation; logs in {out / 'alm'})", lambda: None, run_variants)
+        files = [files[v] for v in variants]
         combine_results(files, out / "alm_qa.json")
 
         stages = sorted((out / "alm" / "pretrained").glob("stage*/artifact"))
@@ -237,6 +265,30 @@ def record_qa_results(qa_json: Path, artifact: Path, source: str) -> None:
              "split": "test", "metric": "accuracy", "value": a["exact_match"], "source": source}
             for q, a in {"all": acc["overall"], **acc["per_qtype"]}.items()]
     add_card_results(artifact, rows)
+
+
+def _spawn(cmd: list[str], log_path: Path):
+    """``python cmd...`` in the background (one torch thread), its output to ``log_path``."""
+    import os
+    import subprocess
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    with open(log_path, "ab") as fh:
+        proc = subprocess.Popen([sys.executable, *cmd], cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    proc.log_path = log_path
+    return proc
+
+
+def _wait(proc, what: str) -> str:
+    """Wait for a background job; a failure is one line naming it, its last log line and the log."""
+    if proc.wait() != 0:
+        lines = [x for x in proc.log_path.read_text(errors="replace").splitlines() if x.strip()]
+        from encoder.pretraining import TrainingError
+
+        raise TrainingError(f"{what} failed (exit {proc.returncode}): {lines[-1] if lines else ''} "
+                          f"(log: {proc.log_path})")
+    return "ran"
 
 
 def _data_ready(root: Path, profile: str, seed: int) -> str | None:
