@@ -77,22 +77,34 @@ class StageLog:
         atomic_write_json(self.path, self.doc, indent=1)
 
 
+# what the two presets run; measured wall times are in README.md and results/
+PRESETS = {
+    "default": {"pretrain_steps": 600, "probe_seeds": "0", "probes": "linear,attentive", "probe_epochs": 20,
+                "alm_examples": "400,160,240,80", "alm_test": 120, "alm_eval": "60,20,20", "alm_steps": None},
+    "long": {"pretrain_steps": 600, "probe_seeds": "0,1,2", "probes": "linear,weighted,attentive", "probe_epochs": 60,
+             "alm_examples": "4800,1600,3200,960", "alm_test": 360, "alm_eval": "200,60,40", "alm_steps": None},
+}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mosaic-alm pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=["small", "full"], default="full", help="embedded data profile")
     p.add_argument("--data-root", default=None, help="default data/embedded-<profile>")
     p.add_argument("--out", default="runs/pipeline")
-    p.add_argument("--pretrain-steps", type=int, default=600)
-    p.add_argument("--probe-seeds", default="0,1,2")
-    p.add_argument("--probe-epochs", type=int, default=None, help="probe training epochs (default: the eval recipe's)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="default: about 30 minutes on 2 CPU cores; long: more probe seeds and epochs, a bigger ALM "
+                        "budget and test set (a few hours); any option below overrides the preset")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="steps of each pretraining (contrastive, MAE)")
+    p.add_argument("--probe-seeds", default=None, help="probe seeds of the attentive/weighted probes, e.g. 0,1,2")
+    p.add_argument("--probes", default=None, help="probes besides the fair linear read-out, e.g. linear,attentive")
+    p.add_argument("--probe-epochs", type=int, default=None, help="epochs of the trained probes")
     p.add_argument("--max-clips", type=int, default=0, help="> 0: at most this many clips per split in the encoder "
                                                               "evaluation (a quick look)")
-    p.add_argument("--alm-steps", default="250,100,200,60", help="optimizer steps of ALM stages 1-4")
-    p.add_argument("--alm-examples", default=None, help="training examples of ALM stages 1-4 (instead of "
-                                                        "--alm-steps), e.g. 4800,1600,3200,960")
-    p.add_argument("--alm-test", type=int, default=360, help="closed-ended test questions")
-    p.add_argument("--alm-eval", default="200,60,40", help="ALM evaluation sizes: closed-QA questions, captioned "
-                                                            "clips, clips per task classified by generation")
+    p.add_argument("--alm-steps", default=None, help="optimizer steps of ALM stages 1-4 (instead of --alm-examples)")
+    p.add_argument("--alm-examples", default=None, help="training examples of ALM stages 1-4, e.g. 4800,1600,3200,960")
+    p.add_argument("--alm-test", type=int, default=None, help="closed-ended test questions per variant")
+    p.add_argument("--alm-eval", default=None, help="ALM evaluation sizes: closed-QA questions, captioned "
+                                                     "clips, clips per task classified by generation")
     p.add_argument("--alm-variants", default=",".join(VARIANTS), help="ALM ablation variants to run")
     p.add_argument("--skip-alm", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -100,6 +112,13 @@ def main(argv=None) -> int:
                                                       "(one torch thread each)")
     p.add_argument("alm_overrides", nargs="*", help="key=value overrides for every ALM stage (e.g. train.precision=fp32)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    preset = PRESETS[args.preset]
+    if args.alm_steps is not None and args.alm_examples is None:
+        args.alm_examples = ""  # steps given: the preset's example budget does not apply
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.alm_examples = args.alm_examples or None
     variants = [v for v in args.alm_variants.split(",") if v]
     if unknown := sorted(set(variants) - set(VARIANTS)):
         raise ConfigError(f"--alm-variants: unknown {unknown}; choose from {','.join(VARIANTS)}")
@@ -174,7 +193,7 @@ def main(argv=None) -> int:
     cfg, _ = load_recipe(EncoderEvalConfig, REPO / "configs/eval/encoder_embedded.yaml", [
         f"data_root={root}", f"run_dir={out / 'eval-encoder'}", f"seed={args.seed}", f"probe_seeds={seeds}",
         f"max_clips_per_split={args.max_clips}",
-        *([f"probe.epochs={args.probe_epochs}"] if args.probe_epochs else []),
+        f"probe.epochs={args.probe_epochs}", f"probes=[{args.probes}]",
         f"encoders={{audiomosaic: {encoders['audiomosaic']}, mae: {encoders['mae']}, random: random}}",
         "tasks=[" + ", ".join(str(REPO / f"configs/data/embedded_{t}.yaml") for t in
                               ("keywords", "instruments", "environment")) + "]"])
