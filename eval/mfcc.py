@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from encoder.features import FbankConfig, fbank
-from eval import metrics
 
 __all__ = ["mfcc_features", "mfcc_logreg_baseline"]
 
@@ -90,13 +89,11 @@ def mfcc_logreg_baseline(
     xva = mfcc_features(valid_wavs, sample_rate, n_mfcc) if valid_wavs is not None else None
     multilabel = ytr.ndim == 2
     readout = fit_logreg(xtr, ytr, xva, valid_y, seed=seed, multilabel=multilabel)
+    out: dict = dict(readout.evaluate(xte, yte))
     if multilabel:
-        scores = readout.scores(xte)
-        out: dict = dict(metrics.multilabel_summary(yte > 0.5, scores))
-        out["scores"] = scores
+        out["scores"] = readout.scores(xte)
     else:
-        pred = readout.model.predict(xte)
-        out = {"accuracy": metrics.accuracy(yte, pred), "predictions": pred}
+        out["predictions"] = readout.model.predict(xte)
     out["n_features"] = int(xtr.shape[1])
     out["C"] = readout.C
     out["model"] = f"MFCC({n_mfcc}, mean+std) + StandardScaler + LogisticRegression(C={readout.C})"
