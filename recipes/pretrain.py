@@ -213,7 +213,7 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
                             "lr": lr, "elapsed_s": round(time.time() - t_origin, 2)})
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.4f}", acc=f"{acc_val:.3f}")
+            bar.set_postfix(loss=f"{loss_val:.4f}", acc=f"{acc_val:.3f}", refresh=False)  # redraw at mininterval
         if writer is not None and skipped:
             writer.add_scalar("train/skipped_steps", skipped_steps, step)
         if writer is not None and not skipped and (step % cfg.train.log_every == 0 or step == total):

@@ -403,7 +403,7 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
         step += 1
         step_losses.append(step_loss)
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}")
+        bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)  # redraw at mininterval
         if writer is not None and (step % tcfg.log_every == 0 or step == 1):
             writer.add_scalar("train/loss", step_loss, step)
             writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
