@@ -183,9 +183,13 @@ def main(argv=None) -> int:
             lambda: train(parse_config(PretrainConfig, raw, "pretraining config"), raw))
     raw_mae = load_config(REPO / "configs/pretrain/tiny.yaml", over["mae"])
     log.run("pretrain_mae", f"2/{n_steps} pretrain mae (same data, steps and batch) -> {mae_run}",
-            lambda: _pretrained(mae_run, args.pretrain_steps),
+            lambda: None if side else _pretrained(mae_run, args.pretrain_steps),
             lambda: _wait(side, "the MAE pretraining") if side else
             train(parse_config(PretrainConfig, raw_mae, "pretraining config"), raw_mae))
+    if side:  # its stage time above is only the wait after the contrastive run; this is its own training loop's
+        hist = json.loads((mae_run / "history.json").read_text())
+        log.doc["stages"]["pretrain_mae"]["seconds_alongside"] = hist[-1].get("elapsed_s") if hist else None
+        log.save()
 
     from .eval_encoder import EncoderEvalConfig, evaluate
 
