@@ -23,14 +23,21 @@ def load_waves(rows) -> tuple[list[torch.Tensor | None], list[dict]]:
     return waves, bad
 
 
+def spectrogram_inputs(waves, fb: FbankConfig) -> torch.Tensor:
+    """Normalised model inputs [N, T, F] of decoded waveforms (compute once, share between encoders whose
+    preprocessing is the same)."""
+    return torch.stack([waveform_to_input(w, fb) for w in waves])
+
+
 @torch.no_grad()
 def extract_features(model, waves, fb: FbankConfig, batch_size: int, bf16: bool = False) -> dict:
     """Per-layer pooled features [N, L+1, D] and last-layer tokens [N, K, D] (time-major), float32; the encoder
-    runs under bf16 autocast when ``bf16``."""
+    runs under bf16 autocast when ``bf16``. ``waves``: decoded waveforms, or their :func:`spectrogram_inputs`."""
     layers, tokens = [], []
     device = next(model.parameters()).device
     for i in range(0, len(waves), batch_size):
-        x = torch.stack([waveform_to_input(w, fb) for w in waves[i:i + batch_size]]).to(device)
+        x = (waves[i:i + batch_size] if isinstance(waves, torch.Tensor) else
+             torch.stack([waveform_to_input(w, fb) for w in waves[i:i + batch_size]])).to(device)
         with autocast(bf16, device):
             out = model.encoder.forward_features(x, output_hidden_states=True)
         pooled = [h[:, 1:].mean(1) for h in out["hidden_states"][:-1]] + [out["pooled"]]

@@ -23,7 +23,7 @@ import torch
 from encoder.data.tasks import TaskConfig, load_task
 from encoder.hf import resolve_encoder
 from eval import probes as P
-from eval.embeddings import extract_features, load_waves, make_probe
+from eval.embeddings import extract_features, load_waves, make_probe, spectrogram_inputs
 from eval.metrics import confusion_matrix
 from eval.mfcc import mfcc_logreg_baseline
 from eval.probes import fit_logreg
@@ -121,9 +121,14 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
                                            labels[role].numpy(), valid_wavs=numpy_waves.get("valid"),
                                            valid_y=labels["valid"].numpy() if "valid" in labels else None, seed=seed)
                 res.setdefault("mfcc_logreg", {})[role] = {"accuracy": _mean_std([out["accuracy"]]), "C": out["C"]}
+        inputs = {}  # spectrograms per preprocessing, shared by the encoders that use it
         for enc_name, model in encoders.items():
             fb = model.config.fbank_config(task.fbank.target_frames)
-            feats = {role: extract_features(model, waves[role], fb, cfg.batch_size, bf16=bf16) for role in waves}
+            key = repr(fb)
+            if key not in inputs:
+                inputs = {key: {role: spectrogram_inputs(w, fb) for role, w in waves.items()}}
+            feats = {role: extract_features(model, x, fb, cfg.batch_size, bf16=bf16)
+                     for role, x in inputs[key].items()}
             valid = feats.get("valid")
             r_enc = res.setdefault(enc_name, {})
             for probe_name in cfg.probes:

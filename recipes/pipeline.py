@@ -201,47 +201,29 @@ def main(argv=None) -> int:
         f"encoders={{audiomosaic: {encoders['audiomosaic']}, mae: {encoders['mae']}, random: random}}",
         "tasks=[" + ", ".join(str(REPO / f"configs/data/embedded_{t}.yaml") for t in
                               ("keywords", "instruments", "environment")) + "]"])
-    log.run("eval_encoder", f"3/{n_steps} encoder evaluation", lambda: _encoder_eval_done(cfg, encoders),
-            lambda: record_probe_results(evaluate(cfg), encoders,
-                                         f"mosaic-alm pipeline {out}, seeds {args.probe_seeds}"))
+    alm = None
+    if not args.skip_alm:  # the ALM needs only the pretrained encoder: its variants start now, beside the evaluation
+        budget = ["--examples", args.alm_examples] if args.alm_examples else ["--steps", args.alm_steps]
+        alm = VariantRunner(variants, lambda v, res: _spawn(
+            ["-m", "recipes.cli", "alm-experiment", "--data", str(root), "--encoder", encoders["audiomosaic"], *budget,
+             "--max-test", str(args.alm_test), "--seed", str(args.seed), "--variants", v, "--output-dir",
+             str(out / "alm"), "--out", str(res), "--reuse", *args.alm_overrides], out / "alm" / f"{v}.log"),
+            out, slots=max(1, args.jobs - 1))
+    try:
+        log.run("eval_encoder", f"3/{n_steps} encoder evaluation", lambda: _encoder_eval_done(cfg, encoders),
+                lambda: record_probe_results(evaluate(cfg), encoders,
+                                             f"mosaic-alm pipeline {out}, seeds {args.probe_seeds}"))
+    except BaseException:
+        if alm is not None:
+            alm.stop()
+        raise
 
     if not args.skip_alm:
         from .alm_experiment import combine_results
 
-        budget = ["--examples", args.alm_examples] if args.alm_examples else ["--steps", args.alm_steps]
-        files = {v: out / f"alm_qa_{v}.json" for v in variants}
-
-        def run_variants():
-            """Every variant as its own ``alm-experiment --reuse`` process, ``--jobs`` at a time (one thread each):
-            finished stages and evaluations are reused, so a re-run only does what is missing."""
-            waiting, running, seconds = list(variants), {}, {}
-            bar = progress_bar(total=len(variants), desc=f"ALM variants ({args.jobs} at a time)", unit="variant",
-                               mininterval=0)
-            while waiting or running:
-                while waiting and len(running) < max(1, args.jobs):
-                    v = waiting.pop(0)
-                    running[v] = (time.time(), _spawn(
-                        ["-m", "recipes.cli", "alm-experiment", "--data", str(root), "--encoder",
-                         encoders["audiomosaic"], *budget, "--max-test", str(args.alm_test), "--seed", str(args.seed),
-                         "--variants", v, "--output-dir", str(out / "alm"), "--out", str(files[v]), "--reuse",
-                         *args.alm_overrides], out / "alm" / f"{v}.log"))
-                for v, (t0, proc) in list(running.items()):
-                    if proc.poll() is not None:
-                        _wait(proc, f"ALM variant {v}")
-                        seconds[v] = round(time.time() - t0, 1)
-                        del running[v]
-                        bar.update(1)
-                time.sleep(1.0)
-            bar.close()
-            log.doc["alm_variant_seconds"] = seconds
-            kept = [json.loads(files[v].read_text())["variants"][v] for v in variants]
-            if all(r.get("evaluation_reused") and all(st.get("reused") for st in r["stages"]) for r in kept):
-                return "skipped"  # every stage and evaluation was found done
-            return "ran"
-
         log.run("alm", f"4/4 audio-language model: variants {', '.join(variants)} (stages 1-4, closed-QA "
-                       f"evaluation; logs in {out / 'alm'})", lambda: None, run_variants)
-        files = [files[v] for v in variants]
+                       f"evaluation; logs in {out / 'alm'})", lambda: None, lambda: alm.wait(log, args.jobs))
+        files = [alm.files[v] for v in variants]
         combine_results(files, out / "alm_qa.json")
 
         stages = sorted((out / "alm" / "pretrained").glob("stage*/artifact"))
@@ -288,6 +270,63 @@ def record_qa_results(qa_json: Path, artifact: Path, source: str) -> None:
              "split": "test", "metric": "accuracy", "value": a["exact_match"], "source": source}
             for q, a in {"all": acc["overall"], **acc["per_qtype"]}.items()]
     add_card_results(artifact, rows)
+
+
+class VariantRunner:
+    """The ALM variants as ``alm-experiment --reuse`` processes (one thread each), ``slots`` at a time, started by a
+    background thread as soon as the pretrained encoder exists; :meth:`wait` lifts the limit to every core
+    (``--jobs``) and waits. Finished stages and evaluations are reused, so a re-run only does what is missing."""
+
+    def __init__(self, variants, start, out: Path, slots: int):
+        import threading
+
+        self.variants, self.start_fn, self.slots = list(variants), start, slots
+        self.files = {v: out / f"alm_qa_{v}.json" for v in self.variants}
+        self.seconds, self.error, self.done = {}, None, threading.Event()
+        self.bar, self.stopped = None, False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        waiting, running = list(self.variants), {}
+        try:
+            while (waiting or running) and not self.stopped:
+                while waiting and len(running) < self.slots:
+                    v = waiting.pop(0)
+                    running[v] = (time.time(), self.start_fn(v, self.files[v]))
+                for v, (t0, proc) in list(running.items()):
+                    if proc.poll() is not None:
+                        _wait(proc, f"ALM variant {v}")
+                        self.seconds[v] = round(time.time() - t0, 1)
+                        del running[v]
+                        if self.bar is not None:
+                            self.bar.update(1)
+                time.sleep(1.0)
+        except Exception as exc:  # noqa: BLE001 -- handed to the main thread by wait()
+            self.error = exc
+        for _, proc in running.values():  # after an error or stop(): nothing is left running
+            proc.terminate()
+        self.done.set()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.done.wait()
+
+    def wait(self, log: StageLog, jobs: int | None = None) -> str:
+        from mosaic_core.progress import progress_bar
+
+        self.bar = progress_bar(total=len(self.variants), initial=len(self.seconds), mininterval=0,
+                                desc="ALM variants", unit="variant")
+        self.slots = max(self.slots, jobs or self.slots + 1)
+        self.done.wait()
+        self.bar.close()
+        if self.error is not None:
+            raise self.error
+        log.doc["alm_variant_seconds"] = self.seconds
+        kept = [json.loads(self.files[v].read_text())["variants"][v] for v in self.variants]
+        if all(r.get("evaluation_reused") and all(st.get("reused") for st in r["stages"]) for r in kept):
+            return "skipped"  # every stage and evaluation was found done
+        return "ran"
 
 
 def _spawn(cmd: list[str], log_path: Path):
