@@ -93,7 +93,7 @@ def mfcc_logreg_baseline(
     if multilabel:
         out["scores"] = readout.scores(xte)
     else:
-        out["predictions"] = readout.model.predict(xte)
+        out["predictions"] = readout.predict(xte)
     out["n_features"] = int(xtr.shape[1])
     out["C"] = readout.C
     out["model"] = f"MFCC({n_mfcc}, mean+std) + StandardScaler + LogisticRegression(C={readout.C})"

@@ -395,12 +395,16 @@ class LogRegReadout:
         """Class probabilities ``[N, C]``."""
         return self.model.predict_proba(_as_numpy(x))
 
+    def predict(self, x: Any) -> np.ndarray:
+        """Predicted class labels ``[N]`` (single-label; the labels seen in training, not column indices)."""
+        return self.model.predict(_as_numpy(x))
+
     def evaluate(self, x: Any, y: Any) -> dict:
         """``{"accuracy"}`` (single-label) or :func:`eval.metrics.multilabel_summary` (multi-label)."""
-        s, y = self.scores(x), np.asarray(y)
+        y = np.asarray(y)
         if self.multilabel:
-            return metrics.multilabel_summary(y > 0.5, s)
-        return {"accuracy": metrics.accuracy(y, self.model.classes_[s.argmax(1)])}
+            return metrics.multilabel_summary(y > 0.5, self.scores(x))
+        return {"accuracy": metrics.accuracy(y, self.predict(x))}
 
 
 def _as_numpy(x: Any) -> np.ndarray:

@@ -139,7 +139,7 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
                         acc = readout.evaluate(feats[role]["last"], labels[role])["accuracy"]
                         r_enc.setdefault("linear", {})[role] = {"accuracy": _mean_std([acc]), "C": readout.C}
                     if enc_name == next(iter(encoders)):
-                        pred = readout.scores(feats["test"]["last"]).argmax(1)
+                        pred = readout.predict(feats["test"]["last"])
                         cm = confusion_matrix(labels["test"].numpy(), pred, n_cls)
                         figures.append((f"{name}: confusion matrix ({enc_name}, linear read-out, test)",
                                         plot_confusion_matrix(cm, classes)))
