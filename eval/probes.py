@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from eval import metrics
+from mosaic_core.runtime import autocast
 
 __all__ = [
     "LOGREG_CS",
@@ -276,6 +277,7 @@ def fit_probe(
     multilabel: bool = False,
     warmup_epochs: float = 0.0,
     device: str | torch.device = "cpu",
+    bf16: bool = False,
 ) -> dict:
     """Train ``probe`` in place on precomputed features and return its history.
 
@@ -288,6 +290,9 @@ def fit_probe(
       with optional linear warm-up then cosine decay to 0, stepped per batch.
     * With ``valid_x``/``valid_y``, the metric (accuracy, or mAP if multilabel) is computed after every epoch and
       the probe is left with the weights of the best epoch (ties: the earlier epoch).
+    * ``train_metric`` is read from the epoch's own training batches (no second pass over the training set).
+    * ``bf16``: forward and backward under bf16 autocast (parameters, optimiser and loss stay fp32); on CPUs with
+      native bf16 an attentive probe fits ~2-3x faster.
 
     Returns:
         ``{"train_loss": [per epoch], "train_metric": [...], "valid_metric": [...] (if valid), "lr": [per epoch,
@@ -341,20 +346,27 @@ def fit_probe(
     for epoch in range(epochs):
         order = torch.randperm(n, generator=gen)
         total_loss = 0.0
+        seen_logits = torch.empty(n, *((probe.num_classes,) if multilabel else ()))
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
             inputs = [p[idx].to(device) for p in train]
-            loss = loss_fn(probe(*inputs), ytr[idx].to(device))
+            with autocast(bf16, device):
+                logits = probe(*inputs)
+            loss = loss_fn(logits.float(), ytr[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total_loss += float(loss.detach()) * idx.numel()
+            seen_logits[idx] = (logits.detach().float().cpu() if multilabel else
+                                logits.detach().argmax(-1).float().cpu())
         history["train_loss"].append(total_loss / n)
         history["lr"].append(opt.param_groups[0]["lr"])
-        history["train_metric"].append(_score(_predict_packed(probe, train, 1024), ytr, multilabel))
+        history["train_metric"].append(_score(seen_logits, ytr, multilabel) if multilabel else
+                                        float((seen_logits.long() == ytr).float().mean()))
         if valid is not None:
-            value = _score(_predict_packed(probe, valid, 1024), yva, multilabel)
+            with autocast(bf16, device):
+                value = _score(_predict_packed(probe, valid, 1024), yva, multilabel)
             history["valid_metric"].append(value)
             if value > best_value:
                 best_value, best_epoch = value, epoch

@@ -68,7 +68,8 @@ class EncoderEvalConfig:
     max_clips_per_split: NonNegInt = 0  # > 0 subsamples each split (quick runs)
     batch_size: PositiveInt = 64
     threads: NonNegInt = 0  # torch threads (tiny probes run fastest on one thread; 0 = default)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # feature extraction; auto: bf16 where the CPU/GPU has it
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # feature extraction and probe fits; auto: bf16 where the
+    #                                                      CPU/GPU computes it natively
 
 
 def _splits(task) -> dict[str, list[dict]]:
@@ -91,7 +92,7 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
     numbers, layer_curves, figures, bad_clips = {}, {}, [], []
     t0 = time.time()
     bf16 = use_bf16(cfg.precision, torch.device("cpu"))
-    print(f"[eval-encoder] feature extraction: {precision_note(bf16, torch.device('cpu'))}", flush=True)
+    print(f"[eval-encoder] feature extraction and probe fits: {precision_note(bf16, torch.device('cpu'))}", flush=True)
     encoders = {}
     for name, spec in cfg.encoders.items():
         torch.manual_seed(seed)  # a random encoder's weights
@@ -152,7 +153,7 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
                     probe, key = make_probe(probe_name, feats["train"], n_cls)
                     P.fit_probe(probe, feats["train"][key], labels["train"],
                                 valid[key] if valid is not None else None,
-                                labels["valid"] if valid is not None else None, seed=int(s), **pk)
+                                labels["valid"] if valid is not None else None, seed=int(s), bf16=bf16, **pk)
                     for role in test_roles:
                         scores[role].append(P.evaluate_probe(probe, feats[role][key], labels[role])["accuracy"])
                     last_probe = (probe, key)
