@@ -118,6 +118,7 @@ class AudioLanguageModel(nn.Module):
             self.projector = AudioProjector(encoder.config.embed_dim, emb.shape[1],
                                             n_freq=encoder.config.num_mel_bins // encoder.config.patch_size,
                                             cfg=cfg.projector, target_rms=rms)
+            self.projector.set_num_queries(self.n_audio_tokens)
             self.projector.to(emb.device)
 
     # ------------------------------------------------------------------------------------------------ building
@@ -210,7 +211,7 @@ class AudioLanguageModel(nn.Module):
         """Measure the projector's feature statistics on encoder tokens [N, K, D] of training clips; returns N."""
         if self.projector is None:
             raise ConfigError("calibrate_projector: this model has no audio projector (audio.enabled is false)")
-        pooled = self.projector.pool_tokens(audio_tokens.float().to(self.device))
+        pooled = self.projector.features(audio_tokens.float().to(self.device))
         self.projector.set_feature_stats(pooled, len(audio_tokens))
         return len(audio_tokens)
 
