@@ -32,7 +32,7 @@ from encoder.data.dataset import (
     collate_views,
     derive_seed,
 )
-from encoder.data.shards import ShardDataset, ShardError, shard_batches, shard_steps_per_epoch
+from encoder.data.shards import ShardDataset, shard_batches, shard_steps_per_epoch
 from encoder.features import FbankConfig
 from encoder.pretraining import (
     PretrainConfig,
@@ -69,14 +69,7 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
     if is_main:
         run.mkdir(parents=True, exist_ok=True)
         save_yaml(raw if raw is not None else cfg, run / "config.yaml")
-    torch.manual_seed(derive_seed(cfg.seed, "init"))
-    model = build_pretrain_model(cfg).to(device)
-    if is_main:
-        counts = parameter_summary(model)
-        print(f"[pretrain] objective={cfg.objective} world={world} device={device} trainable parameters: "
-              + ", ".join(f"{n}={c:,}" for n, c in counts.items()), flush=True)
-        print(f"[pretrain] precision: {precision_note(use_bf16(cfg.train.precision, device), device)}", flush=True)
-
+    # data first: a wrong path or shard folder fails before the model is built
     fb = FbankConfig(sample_rate=cfg.model.sample_rate, num_mel_bins=cfg.model.num_mel_bins,
                      target_frames=cfg.data.target_frames, mean=cfg.model.norm_mean, std=cfg.model.norm_std,
                      max_seconds=cfg.data.max_seconds)
@@ -106,6 +99,14 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
             raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(rows)} training clips")
         steps_per_epoch, n_clips = len(rows) // cfg.train.batch_size, len(rows)
     total = cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * steps_per_epoch
+
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    model = build_pretrain_model(cfg).to(device)
+    if is_main:
+        counts = parameter_summary(model)
+        print(f"[pretrain] objective={cfg.objective} world={world} device={device} trainable parameters: "
+              + ", ".join(f"{n}={c:,}" for n, c in counts.items()), flush=True)
+        print(f"[pretrain] precision: {precision_note(use_bf16(cfg.train.precision, device), device)}", flush=True)
 
     optimizer = torch.optim.AdamW(decay_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas))
@@ -293,7 +294,7 @@ def main(argv=None, objective: str | None = None) -> int:
     cfg, raw = load_recipe(PretrainConfig, args.config, overrides)
     try:
         summary = train(cfg, raw)
-    except (ckpt.CheckpointError, TrainingError, ShardError) as exc:  # a clear reason, non-zero exit
+    except (ckpt.CheckpointError, TrainingError) as exc:  # a clear reason, non-zero exit
         if dist.is_initialized():  # several ranks: say which one failed, with its traceback
             import traceback
 
