@@ -2,7 +2,7 @@
 
     python bench/loader_throughput.py [--root data/embedded-small] [--tasks keywords,instruments,environment]
                                       [--workers 0,1,2] [--batch 16] [--shard-size 64] [--repeats 2]
-                                      [--step-clips-per-s 90,175] [--out results/loader_throughput.json]
+                                      [--step-clips-per-s auto] [--out results/loader_throughput.json]
 
 Writes the manifests' clips to shards in a temporary folder (timed), then reads one epoch per setting through a
 real ``DataLoader``, with two kinds of work per clip:
@@ -12,7 +12,9 @@ real ``DataLoader``, with two kinds of work per clip:
   the same [1024, 128] normalised spectrogram the encoder trains on.
 
 Reports the best of ``--repeats`` epochs (worker start-up included) and compares it with what a training step
-consumes (``--step-clips-per-s``; default: the tiny recipe's ~90 clips/s fp32 and ~175 clips/s bf16 on 1 thread).
+consumes: ``--step-clips-per-s auto`` (the default) times a few steps of the tiny pretraining recipe
+(configs/pretrain/tiny.yaml: tiny ViT, batch 64, 128 frames, forward + backward + AdamW) in fp32 and, where the
+CPU computes bf16 natively, bf16 autocast, on 1 thread; or give fp32[,bf16] figures.
 A figure to read, not a pass/fail test. Set OMP_NUM_THREADS=1 to match the training measurement.
 """
 from __future__ import annotations
@@ -64,6 +66,36 @@ def epoch_rate(make_loader, repeats: int) -> tuple[float, int]:
     return n / best, n
 
 
+def step_rates(steps: int = 3) -> dict[str, float]:
+    """Clips/s one process trains at with the tiny pretraining recipe (random input of its shape: the step's cost
+    does not depend on the values), fp32 and bf16 autocast where native."""
+    from encoder.pretraining import PretrainConfig, build_pretrain_model, contrastive_step
+    from mosaic_core.config import load_recipe
+    from mosaic_core.runtime import autocast, use_bf16
+
+    cfg, _ = load_recipe(PretrainConfig, Path(__file__).resolve().parents[1] / "configs/pretrain/tiny.yaml", [])
+    b = cfg.train.batch_size
+    views = torch.randn(b, 2, cfg.data.target_frames, cfg.model.num_mel_bins)
+    cpu = torch.device("cpu")
+    out = {}
+    for name, bf16 in (("fp32", False), ("bf16", True)):
+        if bf16 and not use_bf16("auto", cpu):
+            continue
+        torch.manual_seed(0)
+        model = build_pretrain_model(cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        best = float("inf")
+        for i in range(steps + 1):  # the first step warms up
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            contrastive_step(model, views, cfg, i, 0, lambda loss: loss.backward(), autocast(bf16, cpu))
+            opt.step()
+            if i:
+                best = min(best, time.perf_counter() - t0)
+        out[name] = round(b / best, 1)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", default=os.environ.get("MOSAIC_ALM_DATA", "data/embedded-small"))
@@ -72,8 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--shard-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--step-clips-per-s", default="90,175",
-                    help="clips/s a training step consumes: fp32[,bf16] (default: tiny recipe on 1 thread)")
+    ap.add_argument("--step-clips-per-s", default="auto",
+                    help="clips/s a training step consumes: fp32[,bf16], or auto: time the tiny recipe's step")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -82,7 +114,12 @@ def main(argv=None) -> int:
     rows = []
     for task in args.tasks.split(","):
         rows += read_manifest(Path(args.root) / task / "manifest.jsonl")
-    need = dict(zip(("fp32", "bf16"), (float(x) for x in args.step_clips_per_s.split(","))))
+    if args.step_clips_per_s == "auto":
+        need = step_rates()
+        print("tiny pretraining step (batch 64, 128 frames, 1 thread): " +
+              ", ".join(f"{k} {v:g} clips/s" for k, v in need.items()))
+    else:
+        need = dict(zip(("fp32", "bf16"), (float(x) for x in args.step_clips_per_s.split(","))))
     source_bytes = sum(os.path.getsize(r["path"]) for r in rows)
     results = []
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:

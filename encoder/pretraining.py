@@ -81,6 +81,10 @@ class PretrainDataConfig:
     cached_features: bool = False
     on_bad_clip: Literal["skip", "fail"] = "skip"
     max_seconds: PositiveFloat = 600.0
+    # WebDataset shards instead of the manifests: a folder written by write_shards, a glob or a brace pattern
+    # (encoder/data/shards.py); null = the manifests above. Shards are split over ranks and loader workers.
+    shards: str | None = None
+    shuffle_buffer: NonNegInt = 512  # shards: clips held by each worker's shuffle buffer (0/1 = shard order)
 
 
 @dataclass
@@ -300,13 +304,24 @@ def memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def save_pretrain_checkpoint(run: Path, step: int, model, optimizer, engine, cfg, history, is_main, world, raw) -> None:
+def save_pretrain_checkpoint(run: Path, step: int, model, optimizer, engine, cfg, history, is_main, world, raw,
+                             data_state: dict | None = None) -> None:
+    """``data_state``: this rank's ``ShardDataset.state_dict()`` (shards only); every rank's is kept in the
+    checkpoint (``state["shards"]``, by rank) so each resumes at its next unseen clip."""
+    shard_states = None
+    if data_state is not None:
+        shard_states = [data_state]
+        if world > 1:
+            shard_states = [None] * world
+            dist.all_gather_object(shard_states, data_state)
     if engine is not None:  # every rank writes its optimizer partition (DeepSpeed's own format)
         engine.save_checkpoint(str(run / "ds_checkpoints"), tag=f"step_{step}")
     if is_main:
         tensors = {"model": {k: v for k, v in model.state_dict().items()}}
         state = {"step": step, "history": history, "config": raw if raw is not None else asdict(cfg),
                  "world_size": world}
+        if shard_states is not None:
+            state["shards"] = shard_states
         if engine is None:
             opt_tensors, opt_rest = ckpt.flatten_optimizer_state(optimizer.state_dict())
             tensors["optimizer"] = opt_tensors
@@ -337,8 +352,9 @@ def training_facts(cfg: PretrainConfig, steps: int, n_clips: int, world: int) ->
                  if cfg.objective == "contrastive" else
                  f"masked reconstruction (MAE baseline, mask ratio {cfg.mae.mask_ratio})")
     commit = git_commit()
-    return {"objective": objective, "data": f"{cfg.data.root}: {', '.join(cfg.data.manifests)} "
-                                            f"(splits {', '.join(cfg.data.splits) or 'all'}), {n_clips} clips",
+    data = (f"WebDataset shards {cfg.data.shards}" if cfg.data.shards else
+            f"{cfg.data.root}: {', '.join(cfg.data.manifests)} (splits {', '.join(cfg.data.splits) or 'all'})")
+    return {"objective": objective, "data": f"{data}, {n_clips} clips",
             "steps": steps, "global batch": cfg.train.batch_size, "processes": world,
             "learning rate": f"{cfg.optim.lr:g} (AdamW, {cfg.optim.warmup_steps} warm-up steps, cosine to "
                              f"{cfg.optim.min_lr:g}, weight decay {cfg.optim.weight_decay:g})",

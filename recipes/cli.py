@@ -83,13 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     fn = getattr(importlib.import_module(module), func)
     from encoder.checkpoint import CheckpointError
     from encoder.data.manifest import ManifestError
+    from encoder.data.shards import ShardError
     from encoder.data.sources import BuildError
     from encoder.features import AudioError
     from encoder.pretraining import TrainingError
     from mosaic_core.config import ConfigError
 
     user_errors = (ConfigError, AudioError, FileNotFoundError, ManifestError, CheckpointError, TrainingError,
-                   BuildError)
+                   BuildError, ShardError)
     try:
         return int(fn(rest) or 0)
     except user_errors as exc:

@@ -43,7 +43,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from encoder.data.tasks import ClipSet, Task, TaskConfig, cache_spectrograms, load_task
+from encoder import checkpoint as ckpt
+from encoder.data.shards import ShardDataset, shard_epoch, shard_steps_per_epoch
+from encoder.data.tasks import ClipSet, LabeledShardClips, Task, TaskConfig, cache_spectrograms, load_task
 from encoder.model import EncoderConfig
 from eval.augment import class_balanced_weights
 from eval.finetuning import (
@@ -64,7 +66,7 @@ from eval.finetuning import (
     trainable_summary,
 )
 from eval.report import plot_training_curves, write_report, write_results
-from mosaic_core.config import NonNegInt, load_recipe, save_yaml, to_plain
+from mosaic_core.config import ConfigError, NonNegInt, load_recipe, save_yaml, to_plain
 from mosaic_core.runtime import autocast, precision_note, seed_everything, set_threads, use_bf16
 from mosaic_core.schedule import lr_factor
 
@@ -77,6 +79,8 @@ class FinetuneConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the CPU/GPU computes it natively
     tensorboard: bool = True
     save_model: bool = False
+    ckpt_every: NonNegInt = 0  # > 0: checkpoint every N optimizer steps (run_dir/checkpoints); a rerun resumes there
+    keep_last: NonNegInt = 2  # checkpoints kept per run (0 = all)
     task: TaskConfig = field(default_factory=TaskConfig)
     model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
     optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
@@ -84,15 +88,45 @@ class FinetuneConfig:
     eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
 
 
-def _loader(task: Task, idx: torch.Tensor, batch_size: int, workers: int, sampler=None):
+def _loader(task: Task, idx: torch.Tensor, batch_size: int, workers: int, sampler=None, generator=None):
     return torch.utils.data.DataLoader(ClipSet(task, idx), batch_size=batch_size, sampler=sampler,
-                                       num_workers=workers, shuffle=False)
+                                       num_workers=workers, shuffle=False, generator=generator)
 
 
-def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, train_idx: torch.Tensor,
+def _save(ckdir: Path, cfg: FinetuneConfig, model, opt, rng: dict, best_state, state: dict,
+          shards: ShardDataset | None) -> None:
+    opt_tensors, opt_rest = ckpt.flatten_optimizer_state(opt.state_dict())
+    tensors = {"model": model.state_dict(), "optimizer": opt_tensors, "rng": rng}
+    if best_state is not None:
+        tensors["best"] = best_state
+    state = {**state, "optimizer": opt_rest, "config": to_plain(cfg),
+             "shards": shards.state_dict() if shards is not None else None}
+    ckpt.save_checkpoint(ckdir, state["step"], tensors, state, keep_last=cfg.keep_last)
+
+
+def _resume(ckdir: Path, cfg: FinetuneConfig, model, opt, shards: ShardDataset | None):
+    """(tensors, state) of the newest verified checkpoint in ``ckdir`` after loading model, optimizer and reader
+    state, or None. A checkpoint of another config is refused (one line)."""
+    latest = ckpt.latest_checkpoint(ckdir)
+    if latest is None:
+        return None
+    tensors, state = ckpt.load_checkpoint(latest)
+    if state.get("config") != json.loads(json.dumps(to_plain(cfg))):
+        raise ckpt.CheckpointError(f"{latest}: written by a run with another config; use another run_dir "
+                                   f"(or delete {ckdir})")
+    model.load_state_dict(tensors["model"])
+    opt.load_state_dict(ckpt.unflatten_optimizer_state(tensors["optimizer"], state["optimizer"]))
+    if shards is not None:
+        shards.load_state_dict(state["shards"])
+    print(f"[finetune] resumed from {latest} at step {state['step']}", flush=True)
+    return tensors, state
+
+
+def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, train_idx: torch.Tensor | ShardDataset,
                    valid_idx: torch.Tensor | None, tests: dict[str, torch.Tensor], run: Path,
                    tag: str = "") -> dict[str, Any]:
-    """Fine-tune a fresh model on ``train_idx``; select on ``valid_idx``; score every test split."""
+    """Fine-tune a fresh model on ``train_idx`` (row indices, or a :class:`ShardDataset` of training clips);
+    select on ``valid_idx``; score every test split. With ``ckpt_every`` it resumes from its newest checkpoint."""
     oc, ac, ec = cfg.optim, cfg.augment, cfg.eval
     seed_everything(cfg.seed)
     model = build_finetune_model(cfg.model, enc_cfg, task.num_outputs)
@@ -107,17 +141,23 @@ def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, trai
 
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # augmentations
     sgen = torch.Generator().manual_seed(cfg.seed + 2)  # shuffling / sampling
-    n_train = len(train_idx)
-    per_epoch = oc.samples_per_epoch or n_train
-    if oc.balanced_sampler:
-        y = task.targets[train_idx]
-        if task.task_type != "multi_label":
-            y = F.one_hot(y, task.num_outputs)
-        sampler = torch.utils.data.WeightedRandomSampler(class_balanced_weights(y), per_epoch, replacement=True,
-                                                         generator=sgen)
+    shards = train_idx if isinstance(train_idx, ShardDataset) else None
+    if shards is not None:  # one pass over the shards per epoch (clip counts from their index)
+        shard_steps_per_epoch(shards, oc.batch_size, drop_last=False)  # refuses shards without an index
+        n_train = per_epoch = shards.clips_per_rank()[0]
+        sampler = None
     else:
-        sampler = torch.utils.data.RandomSampler(ClipSet(task, train_idx), num_samples=per_epoch, generator=sgen)
-    train_loader = _loader(task, train_idx, oc.batch_size, oc.num_workers, sampler)
+        n_train = len(train_idx)
+        per_epoch = oc.samples_per_epoch or n_train
+        if oc.balanced_sampler:
+            y = task.targets[train_idx]
+            if task.task_type != "multi_label":
+                y = F.one_hot(y, task.num_outputs)
+            sampler = torch.utils.data.WeightedRandomSampler(class_balanced_weights(y), per_epoch, replacement=True,
+                                                             generator=sgen)
+        else:
+            sampler = torch.utils.data.RandomSampler(ClipSet(task, train_idx), num_samples=per_epoch,
+                                                     generator=sgen)
     eval_loader = lambda idx: _loader(task, idx, ec.batch_size, oc.num_workers)  # noqa: E731
     steps_per_epoch = math.ceil(per_epoch / oc.batch_size)
     total, warmup = oc.epochs * steps_per_epoch, int(round(oc.warmup_epochs * steps_per_epoch))
@@ -133,14 +173,35 @@ def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, trai
                                                                                next(iter(tests)))
     history: dict[str, list] = {"train_loss": [], f"{curve_name}_loss": [], f"{curve_name}_{metric}": [], "lr": []}
     best, best_state, best_epoch, step = None, None, oc.epochs, 0
+    start_epoch, done, losses, lr = 1, 0, [], oc.lr
+    ckdir = run / "checkpoints" / (tag.strip(" /") or "run")
+    resumed = _resume(ckdir, cfg, model, opt, shards) if cfg.ckpt_every > 0 else None
+    if resumed is not None:  # bit-identical continuation: generators, global RNG and the epoch's position
+        tensors, st = resumed
+        gen.set_state(tensors["rng"]["gen"])
+        sgen.set_state(tensors["rng"]["sgen_epoch"])  # the epoch's order is drawn again from its start state
+        torch.set_rng_state(tensors["rng"]["torch"])
+        best_state = tensors.get("best")
+        best, best_epoch, history, step = st["best"], st["best_epoch"], st["history"], st["step"]
+        start_epoch, done, losses, lr = st["epoch"], st["batches"], st["losses"], st["lr"]
     from tqdm import tqdm
 
     t0 = time.time()
-    for epoch in range(1, oc.epochs + 1):
+    for epoch in range(start_epoch, oc.epochs + 1):
         model.train()
-        losses = []
-        for x, y in tqdm(train_loader, desc=f"{task.name}{tag} epoch {epoch}/{oc.epochs}", leave=False,
-                         dynamic_ncols=True, mininterval=5.0, disable=None):
+        if epoch != start_epoch:
+            done, losses = 0, []
+        sgen_epoch = sgen.get_state()
+        if shards is None:  # the epoch's order drawn up front, so a resume can skip the batches already trained
+            order = list(sampler)[done * oc.batch_size:]
+            batches = _loader(task, train_idx, oc.batch_size, oc.num_workers, order,
+                              torch.Generator().manual_seed(cfg.seed + 3))
+        else:
+            shards.set_epoch(epoch)
+            batches = ((b["input"], b["target"]) for b in shard_epoch(shards, oc.batch_size, drop_last=False,
+                                                                      num_workers=oc.num_workers))
+        for x, y in tqdm(batches, desc=f"{task.name}{tag} epoch {epoch}/{oc.epochs}", leave=False,
+                         total=steps_per_epoch - done, dynamic_ncols=True, mininterval=5.0, disable=None):
             lr = oc.lr * lr_factor(step, total, warmup, oc.min_lr / oc.lr)
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]
@@ -154,7 +215,12 @@ def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, trai
                 nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip)
             opt.step()
             losses.append(loss.item())
-            step += 1
+            step, done = step + 1, done + 1
+            if cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0:
+                _save(ckdir, cfg, model, opt, {"gen": gen.get_state(), "sgen_epoch": sgen_epoch,
+                                               "torch": torch.get_rng_state()}, best_state,
+                      {"step": step, "epoch": epoch, "batches": done, "losses": losses, "lr": lr,
+                       "history": history, "best": best, "best_epoch": best_epoch}, shards)
         history["train_loss"].append(float(np.mean(losses)))
         history["lr"].append(lr)
         if writer:
@@ -206,6 +272,15 @@ def finetune(cfg: FinetuneConfig, raw: dict | None = None) -> dict[str, Any]:
     save_yaml(resolved, run / "config.yaml")
     enc_cfg = encoder_config(cfg.model)
     task = load_task(cfg.task, enc_cfg, cfg.seed)
+    shards = None
+    if cfg.task.shards:  # the training clips stream from shards; valid and test still come from the task's files
+        if task.folds or cfg.optim.balanced_sampler or cfg.optim.samples_per_epoch:
+            raise ConfigError("task.shards: cross-validation folds, optim.balanced_sampler and "
+                              "optim.samples_per_epoch read the train split's files; unset them to train from shards")
+        shards = ShardDataset(cfg.task.shards, seed=cfg.seed, shuffle_buffer=cfg.task.shuffle_buffer,
+                              transform=LabeledShardClips(task), max_seconds=task.fbank.max_seconds,
+                              quarantine=run / "quarantine.jsonl")
+        task.splits = {role: idx for role, idx in task.splits.items() if role != "train"}  # not decoded
     cache_spectrograms(task, cfg.task)
     metric = MAIN_METRIC[task.task_type]
     t0 = time.time()
@@ -228,13 +303,16 @@ def finetune(cfg: FinetuneConfig, raw: dict | None = None) -> dict[str, Any]:
         summary["mean"] = {metric: numbers["test"]["test"][metric]["mean"]}
     else:
         tests = {r: idx for r, idx in task.splits.items() if r.startswith("test")}
-        res = train_and_test(cfg, task, enc_cfg, task.splits["train"], task.splits.get("valid"), tests, run)
+        train = shards if shards is not None else task.splits["train"]
+        res = train_and_test(cfg, task, enc_cfg, train, task.splits.get("valid"), tests, run)
         numbers.update(res)
         figures.append(("Training curves", plot_training_curves(res["history"], title=task.name)))
         summary = {role: {k: v for k, v in m.items() if not k.startswith("classes_skipped")}
                    for role, m in res["test"].items()}
     numbers["seconds"] = time.time() - t0
     numbers["bad_clips"] = task.bad_clips
+    if shards is not None:
+        numbers["train_shards"] = {"source": cfg.task.shards, "bad_records": shards.bad_records}
     write_results(run, "finetune", numbers, resolved, cfg.seed)
     sections = [("Summary", [f"Fine-tuned {cfg.model.encoder} on {task.name} ({task.task_type}, "
                              f"{task.fbank.target_frames} frames) for {cfg.optim.epochs} epochs; "

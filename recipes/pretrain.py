@@ -12,6 +12,7 @@ step the optimizer, log, checkpoint. At the end the encoder alone is exported as
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -26,10 +27,12 @@ from encoder import checkpoint as ckpt
 from encoder.data.dataset import (
     EpochBatchSampler,
     PretrainDataset,
+    ShardViews,
     cache_features,
     collate_views,
     derive_seed,
 )
+from encoder.data.shards import ShardDataset, shard_batches, shard_steps_per_epoch
 from encoder.features import FbankConfig
 from encoder.pretraining import (
     PretrainConfig,
@@ -66,6 +69,37 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
     if is_main:
         run.mkdir(parents=True, exist_ok=True)
         save_yaml(raw if raw is not None else cfg, run / "config.yaml")
+    # data first: a wrong path or shard folder fails before the model is built
+    fb = FbankConfig(sample_rate=cfg.model.sample_rate, num_mel_bins=cfg.model.num_mel_bins,
+                     target_frames=cfg.data.target_frames, mean=cfg.model.norm_mean, std=cfg.model.norm_std,
+                     max_seconds=cfg.data.max_seconds)
+    if cfg.train.batch_size % world:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by the {world} processes")
+    shards = None
+    if cfg.data.shards:  # WebDataset shards: split over ranks and workers, resumable (encoder/data/shards.py)
+        maker = PretrainDataset([], fb, cfg.augment, cfg.seed, None, cfg.views)
+        shards = ShardDataset(cfg.data.shards, rank=rank, world=world, seed=cfg.seed,
+                              shuffle_buffer=cfg.data.shuffle_buffer, max_seconds=cfg.data.max_seconds,
+                              transform=ShardViews(maker, spectrogram=cfg.data.cached_features))
+        steps_per_epoch = shard_steps_per_epoch(shards, cfg.train.batch_size // world)
+        n_clips = sum(shards.clips_per_rank())
+    else:
+        rows = load_rows(cfg)
+        features = None
+        if cfg.data.cached_features:
+            cache = Path(cfg.data.root) / "cache" / f"fbank_{derive_seed(*[r['id'] for r in rows]):x}.safetensors"
+            if is_main:
+                features = cache_features(rows, fb, cache)
+            if world > 1:
+                dist.barrier()
+            if not is_main:
+                features = cache_features(rows, fb, cache)
+        dataset = PretrainDataset(rows, fb, cfg.augment, cfg.seed, features, cfg.views)
+        if len(rows) < cfg.train.batch_size:
+            raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(rows)} training clips")
+        steps_per_epoch, n_clips = len(rows) // cfg.train.batch_size, len(rows)
+    total = cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * steps_per_epoch
+
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build_pretrain_model(cfg).to(device)
     if is_main:
@@ -73,25 +107,6 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
         print(f"[pretrain] objective={cfg.objective} world={world} device={device} trainable parameters: "
               + ", ".join(f"{n}={c:,}" for n, c in counts.items()), flush=True)
         print(f"[pretrain] precision: {precision_note(use_bf16(cfg.train.precision, device), device)}", flush=True)
-
-    rows = load_rows(cfg)
-    fb = FbankConfig(sample_rate=cfg.model.sample_rate, num_mel_bins=cfg.model.num_mel_bins,
-                     target_frames=cfg.data.target_frames, mean=cfg.model.norm_mean, std=cfg.model.norm_std,
-                     max_seconds=cfg.data.max_seconds)
-    features = None
-    if cfg.data.cached_features:
-        cache = Path(cfg.data.root) / "cache" / f"fbank_{derive_seed(*[r['id'] for r in rows]):x}.safetensors"
-        if is_main:
-            features = cache_features(rows, fb, cache)
-        if world > 1:
-            dist.barrier()
-        if not is_main:
-            features = cache_features(rows, fb, cache)
-    dataset = PretrainDataset(rows, fb, cfg.augment, cfg.seed, features, cfg.views)
-    if len(rows) < cfg.train.batch_size:
-        raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(rows)} training clips")
-    steps_per_epoch = len(rows) // cfg.train.batch_size
-    total = cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * steps_per_epoch
 
     optimizer = torch.optim.AdamW(decay_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas))
@@ -125,14 +140,31 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
             engine.load_checkpoint(str(run / "ds_checkpoints"), tag=f"step_{state['step']}",
                                    load_module_strict=True, load_lr_scheduler_states=False)
         start_step, history = state["step"], state.get("history", [])
+        if ("shards" in state) != (shards is not None) or len(state.get("shards", [])) not in (0, world):
+            raise ckpt.CheckpointError(f"{latest}: written by a run reading "
+                                       f"{'shards' if 'shards' in state else 'manifests'} with "
+                                       f"{state.get('world_size')} process(es); this run reads "
+                                       f"{'shards' if shards is not None else 'manifests'} with {world}: "
+                                       f"use another run_dir")
+        if shards is not None:
+            try:
+                shards.load_state_dict(state["shards"][rank])
+            except ValueError as exc:
+                raise ckpt.CheckpointError(f"{latest}: shard reader state does not fit this run: {exc}") from None
         if is_main:
             print(f"[pretrain] resumed from {latest} at step {start_step}", flush=True)
 
-    sampler = EpochBatchSampler(len(rows), cfg.train.batch_size, rank, world, cfg.seed, start_step, total)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_views,
-                                         num_workers=cfg.data.num_workers,
-                                         persistent_workers=cfg.data.num_workers > 0,
-                                         prefetch_factor=2 if cfg.data.num_workers > 0 else None)
+    if shards is not None:  # each rank stops an epoch when any rank runs out (bad records) or after min(clips) steps
+        loader = itertools.islice(shard_batches(shards, cfg.train.batch_size // world,
+                                                num_workers=cfg.data.num_workers, steps=steps_per_epoch,
+                                                any_rank=lambda flag: any_rank(flag, world, device)),
+                                  max(0, total - start_step))
+    else:
+        sampler = EpochBatchSampler(len(rows), cfg.train.batch_size, rank, world, cfg.seed, start_step, total)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_views,
+                                             num_workers=cfg.data.num_workers,
+                                             persistent_workers=cfg.data.num_workers > 0,
+                                             prefetch_factor=2 if cfg.data.num_workers > 0 else None)
     writer = None
     if is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -229,7 +261,8 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
                 print(f"[pretrain] step {step}/{total} loss {loss_val:.4f} acc {acc_val:.3f} lr {lr:.2e} "
                       f"{cfg.train.batch_size * cfg.train.log_every / max(dt, 1e-9):.1f} clips/s", flush=True)
         if step % cfg.train.ckpt_every == 0 or step == total:
-            save_pretrain_checkpoint(run, step, model, optimizer, engine, cfg, history, is_main, world, raw)
+            save_pretrain_checkpoint(run, step, model, optimizer, engine, cfg, history, is_main, world, raw,
+                                     shards.state_dict() if shards is not None else None)
         if step >= total:
             break
     if bar is not None:
@@ -238,7 +271,7 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
         writer.close()
     summary = {"steps": step, "history": history, "bad_clips": bad_clips, "skipped_steps": skipped_steps}
     if is_main:
-        export_encoder(model.encoder, run / "encoder", training_facts(cfg, step, len(rows), world))
+        export_encoder(model.encoder, run / "encoder", training_facts(cfg, step, n_clips, world))
         atomic_write_json(run / "history.json", history, indent=None)
     if world > 1:
         dist.barrier()

@@ -70,3 +70,16 @@ def fp32_everywhere():
         os.environ.pop("MOSAIC_ALM_PRECISION", None)
     else:
         os.environ["MOSAIC_ALM_PRECISION"] = before
+
+
+@pytest.fixture(scope="session")
+def embedded_shards(embedded_root, tmp_path_factory) -> Path:
+    """WebDataset shards of 48 real training clips of the embedded keyword task (8 shards of 6), written by the
+    kit's converter (encoder.data.shards.write_shards); their index sits beside them."""
+    from encoder.data.manifest import read_manifest
+    from encoder.data.shards import write_shards
+
+    rows = [r for r in read_manifest(embedded_root / "keywords" / "manifest.jsonl") if r["split"] == "train"][:48]
+    out = tmp_path_factory.mktemp("embedded-shards")
+    write_shards(rows, out, shard_size=6)
+    return out

@@ -29,6 +29,7 @@ from ..features import (
     load_audio,
     normalise,
     pad_or_crop,
+    prepare_waveform,
 )
 
 
@@ -117,31 +118,40 @@ class PretrainDataset(Dataset):
 
     def _views(self, epoch: int, index: int) -> torch.Tensor:
         row = self.rows[index]
-        rng = np.random.default_rng(derive_seed(self.seed, epoch, index))
+        if self.features is None:
+            return self.views_of(epoch, index, row["path"],
+                                 wave=load_audio(row["path"], self.cfg.sample_rate, self.cfg.max_seconds))
+        spec = self.features.get(str(row["id"]))
+        if spec is None:
+            raise AudioError(row["path"], "no cached features (the clip failed to decode when cached)")
+        return self.views_of(epoch, index, row["path"], spec=spec)
+
+    def views_of(self, epoch: int, key, source, *, wave: torch.Tensor | None = None,
+                 spec: torch.Tensor | None = None) -> torch.Tensor:
+        """Two views [2, T, F] of one clip given its mono waveform (waveform augmentations, then fbank) or its
+        un-normalised fbank ``spec`` (per-view spectrogram transforms when ``views`` is enabled); every draw comes
+        from (seed, epoch, key): the manifest index here, the clip id for shards (:class:`ShardViews`)."""
+        rng = np.random.default_rng(derive_seed(self.seed, epoch, key))
         offset_u = float(rng.random())
-        if self.features is not None:
-            spec = self.features.get(str(row["id"]))
-            if spec is None:
-                raise AudioError(row["path"], "no cached features (the clip failed to decode when cached)")
+        if spec is not None:
             if self.view_cfg is not None:
-                views = torch.stack([self._spec_view(spec, epoch, index, v) for v in range(2)])
+                views = torch.stack([self._spec_view(spec, epoch, key, v) for v in range(2)])
             else:
                 offset = int(offset_u * max(0, spec.shape[0] - self.cfg.target_frames))
                 x = normalise(pad_or_crop(spec, self.cfg.target_frames, offset), self.cfg.mean, self.cfg.std)
                 views = torch.stack([x, x])
         else:
-            wave = load_audio(row["path"], self.cfg.sample_rate, self.cfg.max_seconds)
             views = torch.stack([self._spec(self._aug(wave, rng), offset_u) for _ in range(2)])
         if not torch.isfinite(views).all():
-            raise AudioError(row["path"], "features are not finite after augmentation")
+            raise AudioError(source, "features are not finite after augmentation")
         return views
 
-    def _spec_view(self, spec: torch.Tensor, epoch: int, index: int, view: int) -> torch.Tensor:
+    def _spec_view(self, spec: torch.Tensor, epoch: int, index, view: int) -> torch.Tensor:
         """One view of a cached spectrogram under its own draw of :mod:`encoder.data.views` transforms."""
         rng = np.random.default_rng(derive_seed(self.seed, "view", epoch, index, view))
 
-        def other() -> torch.Tensor:  # another clip to mix in (one that has cached features)
-            for _ in range(8):
+        def other() -> torch.Tensor:  # another clip to mix in (one that has cached features; none for shards)
+            for _ in range(8 if self.features else 0):
                 found = self.features.get(str(self.rows[int(rng.integers(len(self.rows)))]["id"]))
                 if found is not None:
                     return found
@@ -161,6 +171,29 @@ class PretrainDataset(Dataset):
         out = self._augment(samples=wave.numpy().astype(np.float32), sample_rate=self.cfg.sample_rate)
         out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+class ShardViews:
+    """A :class:`~encoder.data.shards.ShardDataset` transform for pretraining: a decoded clip -> ``{"id", "views"}``
+    made exactly as :class:`PretrainDataset` makes them (``maker``: one with no rows), from the waveform (channels
+    averaged and resampled as ``load_audio`` does) or, with ``spectrogram``, from its fbank computed on the fly (the
+    shard path of ``data.cached_features``: shards stream, nothing is cached; view mixing has no other clip). Draws
+    come from (seed, epoch, clip id), so a resumed run repeats them. A class, so spawned workers can unpickle it."""
+
+    def __init__(self, maker: PretrainDataset, spectrogram: bool):
+        self.maker, self.spectrogram = maker, spectrogram
+
+    def __call__(self, sample: dict) -> dict:
+        cfg, source = self.maker.cfg, str(sample["id"])
+        mono = torch.from_numpy(np.ascontiguousarray(sample["audio"].numpy().T.mean(axis=1)))  # as load_audio
+        wave = prepare_waveform(mono, sample["sample_rate"], cfg.sample_rate, source=source,
+                                max_seconds=cfg.max_seconds)
+        key = str(sample["id"])
+        if self.spectrogram:
+            views = self.maker.views_of(sample["epoch"], key, source, spec=fbank(wave - wave.mean(), cfg))
+        else:
+            views = self.maker.views_of(sample["epoch"], key, source, wave=wave)
+        return {"id": sample["id"], "views": views}
 
 
 def collate_views(items: list[dict]) -> dict:

@@ -388,8 +388,9 @@ class ShardDataset(IterableDataset):
       per epoch, also across resumes; :meth:`advance` counts it and appends it to ``quarantine``. Only a worker whose
       shards hold no good clip at all writes its bad records to ``quarantine`` itself (and logs a warning).
 
-    Each sample is ``{"id", "record", "audio" [channels, samples] float32, "sample_rate"}`` (or what ``transform``
-    returns for that dict, see :class:`FbankTransform`) plus ``bad`` (list of dicts: ``shard``, ``key``, ``id``,
+    Each sample is ``{"id", "record", "audio" [channels, samples] float32, "sample_rate", "epoch"}`` (``epoch``: the
+    epoch being read, so a transform can derive its random draws from (seed, epoch, id)), or what ``transform``
+    (see :class:`FbankTransform`), plus ``bad`` (list of dicts: ``shard``, ``key``, ``id``,
     ``error``, ``epoch``, ``rank``) and ``pos`` (progress marker for :meth:`advance`).
 
     Workers get a copy of the dataset when a ``DataLoader`` iterator starts: call :meth:`set_epoch` and
@@ -452,6 +453,7 @@ class ShardDataset(IterableDataset):
         self._workers: int | None = None
         self._consumed: list[int] = []
         self._next_worker = 0
+        self.batches = 0  # advance() calls this epoch (a trainer's steps into the epoch)
 
     def advance(self, batch: dict) -> list[dict]:
         """Mark a batch (from :func:`collate_clips`) or a single sample as consumed by the trainer; count its bad
@@ -467,6 +469,7 @@ class ShardDataset(IterableDataset):
                                  f"{self._workers}")
             self._consumed[slot] = max(self._consumed[slot], end)
             self._next_worker = (slot + 1) % workers
+        self.batches += 1
         bad = list(batch["bad"])
         if bad:
             self.bad_records += len(bad)
@@ -478,7 +481,8 @@ class ShardDataset(IterableDataset):
         settings a resume must match (seed, rank, world, number of shards)."""
         return {"version": VERSION, "seed": self.seed, "rank": self.rank, "world": self.world,
                 "num_shards": len(self.shards), "epoch": self.epoch, "workers": self._workers,
-                "consumed": list(self._consumed), "next_worker": self._next_worker, "bad_records": self.bad_records}
+                "consumed": list(self._consumed), "next_worker": self._next_worker, "batches": self.batches,
+                "bad_records": self.bad_records}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume from :meth:`state_dict`; raises ``ValueError`` if seed, rank, world or shard count differ."""
@@ -490,6 +494,7 @@ class ShardDataset(IterableDataset):
         self._workers = state["workers"]
         self._consumed = [int(c) for c in state["consumed"]]
         self._next_worker = int(state["next_worker"])
+        self.batches = int(state.get("batches", 0))
         self.bad_records = int(state["bad_records"])
 
     # -- iteration
@@ -530,7 +535,7 @@ class ShardDataset(IterableDataset):
                 if error is not None:
                     raise AudioError(shard, error)
                 sample = decode_record(parts, source, self.max_seconds)
-                rid = sample["id"]
+                rid, sample["epoch"] = sample["id"], self.epoch
                 if self.transform is not None:
                     sample = self.transform(sample)
             except AudioError as exc:
@@ -568,5 +573,58 @@ def _peek_id(raw: bytes):
         return None
 
 
+# --------------------------------------------------------------------------------------------- trainer helpers
+def shard_steps_per_epoch(ds: ShardDataset, local_batch: int, drop_last: bool = True) -> int:
+    """Batches every rank can take per epoch: ``min(clips_per_rank) // local_batch`` (``ceil`` without
+    ``drop_last``, for one rank). Raises :class:`ShardError` when the shards carry no index (counts unknown) or a
+    rank holds fewer clips than one batch."""
+    counts = ds.clips_per_rank()
+    if counts is None:
+        raise ShardError(f"{ds.shards[0].parent}: shards without an {INDEX_NAME} beside them; their clip counts "
+                         f"(and so the epoch length) are unknown (write them with write_shards)")
+    fewest = min(counts)
+    steps = fewest // local_batch if drop_last else -(-fewest // local_batch)
+    if steps < 1:
+        raise ShardError(f"{ds.shards[0].parent}: a rank holds {fewest} clips, fewer than one batch of {local_batch}")
+    return steps
+
+
+def shard_epoch(ds: ShardDataset, batch_size: int, *, num_workers: int = 0, steps: int | None = None,
+                drop_last: bool = True, any_rank: Callable[[bool], bool] = bool) -> Iterator[dict]:
+    """The batches of ``ds``'s current epoch from its current progress on (a fresh epoch or a resumed one), each
+    passed to :meth:`ShardDataset.advance` before it is yielded, so ``ds.state_dict()`` taken after a training step
+    resumes at the next unseen clip. Ends after ``steps`` batches of the epoch (``ds.batches``) or when the loader
+    runs dry; with several ranks ``any_rank(flag)`` must all-reduce "this rank has no batch" so every rank ends the
+    epoch at the same step. The caller then moves on with ``ds.set_epoch(ds.epoch + 1)``. The loader has its own
+    generator (seeded from (seed, epoch)): creating it takes no draw from the global torch RNG."""
+    if steps is not None and ds.batches >= steps:
+        return
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_clips, drop_last=drop_last,
+        persistent_workers=False, generator=torch.Generator().manual_seed(derive_seed(ds.seed, ds.epoch, "loader")))
+    it = iter(loader)
+    while steps is None or ds.batches < steps:
+        batch = next(it, None)
+        if any_rank(batch is None):
+            return
+        ds.advance(batch)
+        yield batch
+
+
+def shard_batches(ds: ShardDataset, batch_size: int, **kwargs) -> Iterator[dict]:
+    """:func:`shard_epoch` (same arguments) over epoch after epoch, without end: the stream a step-counted trainer
+    reads. An epoch that yields no batch at all raises :class:`ShardError` (it would loop forever)."""
+    while True:
+        n = 0
+        for batch in shard_epoch(ds, batch_size, **kwargs):
+            n += 1
+            yield batch
+        if n == 0 and ds.batches == 0:
+            raise ShardError(f"{ds.shards[0].parent}: epoch {ds.epoch} gave no batch of {batch_size} good clips "
+                             f"on rank {ds.rank} ({ds.bad_records} bad records so far)")
+        ds.set_epoch(ds.epoch + 1)
+
+
 __all__ = ["ShardError", "ShardDataset", "write_shards", "read_index", "verify_shards", "resolve_shards",
-           "decode_record", "FbankTransform", "collate_clips", "FORMAT", "VERSION", "INDEX_NAME"]
+           "decode_record", "FbankTransform", "collate_clips", "shard_epoch", "shard_batches", "shard_steps_per_epoch",
+           "FORMAT", "VERSION", "INDEX_NAME"]

@@ -37,6 +37,10 @@ class TaskConfig:
     cache: Literal["auto", "always", "never"] = "auto"  # keep spectrograms in memory
     cache_max_gb: NonNegFloat = 4.0  # "auto" caches when the float32 spectrograms fit in this
     max_clips_per_split: NonNegInt = 0  # > 0 subsamples each split (quick runs)
+    # fine-tuning: the TRAINING clips from WebDataset shards (a folder written by write_shards, a glob or a brace
+    # pattern; labels from each clip's JSON record) instead of the recipe's train split; null = the train split
+    shards: str | None = None
+    shuffle_buffer: NonNegInt = 512  # shards: clips in each loader worker's shuffle buffer
 
 
 # Keys a data recipe may carry, by format (anything else is a typo).
@@ -231,6 +235,39 @@ def cache_spectrograms(task: Task, tc: TaskConfig) -> None:
               f"{task.bad_clips[0]['error']}", flush=True)
         task.splits = {k: v[ok[v]] for k, v in task.splits.items()}
         task.folds = {k: v[ok[v]] for k, v in task.folds.items()}
+
+
+class LabeledShardClips:
+    """A :class:`~encoder.data.shards.ShardDataset` transform for fine-tuning: a decoded clip ->
+    ``{"id", "input" [T, F], "target"}``, the input as :func:`spectrogram` computes it from the file and the target as
+    :func:`load_task` builds it from the record's ``label``/``labels``/``label_indices``. A label outside the task's
+    classes makes the record bad (skipped, counted, quarantined). A class, so spawned workers can unpickle it."""
+
+    def __init__(self, task: Task):
+        from .shards import FbankTransform
+
+        self.fbank = FbankTransform(task.fbank)
+        self.index = {c: i for i, c in enumerate(task.classes)}
+        self.multi = task.task_type == "multi_label"
+
+    def __call__(self, sample: dict) -> dict:
+        out, rec = self.fbank(sample), sample["record"]
+        if "label_indices" in rec:
+            idx = [int(i) for i in rec["label_indices"]]
+        else:
+            labs = rec.get("labels", rec.get("label"))
+            labs = labs if isinstance(labs, list) else [labs]
+            missing = [lab for lab in labs if lab not in self.index]
+            if missing or (not self.multi and len(labs) != 1):
+                raise AudioError(str(sample["id"]), f"label {missing[0] if missing else labs!r} does not fit the "
+                                                    f"task's classes")
+            idx = [self.index[lab] for lab in labs]
+        if self.multi:
+            target = torch.zeros(len(self.index))
+            target[idx] = 1.0
+        else:
+            target = torch.tensor(idx[0], dtype=torch.long)
+        return {"id": out["id"], "input": out["input"], "target": target}
 
 
 class ClipSet(torch.utils.data.Dataset):
