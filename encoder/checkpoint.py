@@ -253,7 +253,7 @@ def require_safetensors(path: str | os.PathLike, what: str) -> Path:
 def _deepspeed_safe_globals() -> list:
     """The non-tensor classes DeepSpeed's checkpoint files hold (found with
     ``torch.serialization.get_unsafe_globals_in_checkpoint`` on ZeRO-2 and ZeRO-3 checkpoints): plain data, no code."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler, DynamicLossScaler
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
