@@ -376,3 +376,18 @@ def test_grad_accum_under_deepspeed_equals_large_batch(toy, tmp_path):
     wb, wa = _weights(tmp_path / "big/stage1/artifact"), _weights(tmp_path / "acc/stage1/artifact")
     for k in wb:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=2e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_deepspeed_checkpoints_of_another_config_move_aside_with_the_kit_checkpoints(ds_run, tmp_path):
+    """Another config's checkpoints go aside with their DeepSpeed tags (a fresh run then never sees stale tags)."""
+    from recipes.train_alm import resume_stage
+
+    run = tmp_path / "t" / "stage1"
+    shutil.copytree(ds_run[0] / "t" / "stage1", run)
+    _, state = _latest(run)
+    other = json.loads(json.dumps(state["config"]))
+    other["train"]["lr"] = other["train"]["lr"] / 2
+    assert resume_stage(run, other, None, None, None) is None  # decided before the model or engine is touched
+    aside = list(run.glob("checkpoints.superseded-*"))
+    assert len(aside) == 1 and not (run / "checkpoints").exists() and not (run / "ds_checkpoints").exists()
+    assert sorted(p.name for p in (aside[0] / "ds_checkpoints").glob("step_*")) == ["step_00000001", "step_00000002"]
