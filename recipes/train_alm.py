@@ -326,7 +326,7 @@ def resume_stage(out: Path, cfg: dict, model, opt, sched, engine=None) -> dict |
                                        f"match its weights ({bad[:3]}); refusing to resume")
     sched.load_state_dict(dict(state["scheduler"], lr_lambdas=[None] * len(sched.lr_lambdas)))
     for group, lr in zip(sched.optimizer.param_groups, sched.get_last_lr()):
-        group["lr"] = lr  # the rate of the next step (DeepSpeed's optimizer state does not carry it)
+        group["lr"] = lr  # the rate of the next step as the scheduler left it, whatever the optimizer load restored
     if rank == 0:
         _set_rng_state(tensors["rng"], state["rng"])
     else:
