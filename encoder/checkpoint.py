@@ -4,6 +4,12 @@ A checkpoint is a folder ``step_00000123/`` holding ``model.safetensors``, ``opt
 the optimiser state, flattened), ``state.json`` (step, scheduler, non-tensor optimiser state, metrics, config) and
 ``checksums.json`` (sha256 of each file). It only ever appears complete: a crash mid-write leaves a ``.tmp-*``
 folder that is ignored (and cleaned) on the next start. Loading never unpickles anything.
+
+Under DeepSpeed the optimizer partitions and fp32 master weights are in DeepSpeed's own format (``torch.save``,
+a pickle) in ``{run}/ds_checkpoints/<tag>/``: :func:`save_deepspeed_state` returns a manifest (SHA-256 of every file)
+that goes into the kit's checkpoint of the same step, and :func:`load_deepspeed_state` lets DeepSpeed read the
+folder only after every file matches it and loads under torch's ``weights_only`` unpickler (tensors, containers and
+DeepSpeed's plain config classes, no code).
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from mosaic_core.io import sha256_file
 
 log = logging.getLogger(__name__)
 PREFIX = "step_"
+DS_DIR = "ds_checkpoints"  # DeepSpeed's own checkpoints beside ``checkpoints/``, one tag per kit checkpoint
 
 # Test hook: called with (stage, path) while writing; lets tests pause or crash the writer mid-file.
 WRITE_HOOK: Callable[[str, Path], None] | None = None
@@ -240,3 +247,71 @@ def require_safetensors(path: str | os.PathLike, what: str) -> Path:
         kind = "not a safetensors file (bad header)"
     raise CheckpointError(f"{what}: {path} is {kind}; mosaic-alm loads safetensors only and never unpickles weights "
                           "(convert it with safetensors.torch.save_file)")
+
+
+# ---------------------------------------------------------------------------------------- DeepSpeed's own state
+def _deepspeed_safe_globals() -> list:
+    """The non-tensor classes DeepSpeed's checkpoint files hold (found with
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` on ZeRO-2 and ZeRO-3 checkpoints): plain data, no code."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def save_deepspeed_state(engine, run: str | os.PathLike, tag: str, exclude_frozen: bool = False) -> dict | None:
+    """Collective (every rank). ``engine.save_checkpoint`` into ``{run}/ds_checkpoints/{tag}`` (optimizer partitions,
+    fp32 master weights, DeepSpeed's counters; ``exclude_frozen`` leaves frozen weights out); rank 0 returns the
+    manifest ``{"tag", "sha256": {file: digest}}`` to keep in the kit's checkpoint state (other ranks: None). Every
+    rank's files must be visible to rank 0 (shared storage, as DeepSpeed assumes)."""
+    folder = Path(run) / DS_DIR / tag
+    engine.save_checkpoint(str(folder.parent), tag=tag, exclude_frozen_parameters=exclude_frozen)  # ends in a barrier
+    if engine.global_rank != 0:
+        return None
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
+    return {"tag": tag, "sha256": {f.relative_to(folder).as_posix(): sha256_file(f) for f in files}}
+
+
+def verify_deepspeed_state(run: str | os.PathLike, record: dict | None) -> Path:
+    """The DeepSpeed folder of a kit checkpoint, after checking it against the manifest ``record`` (the same files,
+    the same bytes) and loading every file with torch's ``weights_only`` unpickler (DeepSpeed's plain classes
+    allowed): a file with any other global, i.e. code, is refused. Raises CheckpointError naming the file."""
+    if not record or "tag" not in record or "sha256" not in record:
+        raise CheckpointError(f"{Path(run) / 'checkpoints'}: the checkpoint has no manifest of its DeepSpeed state "
+                              f"(written by an older mosaic-alm?); the kit loads no DeepSpeed files it cannot check: "
+                              f"move {Path(run) / DS_DIR} and {Path(run) / 'checkpoints'} aside to start fresh")
+    folder = Path(run) / DS_DIR / record["tag"]
+    on_disk = {f.relative_to(folder).as_posix(): f for f in sorted(folder.rglob("*")) if f.is_file()}
+    want = record["sha256"]
+    if set(on_disk) != set(want):
+        raise CheckpointError(f"DeepSpeed checkpoint {folder} does not match its manifest: missing "
+                              f"{sorted(set(want) - set(on_disk))}, unexpected {sorted(set(on_disk) - set(want))}")
+    for rel, f in on_disk.items():
+        if sha256_file(f) != want[rel]:
+            raise CheckpointError(f"DeepSpeed checkpoint file {f} does not match its checksum (modified after the "
+                                  "kit wrote it); refusing to load it")
+    with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+        for f in on_disk.values():
+            safe_torch_load(f)
+    return folder
+
+
+def load_deepspeed_state(engine, run: str | os.PathLike, record: dict | None, **load_kw) -> None:
+    """Collective. Verify (:func:`verify_deepspeed_state`), then ``engine.load_checkpoint`` the tag (the caller's
+    scheduler keeps its own state: ``load_lr_scheduler_states=False``)."""
+    folder = verify_deepspeed_state(run, record)
+    engine.load_checkpoint(str(folder.parent), tag=record["tag"], load_lr_scheduler_states=False, **load_kw)
+
+
+def prune_deepspeed_states(run: str | os.PathLike) -> None:
+    """Delete the DeepSpeed tags of ``{run}/ds_checkpoints`` that no kit checkpoint in ``{run}/checkpoints`` names
+    (pruned ones, and any left by a kill between the two writes); rank 0, after the kit checkpoint is written."""
+    keep = {p.name for p in list_checkpoints(Path(run) / "checkpoints")}
+    for junk in (Path(run) / DS_DIR).glob(f".tmp-{PREFIX}*"):  # a kill during an earlier prune
+        shutil.rmtree(junk, ignore_errors=True)
+    for old in list_checkpoints(Path(run) / DS_DIR):
+        if old.name not in keep:
+            doomed = old.with_name(f".tmp-{old.name}-pruned")
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)

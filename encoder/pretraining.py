@@ -314,12 +314,13 @@ def save_pretrain_checkpoint(run: Path, step: int, model, optimizer, engine, cfg
         if world > 1:
             shard_states = [None] * world
             dist.all_gather_object(shard_states, data_state)
-    if engine is not None:  # every rank writes its optimizer partition (DeepSpeed's own format)
-        engine.save_checkpoint(str(run / "ds_checkpoints"), tag=f"step_{step}")
+    ds = None
+    if engine is not None:  # every rank writes its optimizer partition (DeepSpeed's own format) + rank 0 a manifest
+        ds = ckpt.save_deepspeed_state(engine, run, f"{ckpt.PREFIX}{step:08d}")
     if is_main:
         tensors = {"model": {k: v for k, v in model.state_dict().items()}}
         state = {"step": step, "history": history, "config": raw if raw is not None else asdict(cfg),
-                 "world_size": world}
+                 "world_size": world, "deepspeed": ds}
         if shard_states is not None:
             state["shards"] = shard_states
         if engine is None:
@@ -327,6 +328,8 @@ def save_pretrain_checkpoint(run: Path, step: int, model, optimizer, engine, cfg
             tensors["optimizer"] = opt_tensors
             state["optimizer"] = opt_rest
         ckpt.save_checkpoint(run / "checkpoints", step, tensors, state, keep_last=cfg.train.keep_last)
+        if engine is not None:
+            ckpt.prune_deepspeed_states(run)
     if world > 1:
         dist.barrier()
 

@@ -136,9 +136,8 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
         model.load_state_dict(tensors["model"])
         if engine is None and "optimizer" in tensors:
             optimizer.load_state_dict(ckpt.unflatten_optimizer_state(tensors["optimizer"], state["optimizer"]))
-        elif engine is not None:
-            engine.load_checkpoint(str(run / "ds_checkpoints"), tag=f"step_{state['step']}",
-                                   load_module_strict=True, load_lr_scheduler_states=False)
+        elif engine is not None:  # only after its files match the manifest and load without code
+            ckpt.load_deepspeed_state(engine, run, state.get("deepspeed"), load_module_strict=True)
         start_step, history = state["step"], state.get("history", [])
         if ("shards" in state) != (shards is not None) or len(state.get("shards", [])) not in (0, world):
             raise ckpt.CheckpointError(f"{latest}: written by a run reading "

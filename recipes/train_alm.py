@@ -21,7 +21,8 @@ clipping in the JSON are overwritten from this config so there is one source of 
 
 With ``train.ckpt_every: N`` a stage checkpoints every N optimizer steps into ``{run}/checkpoints`` (safetensors +
 JSON: trainable weights, optimizer, scheduler, data position, losses, RNG) and the same command, run again after a
-crash or kill, resumes from the newest one bit-exactly (plain PyTorch; not yet under DeepSpeed).
+crash or kill, resumes from the newest one bit-exactly. Under DeepSpeed the optimizer partitions are DeepSpeed's own
+checkpoint in ``{run}/ds_checkpoints``, loaded only after they match the manifest kept in the kit's checkpoint.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from mosaic_alm.artifact import build_from, save_artifact
+from mosaic_alm.artifact import build_from, module_state, save_artifact
 from mosaic_alm.data import (
     Collator,
     InstructionDataConfig,
@@ -229,36 +230,78 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], state: dict) -> None:
     np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
-def save_stage_checkpoint(out: Path, cfg: dict, model, opt, sched, keep_last: int, progress: dict) -> Path:
+def _dist() -> tuple[int, int]:
+    """(rank, world) of the process group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _dist()[1] > 1:
+        torch.distributed.barrier()
+
+
+def save_stage_checkpoint(out: Path, cfg: dict, model, opt, sched, keep_last: int, progress: dict,
+                          engine=None) -> Path | None:
     """``{out}/checkpoints/step_N/``: trainable parameters, projector buffers, optimizer tensors and RNG states as
     safetensors; step, data position, loss history, scheduler, optimizer scalars, RNG scalars and the config as
-    JSON (encoder.checkpoint: atomic, checksummed)."""
-    rng_t, rng_s = _rng_state()
-    opt_t, opt_rest = ckpt.flatten_optimizer_state(opt.state_dict())
+    JSON (encoder.checkpoint: atomic, checksummed). Under DeepSpeed every rank calls it: the optimizer is
+    DeepSpeed's own checkpoint in ``{out}/ds_checkpoints/step_N/`` (trainable weights only), whose manifest goes into
+    the state; ZeRO-3 partitions are gathered; each rank's RNG states are kept (``rank{r}.`` keys). Rank 0 writes."""
+    name = f"{ckpt.PREFIX}{progress['step']:08d}"
+    ds = ckpt.save_deepspeed_state(engine, out, name, exclude_frozen=True) if engine is not None else None
+    want = {n for n, p in model.named_parameters() if p.requires_grad}
+    trainable = module_state(model, only=lambda n: n in want)  # gathered under ZeRO-3; buffers of these names: none
+    rank, world = _dist()
+    rngs = [None] * world
+    if world > 1:
+        torch.distributed.all_gather_object(rngs, _rng_state())
+    else:
+        rngs[0] = _rng_state()
+    if rank != 0:
+        return None
+    rng_t = dict(rngs[0][0])
+    rng_t.update({f"rank{r}.{k}": v for r in range(1, world) for k, v in rngs[r][0].items()})
+    opt_t, opt_rest = ckpt.flatten_optimizer_state(opt.state_dict()) if engine is None else ({}, None)
     sched_state = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
-    tensors = {"trainable": {n: p for n, p in model.named_parameters() if p.requires_grad},
+    tensors = {"trainable": trainable,
                "buffers": {n: b for n, b in model.named_buffers() if n.startswith("projector.")},
                "optimizer": opt_t, "rng": rng_t}
-    state = dict(progress, optimizer=opt_rest, scheduler=sched_state, rng=rng_s, config=cfg)
-    return ckpt.save_checkpoint(out / "checkpoints", progress["step"], {k: v for k, v in tensors.items() if v},
+    state = dict(progress, optimizer=opt_rest, scheduler=sched_state, rng=rngs[0][1],
+                 rng_ranks=[r[1] for r in rngs[1:]], world=world, deepspeed=ds, config=cfg)
+    path = ckpt.save_checkpoint(out / "checkpoints", progress["step"], {k: v for k, v in tensors.items() if v},
                                 state, keep_last=keep_last)
+    if engine is not None:
+        ckpt.prune_deepspeed_states(out)
+    return path
 
 
-def resume_stage(out: Path, cfg: dict, model, opt, sched) -> dict | None:
+def resume_stage(out: Path, cfg: dict, model, opt, sched, engine=None) -> dict | None:
     """Load the newest verified checkpoint in ``{out}/checkpoints`` into model, optimizer, scheduler and the RNGs;
     returns its progress (step, data position, losses) or None. Checkpoints of another config (beyond
-    RESUME_FREE_KEYS) are moved aside to ``checkpoints.superseded-<time>`` and the stage starts fresh."""
+    RESUME_FREE_KEYS) are moved aside to ``checkpoints.superseded-<time>`` and the stage starts fresh. Under
+    DeepSpeed (every rank calls it) the engine loads its own checkpoint only after it matches the manifest and loads
+    without code (encoder.checkpoint.load_deepspeed_state); the weights it restores must equal the checkpoint's."""
     latest = ckpt.latest_checkpoint(out / "checkpoints")
     if latest is None:
         return None
     tensors, state = ckpt.load_checkpoint(latest)
+    rank, world = _dist()
+    _barrier()  # every rank has read the folder before rank 0 may move it
     if trajectory_config(state.get("config", {})) != trajectory_config(cfg):
         aside = out / f"checkpoints.superseded-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.replace(out / "checkpoints", aside)
-        log.warning("checkpoints in %s are from another config; moved to %s, starting the stage fresh",
-                    out / "checkpoints", aside)
-        print(f"warning: checkpoints of another config moved to {aside}; starting the stage fresh", flush=True)
+        if rank == 0:
+            os.replace(out / "checkpoints", aside)
+            if (out / ckpt.DS_DIR).is_dir():
+                os.replace(out / ckpt.DS_DIR, aside / ckpt.DS_DIR)
+            log.warning("checkpoints in %s are from another config; moved to %s, starting the stage fresh",
+                        out / "checkpoints", aside)
+            print(f"warning: checkpoints of another config moved to {aside}; starting the stage fresh", flush=True)
         return None
+    if state.get("world", 1) != world:
+        raise ckpt.CheckpointError(f"checkpoint {latest} was written by {state.get('world', 1)} ranks; resume it "
+                                   f"with as many (this run has {world})")
     named = dict(model.named_parameters())
     want = {n for n, p in named.items() if p.requires_grad}
     got = tensors.get("trainable", {})
@@ -267,13 +310,28 @@ def resume_stage(out: Path, cfg: dict, model, opt, sched) -> dict | None:
                                    f"(missing {sorted(want - set(got))[:3]}, extra {sorted(set(got) - want)[:3]})")
     buffers = dict(model.named_buffers())
     with torch.no_grad():
-        for n, t in got.items():
-            named[n].copy_(t)
         for n, t in tensors.get("buffers", {}).items():
             buffers[n].copy_(t)
-    opt.load_state_dict(ckpt.unflatten_optimizer_state(tensors.get("optimizer", {}), state["optimizer"]))
+    if engine is None:
+        with torch.no_grad():
+            for n, t in got.items():
+                named[n].copy_(t)
+        opt.load_state_dict(ckpt.unflatten_optimizer_state(tensors.get("optimizer", {}), state["optimizer"]))
+    else:  # optimizer partitions and fp32 master weights; frozen weights are the model's own
+        ckpt.load_deepspeed_state(engine, out, state.get("deepspeed"), load_module_strict=False)
+        have = module_state(model, only=lambda n: n in want)
+        bad = [n for n in sorted(want) if not torch.equal(have[n], got[n])]
+        if bad:
+            raise ckpt.CheckpointError(f"checkpoint {latest}: DeepSpeed's state in {out / ckpt.DS_DIR} does not "
+                                       f"match its weights ({bad[:3]}); refusing to resume")
     sched.load_state_dict(dict(state["scheduler"], lr_lambdas=[None] * len(sched.lr_lambdas)))
-    _set_rng_state(tensors["rng"], state["rng"])
+    for group, lr in zip(sched.optimizer.param_groups, sched.get_last_lr()):
+        group["lr"] = lr  # the rate of the next step as the scheduler left it, whatever the optimizer load restored
+    if rank == 0:
+        _set_rng_state(tensors["rng"], state["rng"])
+    else:
+        mine = {k.split(".", 1)[1]: v for k, v in tensors["rng"].items() if k.startswith(f"rank{rank}.")}
+        _set_rng_state(mine, state["rng_ranks"][rank - 1])
     return state
 
 
@@ -283,9 +341,6 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
 
     checked = check_stage_config(cfg)  # every key, type, range and choice, before anything loads
     tcfg, dcfg = checked.train, checked.data
-    if tcfg.deepspeed and tcfg.ckpt_every > 0:  # docs/ARCHITECTURE.md, "ALM stage checkpoints": not done yet
-        raise ConfigError("train.ckpt_every > 0 is not supported with train.deepspeed yet (resuming a DeepSpeed "
-                          "stage is not implemented); set train.ckpt_every=0")
     seed = int(cfg.get("seed", 0))
     seed_everything(seed)
     out = run_dir(cfg)
@@ -332,9 +387,10 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
         opt = torch.optim.AdamW(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
         sched = cosine_schedule(opt, total, int(tcfg.warmup_ratio * total))
 
-    # ---- resume: the newest verified checkpoint of this same config (safetensors + JSON only, never a pickle)
+    # ---- resume: the newest verified checkpoint of this same config (safetensors + JSON; DeepSpeed's own files
+    # only after they match the manifest in it and load without code)
     step, micro, tokens, losses, step_losses, position = 0, 0, 0, [], [], (0, 0)
-    resumed = resume_stage(out, cfg, model, opt, sched) if engine is None else None
+    resumed = resume_stage(out, cfg, model, opt, sched, engine)
     if resumed is not None:
         step, micro, tokens = resumed["step"], resumed["micro"], resumed["tokens"]
         losses, step_losses, position = resumed["losses"], resumed["step_losses"], tuple(resumed["position"])
@@ -407,10 +463,10 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
         if writer is not None and (step % tcfg.log_every == 0 or step == 1):
             writer.add_scalar("train/loss", step_loss, step)
             writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
-        if tcfg.ckpt_every > 0 and (step % tcfg.ckpt_every == 0 or step == total) and rank == 0:
+        if tcfg.ckpt_every > 0 and (step % tcfg.ckpt_every == 0 or step == total):  # collective under DeepSpeed
             save_stage_checkpoint(out, cfg, model, opt, sched, tcfg.keep_last, {
                 "step": step, "micro": micro, "tokens": tokens, "position": list(position), "losses": losses,
-                "step_losses": step_losses})
+                "step_losses": step_losses}, engine)
     bar.close()
     train_s = time.perf_counter() - t0
 

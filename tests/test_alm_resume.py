@@ -1,11 +1,16 @@
 """ALM stage checkpoints: a stage killed with SIGKILL mid-run and restarted with the same command ends with the same
 per-step losses and the same trainable weights as an uninterrupted run (bit for bit on CPU: same process layout,
-same ops, one thread); gradient accumulation over micro-batches equals one large batch.
+same ops, one thread), in plain PyTorch and under DeepSpeed ZeRO-2 and ZeRO-3; gradient accumulation over
+micro-batches equals one large batch; DeepSpeed's own (pickle) checkpoint files are refused when they do not match
+the manifest the kit keeps, or hold code, before DeepSpeed reads them.
 
-Real SmolLM2, a random tiny encoder, toy tones (mosaic_alm.toy)."""
+Real SmolLM2, a random tiny encoder, toy tones (mosaic_alm.toy), real DeepSpeed on CPU (gloo, world 1)."""
+import io
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,8 +50,15 @@ def _weights(art: Path) -> dict[str, torch.Tensor]:
     return w
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _env():
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+               MASTER_PORT=str(_free_port()))  # DeepSpeed's one-process group: a port no other run holds
     env.pop("MOSAIC_ALM_CKPT_PAUSE", None)
     return env
 
@@ -161,14 +173,221 @@ def test_grad_accum_equals_large_batch(toy, tmp_path):
     assert any(halves[i] != halves[i + 1] for i in range(0, 6, 2)), halves
 
 
-def test_checkpoints_under_deepspeed_are_refused_before_loading(toy, tmp_path):
-    """Not implemented yet (docs/ARCHITECTURE.md): refused at start, with the key named, instead of silently not
-    checkpointing."""
-    from mosaic_core.config import ConfigError, load_config
-    from recipes.train_alm import train_stage
+# ------------------------------------------------------------------------------------------------ DeepSpeed
+DS = {2: "configs/deepspeed/alm_zero2.json", 3: "configs/deepspeed/alm_zero3.json"}
+DS_STEPS = 4
 
-    cfg = load_config(REPO / "configs/alm/stage2.yaml", _overrides(toy, tmp_path) + [
-        "train.ckpt_every=2", "train.deepspeed=configs/deepspeed/alm_zero2.json"])
-    with pytest.raises(ConfigError, match="train.ckpt_every"):
-        train_stage(cfg, quiet=True)
-    assert not (tmp_path / "t" / "stage2" / "checkpoints").exists()
+
+def _run(cmd) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=False, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("zero", [2, pytest.param(3, marks=pytest.mark.slow)])
+def test_sigkill_under_deepspeed_then_resume_equals_uninterrupted(toy, tmp_path, zero):
+    """Stage 2 (projector + LoRA with dropout) through a DeepSpeed engine (one process, gloo on CPU), killed after
+    its step-2 checkpoint (kit checkpoint + DeepSpeed's optimizer partitions and fp32 master weights) and run again:
+    the losses and every trained tensor equal an uninterrupted DeepSpeed run's, bit for bit. ~40 s (ZeRO-2), ~75 s
+    (ZeRO-3, slow: its hooks gather every LLM weight each step) on 2 shared CPU cores."""
+    pytest.importorskip("deepspeed")
+    ref = _run(_cmd(2, _overrides(toy, tmp_path / "ref", DS_STEPS) + [f"train.deepspeed={DS[zero]}"]))
+    assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-3000:]
+    want = json.loads((tmp_path / "ref/t/stage2/summary.json").read_text())
+    assert want["steps"] == DS_STEPS and want["parameters"]["lora"]["trainable"] > 0
+
+    run = tmp_path / "killed" / "t" / "stage2"
+    ov = _overrides(toy, tmp_path / "killed", DS_STEPS) + [f"train.deepspeed={DS[zero]}", "train.ckpt_every=2"]
+    assert _kill_after_checkpoint(2, ov, run / "checkpoints", tmp_path / "killed.log") == -signal.SIGKILL
+    assert not (run / "summary.json").exists()  # it died mid-stage
+    assert [p.name for p in (run / "checkpoints").glob("step_*")] == ["step_00000002"]
+    assert (run / "ds_checkpoints/step_00000002").is_dir()
+
+    res = _run(_cmd(2, ov))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert f"resumed from {run / 'checkpoints'} at step 2" in res.stdout
+    got = json.loads((run / "summary.json").read_text())
+    assert got["resumed_from_step"] == 2 and got["step_losses"] == want["step_losses"]
+    assert got["micro_batches"] == want["micro_batches"] and got["answer_tokens"] == want["answer_tokens"]
+    w_ref, w_got = _weights(tmp_path / "ref/t/stage2/artifact"), _weights(run / "artifact")
+    assert sorted(w_ref) == sorted(w_got) and any(k.startswith("lora.") for k in w_ref)
+    for k in w_ref:
+        assert torch.equal(w_ref[k], w_got[k]), k
+    # one DeepSpeed tag per kit checkpoint (keep_last=2), each named in its manifest
+    tags = sorted(p.name for p in (run / "ds_checkpoints").glob("step_*"))
+    assert tags == sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000002", "step_00000004"]
+
+
+@pytest.mark.slow
+def test_deepspeed_two_ranks_resume_equals_uninterrupted(toy, tmp_path):
+    """World 2 through the ``deepspeed`` launcher (ZeRO-2, two CPU ranks): rank 0 writes the kit's checkpoint with
+    both ranks' RNG states and the manifest of both optimizer partitions. A relaunch after the step-4 checkpoint is
+    removed (as if killed between the two) resumes at step 2 and ends equal to an uninterrupted launch: rank 0's
+    losses and the weights, which also hold rank 1's LoRA-dropout draws through the averaged gradients. ~90 s."""
+    pytest.importorskip("deepspeed")
+    launcher = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or "deepspeed"
+
+    def launch(out, *extra):
+        cmd = [launcher, "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "recipes.train_alm",
+               "--config", str(REPO / "configs/alm/stage2.yaml"), *_overrides(toy, out, DS_STEPS),
+               f"train.deepspeed={DS[2]}", *extra]
+        res = _run(cmd)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        return res.stdout + res.stderr
+
+    launch(tmp_path / "ref")
+    run = tmp_path / "two" / "t" / "stage2"
+    launch(tmp_path / "two", "train.ckpt_every=2")
+    state = json.loads((run / "checkpoints/step_00000002/state.json").read_text())
+    assert state["world"] == 2 and len(state["rng_ranks"]) == 1
+    assert sorted(state["deepspeed"]["sha256"]) == ["mp_rank_00_model_states.pt",
+                                                    "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                                                    "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    for p in (run / "checkpoints/step_00000004", run / "artifact"):
+        shutil.rmtree(p)
+    (run / "summary.json").unlink()
+    assert "resumed from" in launch(tmp_path / "two", "train.ckpt_every=2")
+    want, got = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "ref/t/stage2", run))
+    assert got["resumed_from_step"] == 2 and got["step_losses"] == want["step_losses"]
+    w_ref, w_got = _weights(tmp_path / "ref/t/stage2/artifact"), _weights(run / "artifact")
+    assert sorted(w_ref) == sorted(w_got)
+    for k in w_ref:
+        assert torch.equal(w_ref[k], w_got[k]), k
+
+
+@pytest.fixture(scope="module")
+def ds_run(toy, tmp_path_factory):
+    """A finished ZeRO-2 stage 1 with checkpoints at steps 1 and 2 (kit + DeepSpeed), run once for the module."""
+    pytest.importorskip("deepspeed")
+    out = tmp_path_factory.mktemp("ds")
+    ov = _overrides(toy, out, 2) + [f"train.deepspeed={DS[2]}", "train.ckpt_every=1"]
+    res = _run(_cmd(1, ov))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return out, ov
+
+
+def _latest(run: Path) -> tuple[Path, dict]:
+    from encoder import checkpoint as ckpt
+
+    latest = ckpt.latest_checkpoint(run / "checkpoints")
+    return latest, ckpt.load_checkpoint(latest)[1]
+
+
+def test_tampered_deepspeed_checkpoint_is_refused_before_loading(ds_run, tmp_path):
+    """A changed byte, a missing or an extra file, or no manifest: CheckpointError naming the folder or file."""
+    from encoder import checkpoint as ckpt
+
+    run = tmp_path / "t" / "stage1"
+    shutil.copytree(ds_run[0] / "t" / "stage1", run)
+    latest, state = _latest(run)
+    record = state["deepspeed"]
+    assert latest.name == record["tag"] == "step_00000002" and len(record["sha256"]) == 2
+    folder = ckpt.verify_deepspeed_state(run, record)  # as written: verifies, and loads without code
+    optim = next(folder.glob("*optim_states.pt"))
+    data = bytearray(optim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    optim.write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match=f"{optim.name} does not match its checksum"):
+        ckpt.verify_deepspeed_state(run, record)
+    optim.unlink()
+    with pytest.raises(ckpt.CheckpointError, match=f"missing \\['{optim.name}'\\]"):
+        ckpt.verify_deepspeed_state(run, record)
+    (folder / "extra.pt").write_bytes(b"x")
+    with pytest.raises(ckpt.CheckpointError, match="unexpected \\['extra.pt'\\]"):
+        ckpt.verify_deepspeed_state(run, record)
+    with pytest.raises(ckpt.CheckpointError, match="no manifest of its DeepSpeed state"):
+        ckpt.verify_deepspeed_state(run, None)
+
+
+class _Evil:
+    """Unpickling this calls ``open(marker, "w")`` (as in tests/test_reliability_security.py)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_deepspeed_checkpoint_with_code_is_refused_even_with_a_matching_manifest(ds_run, tmp_path):
+    """The worst case: someone rewrote DeepSpeed's optimizer file with a pickle payload AND the manifest and the
+    kit's checksums to match. ``mosaic-alm train-alm`` still refuses it with one line before DeepSpeed unpickles
+    anything (the payload would create a marker file; it does when torch.load(weights_only=False) reads the file)."""
+    from mosaic_core.io import sha256_file
+
+    run = ds_run[0] / "t" / "stage1"
+    run_copy = tmp_path / "t" / "stage1"
+    shutil.copytree(run, run_copy)
+    run = run_copy
+    latest, state = _latest(run)
+    optim = next((run / "ds_checkpoints" / state["deepspeed"]["tag"]).glob("*optim_states.pt"))
+    real = torch.load(optim, weights_only=False)  # the kit's own file, written above
+
+    def planted(marker: Path) -> bytes:
+        buf = io.BytesIO()
+        torch.save(dict(real, payload=_Evil(marker)), buf)
+        return buf.getvalue()
+
+    control = tmp_path / "control.pt"
+    control.write_bytes(planted(tmp_path / "CONTROL"))
+    torch.load(control, weights_only=False)  # what DeepSpeed's loader does
+    assert (tmp_path / "CONTROL").exists()
+
+    marker = tmp_path / "PWNED"
+    optim.write_bytes(planted(marker))
+    state["deepspeed"]["sha256"][optim.name] = sha256_file(optim)
+    (latest / "state.json").write_text(json.dumps(state))
+    sums = json.loads((latest / "checksums.json").read_text())
+    sums["state.json"] = sha256_file(latest / "state.json")
+    (latest / "checksums.json").write_text(json.dumps(sums))
+    # the same command again: it resumes from the newest checkpoint (step 2 of 2) before it can finish
+    ov = [o if not o.startswith("output_dir=") else f"output_dir={tmp_path}" for o in ds_run[1]]
+    res = _run([sys.executable, "-m", "recipes.cli", "train-alm", "--config", str(REPO / "configs/alm/stage1.yaml"),
+                *ov])
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-3000:]
+    err = [line for line in res.stderr.splitlines() if line.startswith("mosaic-alm train-alm: error:")]
+    assert len(err) == 1 and "refusing to load" in err[0] and optim.name in err[0], res.stderr[-3000:]
+    assert not marker.exists(), "DeepSpeed's checkpoint was unpickled"
+
+
+_DS_ACCUM = """
+import json, sys
+from mosaic_alm.llm import LLMConfig, load_llm
+from mosaic_core.config import load_config
+from recipes.train_alm import train_stage
+
+llm = load_llm(LLMConfig())  # stage 1: the LLM is frozen, both runs share it
+config, common = sys.argv[1], json.loads(sys.argv[2])
+for name, extra in (("big", ["train.batch_size=4"]), ("acc", ["train.batch_size=2", "train.grad_accum=2"])):
+    train_stage(load_config(config, common + [f"name={name}", *extra]), llm_and_tokenizer=llm, quiet=True)
+"""
+
+
+def test_grad_accum_under_deepspeed_equals_large_batch(toy, tmp_path):
+    """The same check as test_grad_accum_equals_large_batch through a ZeRO-2 engine (DeepSpeed divides the loss by
+    its gradient_accumulation_steps and sums the micro-batch gradients in its own buckets), same tolerances. Both
+    runs in one subprocess (the engine's process group stays up); ~20 s."""
+    pytest.importorskip("deepspeed")
+    common = _overrides(toy, tmp_path, steps=3) + ["data.qtypes=null", "data.kind=all", "projector.standardize=false",
+                                                    f"train.deepspeed={DS[2]}"]
+    res = _run([sys.executable, "-c", _DS_ACCUM, str(REPO / "configs/alm/stage1.yaml"), json.dumps(common)])
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    big, acc = (json.loads((tmp_path / n / "stage1/summary.json").read_text()) for n in ("big", "acc"))
+    assert big["micro_batches"] == 3 and acc["micro_batches"] == 6 and big["answer_tokens"] == acc["answer_tokens"]
+    assert acc["step_losses"] == pytest.approx(big["step_losses"], rel=1e-5, abs=1e-6)
+    wb, wa = _weights(tmp_path / "big/stage1/artifact"), _weights(tmp_path / "acc/stage1/artifact")
+    for k in wb:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=2e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_deepspeed_checkpoints_of_another_config_move_aside_with_the_kit_checkpoints(ds_run, tmp_path):
+    """Another config's checkpoints go aside with their DeepSpeed tags (a fresh run then never sees stale tags)."""
+    from recipes.train_alm import resume_stage
+
+    run = tmp_path / "t" / "stage1"
+    shutil.copytree(ds_run[0] / "t" / "stage1", run)
+    _, state = _latest(run)
+    other = json.loads(json.dumps(state["config"]))
+    other["train"]["lr"] = other["train"]["lr"] / 2
+    assert resume_stage(run, other, None, None, None) is None  # decided before the model or engine is touched
+    aside = list(run.glob("checkpoints.superseded-*"))
+    assert len(aside) == 1 and not (run / "checkpoints").exists() and not (run / "ds_checkpoints").exists()
+    assert sorted(p.name for p in (aside[0] / "ds_checkpoints").glob("step_*")) == ["step_00000001", "step_00000002"]
