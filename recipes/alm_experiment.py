@@ -101,11 +101,11 @@ def run_variant(variant: str, encoder: str, data_root: str, steps: Sequence[int]
             if cfg["stage"] == 1:
                 continue  # nothing to train without a projector
             cfg["trainable"]["projector"] = False
+        if n_steps <= 0:
+            continue  # a stage with no budget is skipped; the next one that trains starts fresh if it is the first
         if first:
             cfg["train"]["init_from"] = None
             first = False
-        if n_steps <= 0:
-            continue
         summary = finished_stage(cfg) if reuse and not upstream_fresh else None
         if summary is not None:
             print(f"== {variant}: stage {cfg['stage']} ({n_steps} {unit}) already ran with this config; skip, "
