@@ -117,11 +117,14 @@ def _corrupt_one_clip(src: Path, dst: Path) -> str:
 
 
 def test_a_bad_record_is_skipped_quarantined_and_its_instructions_dropped(shard_root, embedded_shards, tmp_path):
+    """A clip with broken FLAC bytes: skipped and listed once in the rank's quarantine file; the instructions that
+    name it are dropped and the stage trains on the other 47 clips."""
     from recipes.train_alm import train_stage
 
     bad_id = _corrupt_one_clip(embedded_shards, tmp_path / "shards")
     out = train_stage(_cfg(shard_root, tmp_path / "run", steps=1, **{"data.shards": tmp_path / "shards",
-                                                                    "train.eval_batches": 0}), quiet=True)
+                                                                    "train.eval_batches": 0, "train.num_workers": 2}),
+                      quiet=True)  # two loader workers read the shards (and the instructions)
     named = sum(r["audio_id"] == bad_id for r in json.loads((shard_root / "instructions/train.json").read_text()))
     assert named >= 1 and out["train_records"] == 48 - named
     assert out["train_shards"] == {"source": str(tmp_path / "shards"), "clips": 47, "encoded_rank0": 47,
