@@ -36,6 +36,9 @@ class InstructionDataConfig:
     kind: Literal["closed", "open", "all"] = "closed"  # closed-ended, open-ended or both
     max_train: NonNegInt = 0  # 0: all
     max_eval: NonNegInt = 0
+    # WebDataset shards holding the clips (a folder written by encoder.data.shards.write_shards, a glob or a brace
+    # pattern), matched to the records by audio_id = the clip's manifest id; null = the audio_path files
+    shards: str | None = None
 
 
 def load_records(root: str | os.PathLike, split: str, tasks: Sequence[str] | None = None, kind: str = "all",

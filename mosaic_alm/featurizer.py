@@ -21,20 +21,34 @@ Tokens are stored as safetensors shards (``<hash>.safetensors``, tensor name = c
 processes may fill one folder (each writes its own shards). A shard that does not load as safetensors or holds a
 tensor of the wrong shape is refused (never unpickled), deleted, and its clips are encoded again.
 With ``trainable.encoder`` the featurizer hands the model spectrograms and the encoder runs inside the model's graph.
+
+Clips in WebDataset shards (:mod:`encoder.data.shards`) have no file: :meth:`AudioFeaturizer.precompute_shards`
+streams the shards once (split over ranks), caches the tokens of the clips named by manifest id under the key of the
+shard's FLAC member bytes (:func:`clip_key`, the same kind of key a file gets), and :meth:`AudioFeaturizer.alias`
+then lets a name (an instruction record's ``audio_path``) stand for such a clip, so ``tokens``/``inputs`` serve it
+from the cache without the file.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from encoder.features import AudioError, file_to_input, waveform_to_input
+from encoder.data.shards import (
+    FbankTransform,
+    ShardDataset,
+    ShardError,
+    decode_record,
+    resolve_shards,
+)
+from encoder.features import AudioError, FbankConfig, file_to_input, waveform_to_input
 from mosaic_core.io import atomic_write_json, atomic_write_with, sha256_file
 from mosaic_core.progress import progress_bar
 from mosaic_core.runtime import autocast, use_bf16
@@ -65,6 +79,39 @@ def encoder_checksum(encoder) -> str:
     return h.hexdigest()
 
 
+def clip_key(data: bytes) -> str:
+    """The token-cache key of a clip's encoded bytes (a file's, or a shard's FLAC member): 32 hex digits of SHA-256."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+class _ShardTokenDecoder:
+    """``ShardDataset`` decoder of the token pass: a clip whose id is not wanted is passed over undecoded
+    (``{"id"}``), one whose FLAC bytes are cached already gives ``{"id", "key"}``, any other ``{"id", "key",
+    "input"}`` (the normalised spectrogram, as ``AudioFeaturizer.spectrogram`` makes from the source file). A bad
+    record raises ``AudioError`` (the dataset skips and quarantines it). A class, so loader workers can unpickle it."""
+
+    def __init__(self, wanted: set[str], cached: set[str], fbank: FbankConfig):
+        self.wanted, self.cached, self.fbank = wanted, cached, fbank
+
+    def __call__(self, parts: dict[str, bytes], source: str, max_seconds: float) -> dict:
+        try:
+            rec = json.loads(parts["json"].decode("utf-8"))
+            rid = rec.get("id") if isinstance(rec, dict) else None
+        except (KeyError, UnicodeDecodeError, ValueError):
+            rid = None  # decode_record names what is wrong with it
+        if rid is not None and str(rid) not in self.wanted:
+            return {"id": rid}
+        key = clip_key(parts["flac"]) if "flac" in parts else None
+        if rid is not None and key in self.cached:
+            return {"id": rid, "key": key}
+        sample = decode_record(parts, source, max_seconds)
+        return {"id": sample["id"], "key": key, "input": FbankTransform(self.fbank)(sample)["input"]}
+
+
+def _as_is(sample):
+    return sample
+
+
 class AudioFeaturizer:
     def __init__(self, encoder, target_frames: int, *, frozen: bool = True, cache: bool = True,
                  device: torch.device | str = "cpu", precision: str = "auto",
@@ -82,6 +129,7 @@ class AudioFeaturizer:
         self._index: dict[str, Path] = {}  # clip hash -> shard on disk
         self._scanned: set[Path] = set()
         self._clip_hash: dict[tuple, str] = {}
+        self._alias: dict[str, str] = {}  # a name (e.g. a record's audio_path) -> the key of a clip cached from shards
         c = encoder.config
         self._shape = ((target_frames // c.patch_size) * (c.num_mel_bins // c.patch_size), c.embed_dim)
         self.hits = 0  # clips served from the cache (memory or disk)
@@ -132,6 +180,8 @@ class AudioFeaturizer:
     def _key(self, audio) -> str | None:
         if not self.use_cache or not isinstance(audio, (str, os.PathLike)):
             return None
+        if str(audio) in self._alias:
+            return self._alias[str(audio)]
         p = Path(audio).resolve()
         try:
             st = p.stat()
@@ -215,24 +265,97 @@ class AudioFeaturizer:
         self._scan()
         self._load(list(todo))
         missing = [(k, a) for k, a in todo.items() if k not in self._cache]
+        lost = next((a for _, a in missing if str(a) in self._alias), None)
+        if lost is not None:  # its audio was in a shard; there is no file to encode again
+            raise AudioError(lost, f"its tokens (read from shards) are not in the token cache {self.cache_dir}; every "
+                             "rank must see the same cache folder ($MOSAIC_ALM_TOKEN_CACHE); run again to re-read them")
         if not missing:
             return 0
         bar = progress_bar(total=len(missing), desc=f"{desc} ({len(missing)} clips to encode)", unit="clip",
                            disable=not progress)
-        pending: dict[str, torch.Tensor] = {}
-        for s in range(0, len(missing), batch_size):
-            chunk = missing[s:s + batch_size]
-            toks = self.encode(self.spectrograms([a for _, a in chunk]))
+        self._encode_store(((k, self.spectrogram(a)) for k, a in missing), batch_size, shard_size, bar)
+        bar.close()
+        return len(missing)
+
+    def _encode_store(self, items: Iterable[tuple[str, torch.Tensor]], batch_size: int, shard_size: int,
+                      bar=None) -> int:
+        """Encode (clip key, spectrogram) pairs in batches into memory, writing a cache shard every ``shard_size``
+        clips; returns the number encoded."""
+        items, pending, n = iter(items), {}, 0
+        while chunk := list(itertools.islice(items, batch_size)):
+            toks = self.encode(torch.stack([x for _, x in chunk]).to(self.device))
             for (k, _), t in zip(chunk, toks):
                 pending[k] = self._cache[k] = t.to("cpu").clone()
             if len(pending) >= shard_size:
                 self._write(pending)
                 pending = {}
-            bar.update(len(chunk))
+            n += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
         if pending:
             self._write(pending)
-        bar.close()
-        return len(missing)
+        return n
+
+    def alias(self, name: str | os.PathLike, key: str) -> None:
+        """Let ``name`` (as records and batches carry it, e.g. an instruction's ``audio_path``) stand for the cached
+        clip ``key`` (from :meth:`precompute_shards`): ``tokens``/``inputs`` then serve it without reading a file."""
+        self._alias[str(name)] = key
+
+    def precompute_shards(self, source, ids: Iterable[str], *, rank: int = 0, world: int = 1, num_workers: int = 0,
+                          quarantine: str | os.PathLike | None = None,
+                          gather: Callable[[object], list] = lambda x: [x], batch_size: int = 32,
+                          shard_size: int = 512, desc: str = "audio tokens from shards",
+                          progress: bool = True) -> tuple[dict[str, str], list[dict], int]:
+        """One streaming pass over the WebDataset shards named by ``source`` (a folder written by ``write_shards``,
+        a glob or a brace pattern) that caches the tokens of every clip whose manifest id (its JSON record's ``id``)
+        is in ``ids``. Rank ``rank`` of ``world`` reads its share of the shards (as ``ShardDataset`` deals them; ranks
+        beyond the number of shards read none) with ``num_workers`` loader workers; clips not named, or already
+        cached, are not decoded. ``gather`` all-gathers a picklable object over the ranks (a list, one per rank);
+        every rank must see the same cache folder.
+
+        Returns, over all ranks: ``keys`` (clip id -> clip key, for :meth:`alias`), the bad records (skipped,
+        appended to ``quarantine`` as JSON lines: ``shard``, ``key``, ``id``, ``error``) and the clips this rank
+        encoded. Raises ``ShardError`` when one id names two different clips."""
+        if not self.use_cache:
+            raise ValueError("precompute_shards fills the token cache: it needs a frozen encoder with the cache on")
+        paths = resolve_shards(source)
+        readers = min(world, len(paths))
+        keys: dict[str, str] = {}
+        bad: list[dict] = []
+        encoded = 0
+
+        def keep(i: str, k: str, into: dict[str, str]) -> None:
+            if into.setdefault(i, k) != k:
+                raise ShardError(f"{source}: clip id {i!r} is in the shards twice, with different audio")
+
+        if rank < readers:
+            self._scan()
+            decoder = _ShardTokenDecoder({str(i) for i in ids}, set(self._index) | set(self._cache), self.fbank)
+            ds = ShardDataset(paths, rank=rank, world=readers, shuffle_buffer=0, shuffle_shards=False,
+                              max_seconds=self.fbank.max_seconds, quarantine=quarantine, decoder=decoder)
+            loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
+                                                 persistent_workers=False)
+            counts = ds.clips_per_rank()
+            bar = progress_bar(total=counts[rank] if counts else None, desc=desc, unit="clip", disable=not progress)
+
+            def fresh():
+                for sample in loader:
+                    bad.extend(ds.advance(sample))
+                    bar.update(1)
+                    if "key" in sample:
+                        keep(str(sample["id"]), sample["key"], keys)
+                        if "input" in sample:
+                            yield sample["key"], sample["input"]
+
+            encoded = self._encode_store(fresh(), batch_size, shard_size)
+            bar.close()
+        merged: dict[str, str] = {}
+        all_bad: list[dict] = []
+        for rank_keys, rank_bad in gather((keys, bad)):
+            for i, k in rank_keys.items():
+                keep(i, k, merged)
+            all_bad += rank_bad
+        return merged, all_bad, encoded
 
     def tokens(self, audios: Sequence, batch_size: int = 32) -> torch.Tensor:
         """Frozen-encoder tokens [B, N, D] (float32) for paths / waveforms; clip files come from the cache

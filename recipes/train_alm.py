@@ -8,6 +8,9 @@ A stage's length is ``train.examples`` (training examples in all: ceil(examples 
 optimizer steps), or ``train.max_steps``, or ``train.epochs``. With the encoder frozen (the default) the tokens of
 every training clip are computed first in one batched pass and cached on disk (:mod:`mosaic_alm.featurizer`), so
 later stages, other runs with the same encoder and evaluation reuse them and a step costs only the LLM.
+With ``data.shards`` (WebDataset shards written by ``encoder.data.shards.write_shards``) the clips come from the
+shards instead of the ``audio_path`` files: one streaming pass (split over ranks) caches the tokens of the clips the
+instructions name by ``audio_id`` (the manifest id), then training runs the same way from the cache.
 
 Several configs run in sequence; ``train.init_from: previous`` starts a stage from the artifact of the stage before it
 (``{output_dir}/{name}/stage{N-1}/artifact``); overrides apply to every stage. Each stage writes its run folder
@@ -61,6 +64,7 @@ from mosaic_core.config import (
     save_yaml,
 )
 from encoder import checkpoint as ckpt
+from encoder.data.shards import ShardError
 from mosaic_core.io import atomic_write_json, sha256_file
 from mosaic_core.progress import progress_bar
 from mosaic_core.runtime import (
@@ -341,6 +345,9 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
 
     checked = check_stage_config(cfg)  # every key, type, range and choice, before anything loads
     tcfg, dcfg = checked.train, checked.data
+    if dcfg.shards and checked.audio.enabled and (checked.trainable.encoder or not checked.audio.cache_features):
+        raise ConfigError("data.shards: clips from shards reach the model through the frozen-encoder token cache; "
+                          "set trainable.encoder=false and audio.cache_features=true, or data.shards=null")
     seed = int(cfg.get("seed", 0))
     seed_everything(seed)
     out = run_dir(cfg)
@@ -362,7 +369,17 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     counts = model.apply_trainable(verbose=rank == 0 and not quiet)
     fmt = PromptFormatter.for_model(model)
     featurizer = AudioFeaturizer.for_model(model)
-    if featurizer is not None and rank == 0:  # frozen encoder: every clip of the stage encoded once, cached on disk
+    eval_recs, from_shards = None, None
+    if featurizer is not None and dcfg.shards:  # one pass over the shards caches the tokens; records point at them
+        eval_recs = eval_records(dcfg, tcfg, seed)
+        train_recs, eval_recs, from_shards = tokens_from_shards(
+            featurizer, dcfg.shards, train_recs, eval_recs, rank=rank, world=world, num_workers=tcfg.num_workers,
+            quarantine=out / f"quarantine.rank{rank}.jsonl", progress=rank == 0 and not quiet)
+        if rank == 0 and not quiet:
+            print(f"stage {cfg.get('stage')}: tokens of {from_shards['clips']} clips from shards {dcfg.shards} "
+                  f"({from_shards['encoded_rank0']} encoded here, {from_shards['bad_records']} bad records, "
+                  f"{from_shards['dropped_records']} instructions dropped)", flush=True)
+    elif featurizer is not None and rank == 0:  # frozen encoder: every clip of the stage encoded once, cached on disk
         featurizer.precompute(sorted({r["audio_path"] for r in train_recs}), desc=f"stage {cfg.get('stage')} audio "
                               "tokens", progress=not quiet)
     ds = InstructionDataset(train_recs, fmt)
@@ -470,7 +487,7 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     bar.close()
     train_s = time.perf_counter() - t0
 
-    eval_loss = evaluate_loss(model, dcfg, fmt, tcfg, seed) if tcfg.eval_batches > 0 else None
+    eval_loss = evaluate_loss(model, dcfg, fmt, tcfg, seed, eval_recs) if tcfg.eval_batches > 0 else None
     n = max(1, len(losses) // 10)
     summary = {"stage": cfg.get("stage"), "name": cfg.get("name"), "seed": seed, "steps": step,
                "micro_batches": micro, "train_records": len(train_recs), "train_seconds": round(train_s, 2),
@@ -481,7 +498,8 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
                "examples": step * tcfg.batch_size * tcfg.grad_accum * world,
                **stage_sources(cfg),
                "feature_cache_hits": featurizer.hits if featurizer is not None else 0,
-               "clips_encoded": featurizer.encoded if featurizer is not None else 0}
+               "clips_encoded": featurizer.encoded if featurizer is not None else 0,
+               **({"train_shards": from_shards} if from_shards is not None else {})}
     if writer is not None:
         if eval_loss is not None:
             writer.add_scalar("eval/loss", eval_loss, step)
@@ -498,13 +516,70 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     return summary
 
 
-@torch.no_grad()
-def evaluate_loss(model, dcfg: InstructionDataConfig, fmt, tcfg: StageTrainConfig, seed: int) -> float | None:
+def eval_records(dcfg: InstructionDataConfig, tcfg: StageTrainConfig, seed: int) -> list[dict]:
+    """The records of the held-out loss: ``eval_batches`` batches of the eval split ([] without that file)."""
+    if tcfg.eval_batches == 0:
+        return []
     try:
-        recs = load_records(dcfg.root, dcfg.eval_split, dcfg.tasks, dcfg.kind, tcfg.eval_batches * tcfg.batch_size,
+        return load_records(dcfg.root, dcfg.eval_split, dcfg.tasks, dcfg.kind, tcfg.eval_batches * tcfg.batch_size,
                             seed, dcfg.qtypes)
     except FileNotFoundError:
-        return None
+        return []
+
+
+def _all_gather(world: int):
+    """A picklable object from every rank, as a list by rank."""
+    def gather(obj):
+        if world == 1:
+            return [obj]
+        out = [None] * world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+    return gather
+
+
+def tokens_from_shards(featurizer: AudioFeaturizer, source: str, train_recs: list[dict], eval_recs: list[dict], *,
+                       rank: int = 0, world: int = 1, num_workers: int = 0, quarantine: Path | None = None,
+                       progress: bool = True) -> tuple[list[dict], list[dict], dict]:
+    """``data.shards``: one streaming pass over the shards (split over ranks) caches the tokens of every clip the
+    records name by ``audio_id`` (= the ``id`` of the clip's JSON record in the shards, the manifest id) and aliases
+    each record's ``audio_path`` to it. Returns the training records less those whose clip is a bad record (skipped
+    and quarantined), the eval records whose clip is in a shard or on disk, and the numbers for the summary.
+    Raises ``ShardError`` (one line) when a training record has no ``audio_id`` or names a clip in no shard."""
+    unnamed = next((r for r in train_recs if not r.get("audio_id")), None)
+    if unnamed is not None:
+        raise ShardError(f"data.shards: instruction {unnamed.get('id')!r} has no audio_id (shards are matched to "
+                         f"instructions by the clip's manifest id)")
+    train_ids = {str(r["audio_id"]) for r in train_recs}
+    keys, bad, encoded = featurizer.precompute_shards(
+        source, train_ids | {str(r["audio_id"]) for r in eval_recs if r.get("audio_id")}, rank=rank, world=world,
+        num_workers=num_workers, quarantine=quarantine, gather=_all_gather(world), progress=progress)
+    bad_ids = {str(b["id"]) for b in bad if b.get("id") is not None}
+    missing = sorted(train_ids - set(keys) - bad_ids)
+    if missing:
+        raise ShardError(f"data.shards: {len(missing)} of the {len(train_ids)} clips the training instructions name "
+                         f"are in no shard of {source} (e.g. audio_id {missing[0]!r})")
+    for r in train_recs + eval_recs:
+        if str(r.get("audio_id")) in keys:
+            featurizer.alias(r["audio_path"], keys[str(r["audio_id"])])
+    kept = [r for r in train_recs if str(r["audio_id"]) in keys]
+    if not kept:
+        raise ShardError(f"data.shards: every clip the training instructions name is a bad record in {source} "
+                         f"(listed in {quarantine})")
+    if len(kept) < len(train_recs):
+        log.warning("data.shards: %d training instructions dropped: their clips are bad records (%s)",
+                    len(train_recs) - len(kept), quarantine)
+    evals = [r for r in eval_recs if str(r.get("audio_id")) in keys or Path(r["audio_path"]).is_file()]
+    return kept, evals, {"source": source, "clips": len(keys), "encoded_rank0": encoded if rank == 0 else None,
+                         "bad_records": len(bad), "dropped_records": len(train_recs) - len(kept)}
+
+
+@torch.no_grad()
+def evaluate_loss(model, dcfg: InstructionDataConfig, fmt, tcfg: StageTrainConfig, seed: int,
+                  recs: list[dict] | None = None) -> float | None:
+    """Mean answer-token loss over ``recs`` (default: :func:`eval_records`); None without records."""
+    if recs is None:
+        recs = eval_records(dcfg, tcfg, seed)
     if not recs:
         return None
     was = model.training

@@ -390,8 +390,12 @@ class ShardDataset(IterableDataset):
 
     Each sample is ``{"id", "record", "audio" [channels, samples] float32, "sample_rate", "epoch"}`` (``epoch``: the
     epoch being read, so a transform can derive its random draws from (seed, epoch, id)), or what ``transform``
-    (see :class:`FbankTransform`), plus ``bad`` (list of dicts: ``shard``, ``key``, ``id``,
+    (see :class:`FbankTransform`) makes of it, plus ``bad`` (list of dicts: ``shard``, ``key``, ``id``,
     ``error``, ``epoch``, ``rank``) and ``pos`` (progress marker for :meth:`advance`).
+
+    ``decoder(parts, source, max_seconds)`` turns a clip's raw tar members (``{ext: bytes}``) into the sample dict
+    (default :func:`decode_record`; it must give an ``id`` and raise :class:`AudioError` for a bad record): a reader
+    that needs only some clips can pass the others over without decoding their audio (a picklable callable).
 
     Workers get a copy of the dataset when a ``DataLoader`` iterator starts: call :meth:`set_epoch` and
     :meth:`load_state_dict` before ``iter(loader)`` and use ``persistent_workers=False`` (a persistent worker would
@@ -401,7 +405,8 @@ class ShardDataset(IterableDataset):
     def __init__(self, source: str | os.PathLike | Sequence[str | os.PathLike], *, rank: int = 0, world: int = 1,
                  seed: int = 0, shuffle_buffer: int = 512, shuffle_shards: bool = True,
                  transform: Callable[[dict], dict] | None = None, max_seconds: float = 600.0,
-                 quarantine: str | os.PathLike | None = None):
+                 quarantine: str | os.PathLike | None = None,
+                 decoder: Callable[[dict[str, bytes], str, float], dict] = decode_record):
         super().__init__()
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is outside world size {world}")
@@ -412,7 +417,7 @@ class ShardDataset(IterableDataset):
         self.counts = _known_counts(self.shards)
         self.rank, self.world, self.seed = rank, world, seed
         self.shuffle_buffer, self.shuffle_shards = shuffle_buffer, shuffle_shards
-        self.transform, self.max_seconds = transform, max_seconds
+        self.transform, self.max_seconds, self.decoder = transform, max_seconds, decoder
         self.quarantine = Path(quarantine) if quarantine is not None else None
         self.epoch = 0
         self.bad_records = 0
@@ -534,7 +539,7 @@ class ShardDataset(IterableDataset):
             try:
                 if error is not None:
                     raise AudioError(shard, error)
-                sample = decode_record(parts, source, self.max_seconds)
+                sample = self.decoder(parts, source, self.max_seconds)
                 rid, sample["epoch"] = sample["id"], self.epoch
                 if self.transform is not None:
                     sample = self.transform(sample)
