@@ -149,4 +149,4 @@ class AudioProjector(nn.Module):
         return self.linear(self.norm(x))
 
 
-__all__ = ["AudioProjectorConfig", "AudioProjector", "num_audio_tokens"]
+__all__ = ["AudioProjector", "AudioProjectorConfig", "num_audio_tokens"]

@@ -36,13 +36,16 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 
+from encoder import checkpoint as ckpt
+from encoder.data.shards import ShardError
 from mosaic_alm.artifact import build_from, module_state, save_artifact
 from mosaic_alm.data import (
     Collator,
@@ -59,12 +62,10 @@ from mosaic_core.config import (
     PositiveFloat,
     PositiveInt,
     Probability,
-    parse_config,
     load_config,
+    parse_config,
     save_yaml,
 )
-from encoder import checkpoint as ckpt
-from encoder.data.shards import ShardError
 from mosaic_core.io import atomic_write_json, sha256_file
 from mosaic_core.progress import progress_bar
 from mosaic_core.runtime import (
