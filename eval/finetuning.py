@@ -48,6 +48,10 @@ class FinetuneModelConfig:
     head_dropout: Ratio = 0.0
     head_init_std: float = 2e-5  # MAE: a near-zero head so early updates do not wreck the pretrained features
     freeze_encoder: bool = False  # true = train the head only (a linear probe with this recipe's machinery)
+    # probe: LP-FT - before fine-tuning, fit the fair linear read-out (standardised logistic regression, C on valid)
+    # on the frozen encoder's pooled training features; its scaler becomes the head's frozen standardiser and its
+    # weights the head, so step 0 scores what the frozen probe scores and fine-tuning starts from there
+    head_init: Literal["random", "probe"] = "random"
 
 
 @dataclass
@@ -99,9 +103,38 @@ class FinetuneModel(nn.Module):
         self.head = nn.Linear(encoder.cfg.embed_dim, num_outputs)
         nn.init.trunc_normal_(self.head.weight, std=head_init_std)
         nn.init.zeros_(self.head.bias)
+        # frozen per-feature standardiser before the head (identity unless the head is initialised from a probe)
+        self.register_buffer("feat_mean", torch.zeros(encoder.cfg.embed_dim))
+        self.register_buffer("feat_std", torch.ones(encoder.cfg.embed_dim))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled encoder output the head reads (before standardisation)."""
+        return self.encoder.forward_features(x)["pooled"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_drop(self.encoder.forward_features(x)["pooled"]))
+        z = (self.features(x) - self.feat_mean) / self.feat_std
+        return self.head(self.head_drop(z))
+
+    @torch.no_grad()
+    def init_head_from_readout(self, readout) -> None:
+        """Copy a fitted :class:`eval.probes.LogRegReadout` (single-label or spoof) into the standardiser and head:
+        the model's logits then equal the read-out's decision scores (up to a per-row constant for two classes)."""
+        scaler, clf = readout.model[0], readout.model[-1]
+        if not hasattr(clf, "coef_"):
+            raise ConfigError("model.head_init=probe needs a single-label (or spoof) task; multi-label heads start "
+                              "from random init")
+        self.feat_mean.copy_(torch.as_tensor(scaler.mean_, dtype=self.feat_mean.dtype))
+        self.feat_std.copy_(torch.as_tensor(scaler.scale_, dtype=self.feat_std.dtype))
+        coef, bias = np.asarray(clf.coef_, dtype=np.float64), np.asarray(clf.intercept_, dtype=np.float64)
+        if coef.shape[0] == 1:  # two classes: sklearn keeps one row (the second class's score)
+            coef, bias = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], bias])
+        w = torch.zeros_like(self.head.weight)
+        b = torch.full_like(self.head.bias, float(bias.min()) - 10.0)  # a class never seen in training stays unlikely
+        for row, label in enumerate(clf.classes_):
+            w[int(label)] = torch.as_tensor(coef[row], dtype=w.dtype)
+            b[int(label)] = float(bias[row])
+        self.head.weight.copy_(w)
+        self.head.bias.copy_(b)
 
 
 def encoder_config(mc: FinetuneModelConfig) -> EncoderConfig:

@@ -139,6 +139,8 @@ def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, trai
     print(f"[finetune] precision: {precision_note(bf16, cpu)}", flush=True)
     amp = lambda: autocast(bf16, cpu)  # noqa: E731
 
+    if cfg.model.head_init == "probe":
+        init_head_from_probe(model, task, train_idx, valid_idx, cfg, amp)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # augmentations
     sgen = torch.Generator().manual_seed(cfg.seed + 2)  # shuffling / sampling
     shards = train_idx if isinstance(train_idx, ShardDataset) else None
@@ -254,6 +256,36 @@ def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, trai
     if cfg.save_model:
         save_finetuned(model, task, run / (tag.strip(" /") or ".") / "model.safetensors")
     return out
+
+
+@torch.no_grad()
+def init_head_from_probe(model, task: Task, train_idx, valid_idx, cfg: FinetuneConfig, amp) -> None:
+    """LP-FT: the fair linear read-out fitted on the frozen encoder's pooled features of the training (and valid)
+    clips becomes the head and its standardiser, so fine-tuning starts at the frozen probe's accuracy."""
+    from eval.probes import fit_logreg
+
+    if isinstance(train_idx, ShardDataset):
+        raise ConfigError("model.head_init=probe reads the training clips twice; it needs the train split on files, "
+                          "not task.shards")
+    if task.task_type == "multi_label":
+        raise ConfigError("model.head_init=probe needs a single-label or spoof task (multi-label: head_init=random)")
+
+    def feats(idx):
+        model.eval()
+        out, ys = [], []
+        for x, y in _loader(task, idx, cfg.eval.batch_size, cfg.optim.num_workers):
+            with amp():
+                out.append(model.features(x).float())
+            ys.append(y)
+        return torch.cat(out).numpy(), torch.cat(ys).numpy()
+
+    t0 = time.time()
+    xtr, ytr = feats(train_idx)
+    xva, yva = feats(valid_idx) if valid_idx is not None and len(valid_idx) else (None, None)
+    readout = fit_logreg(xtr, ytr, xva, yva, seed=cfg.seed)
+    model.init_head_from_readout(readout)
+    print(f"[finetune] head initialised from the fair linear read-out (C={readout.C}, valid "
+          f"{readout.valid_metric.get(readout.C)}) in {time.time() - t0:.0f} s", flush=True)
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:

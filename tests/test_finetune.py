@@ -204,3 +204,32 @@ def test_shipped_recipes_parse(name, monkeypatch):
     assert recipe["name"]
     if name.startswith("embedded"):
         assert cfg.augment.time_mask < int(recipe["target_frames"])
+
+
+@pytest.mark.parametrize("kind", ["single", "spoof"])
+def test_head_init_probe_starts_at_the_fair_readout(tmp_path, kind):
+    """LP-FT: before any step, the model's predictions are the fitted logistic regression's."""
+    from mosaic_core.runtime import autocast
+
+    recipe = _write_task(tmp_path / "data", kind)
+    raw = _cfg(tmp_path, recipe, model={"head_init": "probe"})
+    cfg = parse_config(FT.FinetuneConfig, raw)
+    task = T.load_task(cfg.task, seed=0)
+    T.cache_spectrograms(task, cfg.task)
+    model = FN.build_finetune_model(cfg.model, FN.encoder_config(cfg.model), task.num_outputs)
+    before = model.head.weight.clone()
+    FT.init_head_from_probe(model, task, task.splits["train"], task.splits["valid"], cfg,
+                            lambda: autocast(False, torch.device("cpu")))
+    assert not torch.equal(before, model.head.weight) and (model.feat_std != 1).any()
+    from eval.probes import fit_logreg
+
+    model.eval()
+    x = torch.stack([task.specs[i] for i in task.splits["test"].tolist()]) if task.specs is not None else None
+    with torch.no_grad():
+        z = model.features(x).numpy()
+        logits = model(x)
+    xtr = model.features(torch.stack([task.specs[i] for i in task.splits["train"].tolist()])).detach().numpy()
+    xva = model.features(torch.stack([task.specs[i] for i in task.splits["valid"].tolist()])).detach().numpy()
+    readout = fit_logreg(xtr, task.targets[task.splits["train"]].numpy(), xva,
+                         task.targets[task.splits["valid"]].numpy(), seed=0)
+    assert (logits.argmax(1).numpy() == readout.predict(z)).all()
