@@ -155,6 +155,7 @@ def _pass_on_rank(rank, world, rendezvous, shards, cache, out):
     tokens = feats.tokens([f"clip:{i}" for i in sorted(keys)])
     Path(out, f"rank{rank}.json").write_text(json.dumps({"keys": keys, "bad": bad, "encoded": encoded,
                                                          "encoder_runs": feats.encoded, "sum": float(tokens.sum())}))
+    dist.barrier()  # both ranks done before teardown (gloo can abort a rank that exits first)
     dist.destroy_process_group()
 
 

@@ -76,6 +76,7 @@ def _dist_worker(rank, world, rendezvous, state, x, k1, k2, out_dir):
     all_reduce_mean_grads(params, world)
     if rank == 0:
         torch.save({"loss": loss / world, "grads": [p.grad for p in params]}, out_dir / "dist.pt")
+    dist.barrier()  # both ranks done before teardown (gloo can abort a rank that exits first)
     dist.destroy_process_group()
 
 

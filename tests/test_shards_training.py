@@ -85,6 +85,7 @@ def _rank_worker(rank, world, rendezvous, shards, run, out):
     rp.shard_batches = recording
     _train(_pretrain_raw(shards, run, steps=7, **{"data.cached_features": "true"}))
     Path(out, f"rank{rank}.json").write_text(json.dumps(seen))
+    dist.barrier()  # both ranks done before teardown (gloo can abort a rank that exits first)
     dist.destroy_process_group()
 
 
