@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=None, help="default data/embedded-<profile>")
     p.add_argument("--out", default="runs/pipeline")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="default: about 30 minutes on 2 CPU cores; long: more probe seeds and epochs, a bigger ALM "
+                   help="default: about 45 minutes on 2 CPU cores; long: more probe seeds and epochs, a bigger ALM "
                         "budget and test set (a few hours); any option below overrides the preset")
     p.add_argument("--pretrain-steps", type=int, default=None, help="steps of each pretraining (contrastive, MAE)")
     p.add_argument("--probe-seeds", default=None, help="probe seeds of the attentive/weighted probes, e.g. 0,1,2")
