@@ -103,17 +103,17 @@ class FinetuneModel(nn.Module):
         self.head = nn.Linear(encoder.cfg.embed_dim, num_outputs)
         nn.init.trunc_normal_(self.head.weight, std=head_init_std)
         nn.init.zeros_(self.head.bias)
-        # frozen per-feature standardiser before the head (identity unless the head is initialised from a probe)
-        self.register_buffer("feat_mean", torch.zeros(encoder.cfg.embed_dim))
-        self.register_buffer("feat_std", torch.ones(encoder.cfg.embed_dim))
+        # a per-feature standardiser before the head (MAE's linear-probe BatchNorm without affine), only when the head
+        # starts from a probe: its running statistics start as the probe's scaler and follow the features as the
+        # encoder moves (a frozen scaler divided drifting, nearly collinear features by tiny stds: loss 51 at epoch 1)
+        self.head_norm: nn.Module = nn.Identity()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled encoder output the head reads (before standardisation)."""
         return self.encoder.forward_features(x)["pooled"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = (self.features(x) - self.feat_mean) / self.feat_std
-        return self.head(self.head_drop(z))
+        return self.head(self.head_drop(self.head_norm(self.features(x))))
 
     @torch.no_grad()
     def init_head_from_readout(self, readout) -> None:
@@ -123,8 +123,12 @@ class FinetuneModel(nn.Module):
         if not hasattr(clf, "coef_"):
             raise ConfigError("model.head_init=probe needs a single-label (or spoof) task; multi-label heads start "
                               "from random init")
-        self.feat_mean.copy_(torch.as_tensor(scaler.mean_, dtype=self.feat_mean.dtype))
-        self.feat_std.copy_(torch.as_tensor(scaler.scale_, dtype=self.feat_std.dtype))
+        dim = self.head.in_features
+        norm = nn.BatchNorm1d(dim, affine=False, eps=0.0).to(self.head.weight.device)
+        norm.running_mean.copy_(torch.as_tensor(scaler.mean_, dtype=norm.running_mean.dtype))
+        norm.running_var.copy_(torch.as_tensor(scaler.scale_, dtype=norm.running_var.dtype).pow(2))
+        norm.eps = 1e-6
+        self.head_norm = norm
         coef, bias = np.asarray(clf.coef_, dtype=np.float64), np.asarray(clf.intercept_, dtype=np.float64)
         if coef.shape[0] == 1:  # two classes: sklearn keeps one row (the second class's score)
             coef, bias = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], bias])

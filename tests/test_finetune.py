@@ -220,7 +220,7 @@ def test_head_init_probe_starts_at_the_fair_readout(tmp_path, kind):
     before = model.head.weight.clone()
     FT.init_head_from_probe(model, task, task.splits["train"], task.splits["valid"], cfg,
                             lambda: autocast(False, torch.device("cpu")))
-    assert not torch.equal(before, model.head.weight) and (model.feat_std != 1).any()
+    assert not torch.equal(before, model.head.weight) and isinstance(model.head_norm, torch.nn.BatchNorm1d)
     from eval.probes import fit_logreg
 
     model.eval()
