@@ -52,6 +52,7 @@ class FinetuneModelConfig:
     # on the frozen encoder's pooled training features; its scaler becomes the head's frozen standardiser and its
     # weights the head, so step 0 scores what the frozen probe scores and fine-tuning starts from there
     head_init: Literal["random", "probe"] = "random"
+    head_init_C: NonNegFloat = 0.0  # head_init=probe: the read-out's C (0 = chosen on valid; a small C = a softer start)
 
 
 @dataclass
