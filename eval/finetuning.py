@@ -49,8 +49,8 @@ class FinetuneModelConfig:
     head_init_std: float = 2e-5  # MAE: a near-zero head so early updates do not wreck the pretrained features
     freeze_encoder: bool = False  # true = train the head only (a linear probe with this recipe's machinery)
     # probe: LP-FT - before fine-tuning, fit the fair linear read-out (standardised logistic regression, C on valid)
-    # on the frozen encoder's pooled training features; its scaler becomes the head's frozen standardiser and its
-    # weights the head, so step 0 scores what the frozen probe scores and fine-tuning starts from there
+    # on the frozen encoder's pooled training features; its scaler becomes the running statistics of a BatchNorm
+    # (no affine) before the head and its weights the head, so step 0 scores what the frozen probe scores
     head_init: Literal["random", "probe"] = "random"
     head_init_C: NonNegFloat = 0.0  # head_init=probe: the read-out's C (0 = chosen on valid; a small C = a softer start)
 
@@ -97,17 +97,17 @@ class FinetuneModel(nn.Module):
     """Encoder + linear head on the pooled output (fc_norm of the patch-token mean, CLS excluded)."""
 
     def __init__(self, encoder: AudioMosaicViT, num_outputs: int, head_dropout: float = 0.0,
-                 head_init_std: float = 2e-5):
+                 head_init_std: float = 2e-5, head_norm: bool = False):
         super().__init__()
         self.encoder = encoder
         self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(encoder.cfg.embed_dim, num_outputs)
         nn.init.trunc_normal_(self.head.weight, std=head_init_std)
         nn.init.zeros_(self.head.bias)
-        # a per-feature standardiser before the head (MAE's linear-probe BatchNorm without affine), only when the head
+        # a per-feature standardiser before the head (MAE's linear-probe BatchNorm without affine), when the head
         # starts from a probe: its running statistics start as the probe's scaler and follow the features as the
         # encoder moves (a frozen scaler divided drifting, nearly collinear features by tiny stds: loss 51 at epoch 1)
-        self.head_norm: nn.Module = nn.Identity()
+        self.head_norm = nn.BatchNorm1d(encoder.cfg.embed_dim, affine=False, eps=1e-6) if head_norm else nn.Identity()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled encoder output the head reads (before standardisation)."""
@@ -124,12 +124,11 @@ class FinetuneModel(nn.Module):
         if not hasattr(clf, "coef_"):
             raise ConfigError("model.head_init=probe needs a single-label (or spoof) task; multi-label heads start "
                               "from random init")
-        dim = self.head.in_features
-        norm = nn.BatchNorm1d(dim, affine=False, eps=0.0).to(self.head.weight.device)
+        norm = self.head_norm
+        if not isinstance(norm, nn.BatchNorm1d):
+            raise TypeError("init_head_from_readout: build the model with head_norm=True")
         norm.running_mean.copy_(torch.as_tensor(scaler.mean_, dtype=norm.running_mean.dtype))
         norm.running_var.copy_(torch.as_tensor(scaler.scale_, dtype=norm.running_var.dtype).pow(2))
-        norm.eps = 1e-6
-        self.head_norm = norm
         coef, bias = np.asarray(clf.coef_, dtype=np.float64), np.asarray(clf.intercept_, dtype=np.float64)
         if coef.shape[0] == 1:  # two classes: sklearn keeps one row (the second class's score)
             coef, bias = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], bias])
@@ -166,7 +165,7 @@ def build_finetune_model(mc: FinetuneModelConfig, enc_cfg: EncoderConfig, num_ou
         from encoder.hf import AudioMosaicModel
 
         enc.load_state_dict(AudioMosaicModel.from_pretrained(mc.encoder).encoder.state_dict())
-    model = FinetuneModel(enc, num_outputs, mc.head_dropout, mc.head_init_std)
+    model = FinetuneModel(enc, num_outputs, mc.head_dropout, mc.head_init_std, head_norm=mc.head_init == "probe")
     if mc.freeze_encoder:
         for p in model.encoder.parameters():
             p.requires_grad_(False)
@@ -230,11 +229,13 @@ def loss_fn(logits: torch.Tensor, soft: torch.Tensor, task_type: str) -> torch.T
 
 
 @torch.no_grad()
-def predict_batches(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_batches(model: nn.Module, loader, forward=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(outputs, targets) over ``loader`` in eval mode; ``forward`` (default: the model) maps a batch to outputs."""
     model.eval()
+    forward = forward or model
     logits, targets = [], []
     for x, y in loader:
-        logits.append(model(x).float())
+        logits.append(forward(x).float())
         targets.append(y)
     return torch.cat(logits), torch.cat(targets)
 

@@ -139,8 +139,6 @@ def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, trai
     print(f"[finetune] precision: {precision_note(bf16, cpu)}", flush=True)
     amp = lambda: autocast(bf16, cpu)  # noqa: E731
 
-    if cfg.model.head_init == "probe":
-        init_head_from_probe(model, task, train_idx, valid_idx, cfg, amp)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # augmentations
     sgen = torch.Generator().manual_seed(cfg.seed + 2)  # shuffling / sampling
     shards = train_idx if isinstance(train_idx, ShardDataset) else None
@@ -186,6 +184,8 @@ def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, trai
         best_state = tensors.get("best")
         best, best_epoch, history, step = st["best"], st["best_epoch"], st["history"], st["step"]
         start_epoch, done, losses, lr = st["epoch"], st["batches"], st["losses"], st["lr"]
+    elif cfg.model.head_init == "probe":  # a resumed run has the head (and its statistics) from its checkpoint
+        init_head_from_probe(model, task, train_idx, valid_idx, cfg, amp)
     from tqdm import tqdm
 
     t0 = time.time()
@@ -271,13 +271,10 @@ def init_head_from_probe(model, task: Task, train_idx, valid_idx, cfg: FinetuneC
         raise ConfigError("model.head_init=probe needs a single-label or spoof task (multi-label: head_init=random)")
 
     def feats(idx):
-        model.eval()
-        out, ys = [], []
-        for x, y in _loader(task, idx, cfg.eval.batch_size, cfg.optim.num_workers):
-            with amp():
-                out.append(model.features(x).float())
-            ys.append(y)
-        return torch.cat(out).numpy(), torch.cat(ys).numpy()
+        with amp():
+            x, y = predict_batches(model, _loader(task, idx, cfg.eval.batch_size, cfg.optim.num_workers),
+                                   model.features)
+        return x.numpy(), y.numpy()
 
     t0 = time.time()
     xtr, ytr = feats(train_idx)
