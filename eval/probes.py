@@ -346,7 +346,7 @@ def fit_probe(
     for epoch in range(epochs):
         order = torch.randperm(n, generator=gen)
         total_loss = 0.0
-        seen_logits = torch.empty(n, *((probe.num_classes,) if multilabel else ()))
+        seen_logits = torch.empty(n, probe.num_classes)
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
             inputs = [p[idx].to(device) for p in train]
@@ -358,12 +358,10 @@ def fit_probe(
             opt.step()
             sched.step()
             total_loss += float(loss.detach()) * idx.numel()
-            seen_logits[idx] = (logits.detach().float().cpu() if multilabel else
-                                logits.detach().argmax(-1).float().cpu())
+            seen_logits[idx] = logits.detach().float().cpu()
         history["train_loss"].append(total_loss / n)
         history["lr"].append(opt.param_groups[0]["lr"])
-        history["train_metric"].append(_score(seen_logits, ytr, multilabel) if multilabel else
-                                        float((seen_logits.long() == ytr).float().mean()))
+        history["train_metric"].append(_score(seen_logits, ytr, multilabel))
         if valid is not None:
             with autocast(bf16, device):
                 value = _score(_predict_packed(probe, valid, 1024), yva, multilabel)
