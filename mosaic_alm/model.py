@@ -117,8 +117,7 @@ class AudioLanguageModel(nn.Module):
             rms = float(emb.detach().float().pow(2).mean().sqrt())
             self.projector = AudioProjector(encoder.config.embed_dim, emb.shape[1],
                                             n_freq=encoder.config.num_mel_bins // encoder.config.patch_size,
-                                            cfg=cfg.projector, target_rms=rms)
-            self.projector.set_num_queries(self.n_audio_tokens)
+                                            cfg=cfg.projector, target_rms=rms, n_audio=self.n_audio_tokens)
             self.projector.to(emb.device)
 
     # ------------------------------------------------------------------------------------------------ building

@@ -64,14 +64,18 @@ def num_audio_tokens(frames: int, patch_size: int = 16, pool: int = 2) -> int:
 
 class AudioProjector(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, n_freq: int = 8, cfg: AudioProjectorConfig | None = None,
-                 target_rms: float | None = None):
+                 target_rms: float | None = None, n_audio: int | None = None):
+        """``n_audio``: the audio slots of a clip (attentive kind: one learned query each; the model knows it)."""
         super().__init__()
         self.cfg = cfg or AudioProjectorConfig()
         self.in_dim, self.out_dim, self.n_freq = in_dim, out_dim, n_freq
         if self.cfg.kind == "attentive":
             if in_dim % self.cfg.heads:
                 raise ValueError(f"projector.heads {self.cfg.heads} does not divide the encoder width {in_dim}")
-            self.query = nn.Parameter(torch.zeros(1, 1, in_dim))  # resized to n_audio queries on first use
+            if not n_audio or n_audio < 1:
+                raise ValueError("an attentive projector needs n_audio (its number of queries)")
+            g = torch.Generator().manual_seed(n_audio)
+            self.query = nn.Parameter(torch.randn(1, n_audio, in_dim, generator=g).mul_(0.02))
             self.norm_q, self.norm_kv, self.norm_mlp = nn.LayerNorm(in_dim), nn.LayerNorm(in_dim), nn.LayerNorm(in_dim)
             self.attn = nn.MultiheadAttention(in_dim, self.cfg.heads, batch_first=True)
             self.mlp = nn.Sequential(nn.Linear(in_dim, 4 * in_dim), nn.GELU(), nn.Linear(4 * in_dim, in_dim))
@@ -96,13 +100,6 @@ class AudioProjector(nn.Module):
         self.feat_mean.copy_(x.mean(0).to(self.feat_mean.dtype))
         self.feat_std.copy_(std.clamp_min(floor).to(self.feat_std.dtype))
         self.stats_count.fill_(int(n_clips if n_clips is not None else pooled.shape[0]))
-
-    def set_num_queries(self, n_audio: int) -> None:
-        """Attentive kind: ``n_audio`` learned queries (called by the model, which knows the clip length)."""
-        if self.cfg.kind == "attentive" and self.query.shape[1] != n_audio:
-            g = torch.Generator().manual_seed(n_audio)
-            self.query = nn.Parameter(torch.randn(1, n_audio, self.in_dim, generator=g).mul_(0.02)
-                                      .to(self.linear.weight.device))
 
     def reset_parameters(self, target_rms: float | None = None):
         self.norm.reset_parameters()

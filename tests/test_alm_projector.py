@@ -63,3 +63,18 @@ def test_standardisation_removes_the_shared_direction():
     const = torch.ones(10, 2, 16)  # a constant feature keeps finite statistics
     proj.set_feature_stats(const)
     assert torch.isfinite(proj(const)).all()
+
+
+def test_attentive_projector_reads_every_patch_token():
+
+
+    cfg = AudioProjectorConfig(kind="attentive", heads=4)
+    with pytest.raises(ValueError, match="n_audio"):
+        AudioProjector(16, 8, n_freq=2, cfg=cfg)
+    torch.manual_seed(0)
+    proj = AudioProjector(16, 8, n_freq=2, cfg=cfg, n_audio=3)
+    tokens = torch.randn(2, 10, 16)
+    assert proj(tokens).shape == (2, 3, 8)
+    moved = tokens.clone()
+    moved[:, 1] = 3.0 * torch.randn(16)  # one frequency patch of one time step (a constant shift LayerNorm removes)
+    assert not torch.allclose(proj(tokens), proj(moved))
