@@ -96,6 +96,16 @@ class _Probe(nn.Module):
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.feat_mean) / self.feat_std
 
+    # -- the fixed part of the forward, done once per fit -----------------------------------------------------------
+    def prepare(self, *packed: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The part of the forward that has no trainable parameter, applied to packed inputs once (``fit_probe``
+        does it once per fit, after :meth:`fit_standardiser`); ``forward(*packed) ==
+        forward_prepared(*prepare(*packed))``. The base class prepares nothing."""
+        return packed
+
+    def forward_prepared(self, *prepared: torch.Tensor) -> torch.Tensor:
+        return self(*prepared)
+
     def reset_parameters(self) -> None:
         """Re-initialise every submodule (``fit_probe`` calls this under the run's seed)."""
         for m in self.modules():
@@ -214,14 +224,37 @@ class AttentiveProbe(_Probe):
             raise ValueError("AttentiveProbe: every example needs at least one valid token")
         return feats, mask
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        kv = self.norm_kv(self.standardise(x))
-        q = self.query.expand(x.shape[0], -1, -1)
-        pad = None if mask is None else ~mask
-        attended, _ = self.attn(self.norm_q(q), kv, kv, key_padding_mask=pad, need_weights=False)
-        q = q + attended
+    def prepare(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Standardised tokens through ``norm_kv``'s normalisation (its affine is applied in
+        :meth:`forward_prepared`): the per-token work that no parameter touches, done once per fit."""
+        xn = nn.functional.layer_norm(self.standardise(x), (self.dim,), eps=self.norm_kv.eps)
+        return (xn,) if mask is None else (xn, mask)
+
+    def forward_prepared(self, xn: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The block on prepared tokens ``xn`` ``[N, T, D]``, computed from the query side: with a single query,
+        head h's score of token t is ``q_h . (W_k,h (g * xn_t + b) + c_h)``, i.e. ``u_h . xn_t`` plus a constant
+        that softmax removes (``u_h = g * W_k,h^T q_h``), and its value is ``W_v,h (g * sum_t a_ht xn_t + b) +
+        c_v,h`` (the weights sum to one). The same function as ``nn.MultiheadAttention`` on ``norm_kv(x)``, at
+        O(T * D * heads) per example instead of O(T * D^2) for the key and value projections of every token."""
+        attn, d, heads = self.attn, self.dim, self.attn.num_heads
+        hd = d // heads
+        w_q, w_k, w_v = attn.in_proj_weight.split(d)
+        b_q, b_k, b_v = attn.in_proj_bias.split(d)
+        q = self.query[0, 0]
+        qh = (w_q @ self.norm_q(q) + b_q).view(heads, hd)
+        u = torch.einsum("hc,hcd->hd", qh, w_k.view(heads, hd, d)) * self.norm_kv.weight / math.sqrt(hd)
+        scores = torch.einsum("ntd,hd->nth", xn, u)
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
+        weights = scores.softmax(dim=1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(scores.dtype)
+        pooled = torch.einsum("nth,ntd->nhd", weights, xn) * self.norm_kv.weight + self.norm_kv.bias  # [N, H, D]
+        values = torch.einsum("nhd,hcd->nhc", pooled, w_v.view(heads, hd, d)) + b_v.view(heads, hd)
+        q = q + attn.out_proj(values.reshape(-1, d))
         q = q + self.mlp(self.norm_mlp(q))
-        return self.head(self.norm_out(q[:, 0]))
+        return self.head(self.norm_out(q))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_prepared(*self.prepare(x, mask))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -250,14 +283,14 @@ def _score(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> float:
 
 
 @torch.no_grad()
-def _predict_packed(probe: _Probe, packed: tuple[torch.Tensor, ...], batch_size: int) -> torch.Tensor:
+def _predict_packed(probe: _Probe, packed: tuple[torch.Tensor, ...], batch_size: int,
+                    prepared: bool = False) -> torch.Tensor:
     was_training = probe.training
     probe.eval()
     device = next(probe.parameters()).device
     n = packed[0].shape[0]
-    out = [
-        probe(*(p[i : i + batch_size].to(device) for p in packed)).float().cpu() for i in range(0, n, batch_size)
-    ]
+    fwd = probe.forward_prepared if prepared else probe
+    out = [fwd(*(p[i : i + batch_size].to(device) for p in packed)).float().cpu() for i in range(0, n, batch_size)]
     probe.train(was_training)
     return torch.cat(out)
 
@@ -315,6 +348,9 @@ def fit_probe(
         torch.manual_seed(seed)
         probe.reset_parameters()
     probe.fit_standardiser(*train)
+    with torch.no_grad():  # the fixed per-token work, once per fit instead of once per epoch
+        train = probe.prepare(*train)
+        valid = probe.prepare(*valid) if valid is not None else None
     probe.to(device)
     gen = torch.Generator().manual_seed(seed)
 
@@ -351,7 +387,7 @@ def fit_probe(
             idx = order[i : i + batch_size]
             inputs = [p[idx].to(device) for p in train]
             with autocast(bf16, device):
-                logits = probe(*inputs)
+                logits = probe.forward_prepared(*inputs)
             loss = loss_fn(logits.float(), ytr[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -364,7 +400,7 @@ def fit_probe(
         history["train_metric"].append(_score(seen_logits, ytr, multilabel))
         if valid is not None:
             with autocast(bf16, device):
-                value = _score(_predict_packed(probe, valid, 1024), yva, multilabel)
+                value = _score(_predict_packed(probe, valid, 1024, prepared=True), yva, multilabel)
             history["valid_metric"].append(value)
             if value > best_value:
                 best_value, best_epoch = value, epoch

@@ -131,6 +131,39 @@ def test_attentive_probe_on_variable_token_counts():
     torch.testing.assert_close(predict(probe, (padded, mask)), predict(probe, test), atol=1e-5, rtol=1e-5)
 
 
+def test_attentive_probe_equals_the_multihead_attention_block():
+    """The query-side computation is the same function as nn.MultiheadAttention over norm_kv(tokens), with and
+    without padding, for trained (non-default) parameters; and gradients agree too."""
+    torch.manual_seed(0)
+    probe = AttentiveProbe(D, C, num_heads=4).double()
+    with torch.no_grad():
+        for prm in probe.parameters():
+            prm.add_(0.3 * torch.randn_like(prm))
+    x = 2.0 * torch.randn(7, 11, D, dtype=torch.float64) + 0.5
+    mask = torch.rand(7, 11) > 0.4
+    mask[:, 0] = True
+    probe.fit_standardiser(x, mask)
+
+    def reference(x, mask):
+        kv = probe.norm_kv(probe.standardise(x))
+        q = probe.query.expand(x.shape[0], -1, -1)
+        out, _ = probe.attn(probe.norm_q(q), kv, kv, key_padding_mask=None if mask is None else ~mask,
+                            need_weights=False)
+        q = q + out
+        q = q + probe.mlp(probe.norm_mlp(q))
+        return probe.head(probe.norm_out(q[:, 0]))
+
+    for m in (mask, None):
+        torch.testing.assert_close(probe(x, m), reference(x, m), atol=1e-10, rtol=1e-10)
+    grads = []
+    for fn in (lambda: probe(x, mask), lambda: reference(x, mask)):
+        probe.zero_grad()
+        fn().pow(2).sum().backward()
+        grads.append([p.grad.clone() for p in probe.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
 def test_multilabel_fit_reports_map(layered):
     x, y = layered
     targets = torch.nn.functional.one_hot(y, C).float()
