@@ -205,6 +205,21 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def planned_records(n: int, batch_size: int, seed: int, micro_batches: int, world: int = 1) -> set[int]:
+    """The record indices that ``micro_batches`` micro-batches of every rank read from the start of the stream
+    (epoch 0, batch 0, crossing epochs as ``train_stage`` does): a budget of 1,000 examples over 13,000 records
+    encodes the ~1,000 clips it reads up front, not every clip of the split."""
+    read: set[int] = set()
+    epoch, left = 0, micro_batches
+    while left > 0 and len(read) < n:
+        plans = [epoch_batches(n, batch_size, seed, epoch, r, world) for r in range(world)]
+        for plan in plans:
+            read.update(i for b in plan[:left] for i in b)
+        left -= len(plans[0])
+        epoch += 1
+    return read
+
+
 def trajectory_config(cfg: dict) -> dict:
     """The resolved config less the keys in RESUME_FREE_KEYS, JSON-normalised: what must match to resume."""
     c = json.loads(json.dumps(cfg, default=str))
@@ -380,13 +395,15 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
             print(f"stage {cfg.get('stage')}: tokens of {from_shards['clips']} clips from shards {dcfg.shards} "
                   f"({from_shards['encoded_rank0']} encoded here, {from_shards['bad_records']} bad records, "
                   f"{from_shards['dropped_records']} instructions dropped)", flush=True)
-    elif featurizer is not None and rank == 0:  # frozen encoder: every clip of the stage encoded once, cached on disk
-        featurizer.precompute(sorted({r["audio_path"] for r in train_recs}), desc=f"stage {cfg.get('stage')} audio "
-                              "tokens", progress=not quiet)
     ds = InstructionDataset(train_recs, fmt)
     collate = Collator(model.tokenizer.pad_token_id, "right")
     steps_per_epoch = max(1, len(epoch_batches(len(ds), tcfg.batch_size, seed, 0, rank, world)) // tcfg.grad_accum)
     total = tcfg.total_steps(steps_per_epoch, world)  # an explicit budget wins over epochs (the data stream cycles)
+    if featurizer is not None and not dcfg.shards and rank == 0:
+        # frozen encoder: the clips the stage's batches will read (every rank's), encoded once and cached on disk
+        read = planned_records(len(ds), tcfg.batch_size, seed, total * tcfg.grad_accum, world)
+        featurizer.precompute(sorted({train_recs[i]["audio_path"] for i in read}),
+                              desc=f"stage {cfg.get('stage')} audio tokens", progress=not quiet)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = alm_param_groups(model, tcfg)
     engine = None

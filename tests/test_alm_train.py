@@ -236,3 +236,27 @@ def test_projector_gets_its_own_learning_rate():
     opt = torch.optim.AdamW(two, lr=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
     assert sched.get_last_lr() == [5e-4, 5e-5]  # the schedule scales both groups
+
+
+def test_budgeted_stage_encodes_only_the_clips_it_reads(toy, tmp_path, monkeypatch):
+    """A stage of 2 steps over a larger split encodes the clips of its 2 batches up front, not every training
+    clip; a budget longer than an epoch reads (and encodes) every record."""
+    from mosaic_alm.data import load_records
+    from mosaic_core.config import load_config
+    from recipes.train_alm import epoch_batches, planned_records, train_stage
+
+    monkeypatch.setenv("MOSAIC_ALM_TOKEN_CACHE", str(tmp_path / "cache"))
+    over = _overrides(toy, tmp_path, steps=2) + ["train.eval_batches=0", "projector.standardize=false",
+                                                  "data.qtypes=null"]
+    cfg = load_config(f"{REPO_CONFIGS}/stage1.yaml", over)
+    recs = load_records(toy, "train", None, cfg["data"]["kind"], 0, cfg["seed"], None)  # as train_stage reads them
+    read = {recs[i]["audio_path"] for b in epoch_batches(len(recs), 4, cfg["seed"], 0)[:2] for i in b}
+    every = {r["audio_path"] for r in recs}
+    assert len(read) < len(every)
+    assert train_stage(cfg, quiet=True)["clips_encoded"] == len(read)
+
+    assert planned_records(10, 4, 0, 3) == set(range(10))  # one epoch is 3 batches
+    two = planned_records(50, 4, 0, 20, world=2)  # both ranks' batches, across the epoch boundary (7 a rank)
+    want = {i for r in (0, 1) for e, k in ((0, 7), (1, 7), (2, 6)) for b in epoch_batches(50, 4, 0, e, r, 2)[:k]
+            for i in b}
+    assert two == want
