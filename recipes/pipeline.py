@@ -10,7 +10,10 @@
    generation);
 5. write ``report.html``, one self-contained page of all of it with a gallery of test clips (``mosaic-alm report``).
 
-Every stage shows a progress bar with an ETA. Run again, the pipeline skips every stage that finished with the same
+The work shares the cores (``--jobs``): the MAE baseline pretrains beside the contrastive run; the ALM variants
+that need no pretrained encoder (no audio, random) start as soon as a core is free, the pretrained one as soon as
+its encoder is trained, each beside the encoder evaluation; the ALM evaluation runs as soon as the pretrained
+variant is done. Every stage shows a progress bar with an ETA. Run again, the pipeline skips every stage that finished with the same
 settings (data, each pretraining, the encoder evaluation, each ALM variant's stages and evaluation, the ALM
 evaluation) and resumes the one that was interrupted. ``{out}/pipeline.json`` is rewritten after every stage: each
 stage's wall time and whether it ran or was skipped, plus totals, so a killed run still shows what finished.
@@ -44,8 +47,9 @@ class StageLog:
         self.doc = {"args": args, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished": False, "stages": {},
                     "timings": {}}
 
-    def run(self, name: str, title: str, done, work) -> None:
-        """``done()`` -> a reason to skip (str) or None; otherwise ``work()`` runs (it may return a status str)."""
+    def run(self, name: str, title: str, done, work, within: str | None = None) -> None:
+        """``done()`` -> a reason to skip (str) or None; otherwise ``work()`` runs (it may return a status str).
+        ``within``: the stage this one runs inside of (its time is part of that stage's, not added again)."""
         t = time.time()
         why = done()
         if why:
@@ -55,16 +59,16 @@ class StageLog:
             print(f"== {title}", flush=True)
             status = work()
             status = status if isinstance(status, str) else "ran"
-        self.add(name, time.time() - t, status)
+        self.add(name, time.time() - t, status, within)
 
-    def add(self, name: str, seconds: float, status: str) -> None:
-        entry = {"seconds": round(seconds, 1), "status": status}
+    def add(self, name: str, seconds: float, status: str, within: str | None = None) -> None:
+        entry = {"seconds": round(seconds, 1), "status": status, **({"within": within} if within else {})}
         old = self.before.get(name, {})
         if status == "skipped" and (old.get("seconds_when_ran") or old.get("status") == "ran"):
             entry["seconds_when_ran"] = old.get("seconds_when_ran", old.get("seconds"))
         self.doc["stages"][name] = entry
         self.doc["timings"][f"{name}_s"] = round(seconds, 1)
-        st = self.doc["stages"].values()
+        st = [s for s in self.doc["stages"].values() if "within" not in s]
         self.doc["total_seconds"] = round(time.time() - self.t0, 1)
         self.doc["ran_seconds"] = round(sum(s["seconds"] for s in st if s["status"] != "skipped"), 1)
         self.doc["total_seconds_when_ran"] = round(sum(s.get("seconds_when_ran", s["seconds"]) for s in st), 1)
@@ -80,11 +84,12 @@ class StageLog:
 # what the two presets run; measured wall times are in README.md and results/
 # default: the ALM skips the projector-only stage 1 and the 3-type stage 2 and trains projector + LoRA together on
 # every closed question type from the start (stage 3, lr 3e-4, projector 1e-3), then a short stage 4 with open
-# questions and captions. At ~1,000 examples this reached 0.35 closed-QA exact match where the 4-stage curriculum at
-# 880 examples reached 0.18 (results/alm_recipe_probe/summary.json).
+# questions and captions. At 800 examples this reached 0.35 closed-QA exact match where the 4-stage curriculum at
+# 880 examples reached 0.18 (results/alm_recipe_probe/summary.json); 800, not more, so the whole default job fits in
+# 30 minutes on 2 cores (results/pipeline_default/pipeline.json).
 PRESETS = {
     "default": {"pretrain_steps": 600, "probe_seeds": "0", "probes": "linear,attentive", "probe_epochs": 15,
-                "alm_examples": "0,0,1000,160", "alm_test": 120, "alm_eval": "60,20,20", "alm_steps": None,
+                "alm_examples": "0,0,800,160", "alm_test": 120, "alm_eval": "60,20,20", "alm_steps": None,
                 "alm_recipe": ["train.lr=3e-4", "train.projector_lr=1e-3"]},
     "long": {"pretrain_steps": 600, "probe_seeds": "0,1,2", "probes": "linear,weighted,attentive", "probe_epochs": 60,
              "alm_examples": "4800,1600,3200,960", "alm_test": 360, "alm_eval": "200,60,40", "alm_steps": None,
@@ -98,7 +103,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=None, help="default data/embedded-<profile>")
     p.add_argument("--out", default="runs/pipeline")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="default: about 45 minutes on 2 CPU cores; long: more probe seeds and epochs, a bigger ALM "
+                   help="default: under 30 minutes on 2 CPU cores; long: more probe seeds and epochs, a bigger ALM "
                         "budget and test set (a few hours); any option below overrides the preset")
     p.add_argument("--pretrain-steps", type=int, default=None, help="steps of each pretraining (contrastive, MAE)")
     p.add_argument("--probe-seeds", default=None, help="probe seeds of the attentive/weighted probes, e.g. 0,1,2")
@@ -184,43 +189,55 @@ def main(argv=None) -> int:
         side = _spawn(["-m", "recipes.pretrain", "--config", str(REPO / "configs/pretrain/tiny.yaml"),
                        *over["mae"], "train.progress=false"], mae_run / "pretrain.log")
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", over["audiomosaic"])
-    log.run("pretrain_audiomosaic", f"2/{n_steps} pretrain audiomosaic (contrastive) -> {out / 'pretrain-audiomosaic'}"
-            + (" (the MAE baseline trains alongside)" if side else ""),
-            lambda: _pretrained(out / "pretrain-audiomosaic", args.pretrain_steps),
-            lambda: train(parse_config(PretrainConfig, raw, "pretraining config"), raw))
-    raw_mae = load_config(REPO / "configs/pretrain/tiny.yaml", over["mae"])
-    log.run("pretrain_mae", f"2/{n_steps} pretrain mae (same data, steps and batch) -> {mae_run}",
-            lambda: None if side else _pretrained(mae_run, args.pretrain_steps),
-            lambda: _wait(side, "the MAE pretraining") if side else
-            train(parse_config(PretrainConfig, raw_mae, "pretraining config"), raw_mae))
-    if side:  # its stage time above is only the wait after the contrastive run; this is its own training loop's
-        hist = json.loads((mae_run / "history.json").read_text())
-        log.doc["stages"]["pretrain_mae"]["seconds_alongside"] = hist[-1].get("elapsed_s") if hist else None
-        log.save()
 
-    from .eval_encoder import EncoderEvalConfig, evaluate
-
-    seeds = "[" + args.probe_seeds + "]"
-    cfg, _ = load_recipe(EncoderEvalConfig, REPO / "configs/eval/encoder_embedded.yaml", [
-        f"data_root={root}", f"run_dir={out / 'eval-encoder'}", f"seed={args.seed}", f"probe_seeds={seeds}",
-        f"max_clips_per_split={args.max_clips}",
-        f"probe.epochs={args.probe_epochs}", f"probes=[{args.probes}]",
-        f"encoders={{audiomosaic: {encoders['audiomosaic']}, mae: {encoders['mae']}, random: random}}",
-        "tasks=[" + ", ".join(str(REPO / f"configs/data/embedded_{t}.yaml") for t in
-                              ("keywords", "instruments", "environment")) + "]"])
+    # the cores (--jobs) are shared: the main process (pretraining, then the encoder evaluation) holds one, the MAE
+    # process one while it trains, and the ALM variants take what is left as soon as they can start: the random and
+    # no-audio variants need no pretrained encoder, so they start when the MAE baseline is done
+    state = {"main_busy": True, "encoder_ready": False}
     alm = None
-    if not args.skip_alm:  # the ALM needs only the pretrained encoder: its variants start now, beside the evaluation
+    if not args.skip_alm:
         budget = ["--examples", args.alm_examples] if args.alm_examples else ["--steps", args.alm_steps]
+        size = str(raw.get("model", {}).get("size", "tiny"))
         alm = VariantRunner(variants, lambda v, res: _spawn(
             ["-m", "recipes.cli", "alm-experiment", "--data", str(root), "--encoder", encoders["audiomosaic"], *budget,
-             "--max-test", str(args.alm_test), "--seed", str(args.seed), "--variants", v, "--output-dir",
-             str(out / "alm"), "--out", str(res), "--reuse", *args.alm_overrides], out / "alm" / f"{v}.log"),
-            out, slots=max(1, args.jobs - 1))
-    try:
+             "--random-size", size, "--max-test", str(args.alm_test), "--seed", str(args.seed), "--variants", v,
+             "--output-dir", str(out / "alm"), "--out", str(res), "--reuse", *args.alm_overrides],
+            out / "alm" / f"{v}.log"), out,
+            free=lambda: args.jobs - state["main_busy"] - (side is not None and side.poll() is None),
+            ready=lambda v: v != "pretrained" or state["encoder_ready"])
+    def encoder_side() -> None:  # pretraining (the MAE baseline alongside), then the encoder evaluation
+        log.run("pretrain_audiomosaic", f"2/{n_steps} pretrain audiomosaic (contrastive) -> "
+                f"{out / 'pretrain-audiomosaic'}" + (" (the MAE baseline trains alongside)" if side else ""),
+                lambda: _pretrained(out / "pretrain-audiomosaic", args.pretrain_steps),
+                lambda: train(parse_config(PretrainConfig, raw, "pretraining config"), raw))
+        state["encoder_ready"] = True
+        raw_mae = load_config(REPO / "configs/pretrain/tiny.yaml", over["mae"])
+        log.run("pretrain_mae", f"2/{n_steps} pretrain mae (same data, steps and batch) -> {mae_run}",
+                lambda: None if side else _pretrained(mae_run, args.pretrain_steps),
+                lambda: _wait(side, "the MAE pretraining") if side else
+                train(parse_config(PretrainConfig, raw_mae, "pretraining config"), raw_mae))
+        if side:  # its stage time above is only the wait after the contrastive run; this is its own training loop's
+            hist = json.loads((mae_run / "history.json").read_text())
+            log.doc["stages"]["pretrain_mae"]["seconds_alongside"] = hist[-1].get("elapsed_s") if hist else None
+            log.save()
+
+        from .eval_encoder import EncoderEvalConfig, evaluate
+
+        seeds = "[" + args.probe_seeds + "]"
+        cfg, _ = load_recipe(EncoderEvalConfig, REPO / "configs/eval/encoder_embedded.yaml", [
+            f"data_root={root}", f"run_dir={out / 'eval-encoder'}", f"seed={args.seed}", f"probe_seeds={seeds}",
+            f"max_clips_per_split={args.max_clips}",
+            f"probe.epochs={args.probe_epochs}", f"probes=[{args.probes}]",
+            f"encoders={{audiomosaic: {encoders['audiomosaic']}, mae: {encoders['mae']}, random: random}}",
+            "tasks=[" + ", ".join(str(REPO / f"configs/data/embedded_{t}.yaml") for t in
+                                  ("keywords", "instruments", "environment")) + "]"])
         log.run("eval_encoder", f"3/{n_steps} encoder evaluation", lambda: _encoder_eval_done(cfg, encoders),
                 lambda: record_probe_results(evaluate(cfg), encoders,
                                              f"mosaic-alm pipeline {out}, seeds {args.probe_seeds}"))
-    except BaseException:
+
+    try:
+        encoder_side()
+    except BaseException:  # nothing is left running
         if alm is not None:
             alm.stop()
         raise
@@ -228,22 +245,28 @@ def main(argv=None) -> int:
     if not args.skip_alm:
         from .alm_experiment import combine_results
 
-        log.run("alm", f"4/4 audio-language model: variants {', '.join(variants)} (stages 1-4, closed-QA "
-                       f"evaluation; logs in {out / 'alm'})", lambda: None, lambda: alm.wait(log, args.jobs))
-        files = [alm.files[v] for v in variants]
-        combine_results(files, out / "alm_qa.json")
-
-        stages = sorted((out / "alm" / "pretrained").glob("stage*/artifact"))
-        if stages and (out / "alm_qa.json").is_file():
-            record_qa_results(out / "alm_qa.json", stages[-1], f"mosaic-alm pipeline {out}")
-        if stages:
+        def evaluate_pretrained() -> None:  # the pretrained variant's artifact, while the other variants finish
+            stages = sorted((out / "alm" / "pretrained").glob("stage*/artifact"))
+            if not stages:
+                return
             from eval.alm_eval import evaluate_alm
 
             art, ev = stages[-1], out / "eval-alm"
+            state["main_busy"] = True
             log.run("eval_alm", f"ALM evaluation of {art} (QA, captions, classify-by-generation)",
                     lambda: _alm_eval_done(ev, art, root, args.seed, sizes),
                     lambda: evaluate_alm(str(art), str(root), str(ev), max_closed=sizes[0], max_captions=sizes[1],
-                                         max_classify=sizes[2], seed=args.seed))
+                                         max_classify=sizes[2], seed=args.seed), within="alm")
+            state["main_busy"] = False
+
+        state["main_busy"] = False  # the ALM variants may now use every core
+        log.run("alm", f"4/4 audio-language model: variants {', '.join(variants)} (stages 1-4, closed-QA "
+                       f"evaluation; logs in {out / 'alm'})", lambda: None,
+                lambda: alm.wait(log, after="pretrained", then=evaluate_pretrained))
+        combine_results([alm.files[v] for v in variants], out / "alm_qa.json")
+        stages = sorted((out / "alm" / "pretrained").glob("stage*/artifact"))
+        if stages and (out / "alm_qa.json").is_file():
+            record_qa_results(out / "alm_qa.json", stages[-1], f"mosaic-alm pipeline {out}")
     log.save(finished=True)
     from .report import build_report
 
@@ -280,32 +303,38 @@ def record_qa_results(qa_json: Path, artifact: Path, source: str) -> None:
 
 
 class VariantRunner:
-    """The ALM variants as ``alm-experiment --reuse`` processes (one thread each), ``slots`` at a time, started by a
-    background thread as soon as the pretrained encoder exists; :meth:`wait` lifts the limit to every core
-    (``--jobs``) and waits. Finished stages and evaluations are reused, so a re-run only does what is missing."""
+    """The ALM variants as ``alm-experiment --reuse`` processes (one thread each), started by a background thread
+    as soon as one is ``ready`` and a core is free (``free()``: the cores the pipeline's other work leaves), the
+    pretrained variant first, then the shorter ones (no audio, then random). Finished stages and evaluations are
+    reused, so a re-run only does what is missing."""
 
-    def __init__(self, variants, start, out: Path, slots: int):
+    PRIORITY = ("pretrained", "no_audio", "random")
+
+    def __init__(self, variants, start, out: Path, free, ready):
         import threading
 
-        self.variants, self.start_fn, self.slots = list(variants), start, slots
+        self.variants, self.start_fn, self.free, self.ready = list(variants), start, free, ready
         self.files = {v: out / f"alm_qa_{v}.json" for v in self.variants}
         self.seconds, self.error, self.done = {}, None, threading.Event()
+        self.finished = {v: threading.Event() for v in self.variants}
         self.bar, self.stopped = None, False
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
-        waiting, running = list(self.variants), {}
+        waiting = sorted(self.variants, key=lambda v: self.PRIORITY.index(v) if v in self.PRIORITY else 99)
+        running = {}
         try:
             while (waiting or running) and not self.stopped:
-                while waiting and len(running) < self.slots:
-                    v = waiting.pop(0)
+                while len(running) < self.free() and (v := next((w for w in waiting if self.ready(w)), None)):
+                    waiting.remove(v)
                     running[v] = (time.time(), self.start_fn(v, self.files[v]))
                 for v, (t0, proc) in list(running.items()):
                     if proc.poll() is not None:
                         _wait(proc, f"ALM variant {v}")
                         self.seconds[v] = round(time.time() - t0, 1)
                         del running[v]
+                        self.finished[v].set()
                         if self.bar is not None:
                             self.bar.update(1)
                 time.sleep(1.0)
@@ -319,12 +348,21 @@ class VariantRunner:
         self.stopped = True
         self.done.wait()
 
-    def wait(self, log: StageLog, jobs: int | None = None) -> str:
+    def wait(self, log: StageLog, after: str | None = None, then=None) -> str:
+        """Wait for every variant; when variant ``after`` is done (and the others still run), call ``then()``."""
         from mosaic_core.progress import progress_bar
 
         self.bar = progress_bar(total=len(self.variants), initial=len(self.seconds), mininterval=0,
                                 desc="ALM variants", unit="variant")
-        self.slots = max(self.slots, jobs or self.slots + 1)
+        if after in self.finished and then is not None:
+            while not (self.finished[after].is_set() or self.done.is_set()):
+                self.done.wait(1.0)
+            if self.error is None and self.finished[after].is_set():
+                try:
+                    then()
+                except BaseException:
+                    self.stop()
+                    raise
         self.done.wait()
         self.bar.close()
         if self.error is not None:

@@ -177,9 +177,76 @@ def test_tiny_pipeline_with_alm_skips_finished_stages(embedded_root, tmp_path, c
     """With the ALM ablation (three variants x four 1-step stages) and the ALM evaluation; run again, every stage,
     every variant and both evaluations are skipped."""
     first, second, _ = _pipeline_twice(embedded_root, tmp_path, _TINY_ALM, capsys)
-    names = ["data", "pretrain_audiomosaic", "pretrain_mae", "eval_encoder", "alm", "eval_alm"]
+    # the ALM evaluation runs inside the ALM stage, as soon as the pretrained variant is done
+    names = ["data", "pretrain_audiomosaic", "pretrain_mae", "eval_encoder", "eval_alm", "alm"]
     assert list(first["stages"]) == names and first["stages"]["alm"]["status"] == "ran"
+    assert first["stages"]["eval_alm"]["within"] == "alm"
+    assert first["ran_seconds"] == pytest.approx(sum(first["stages"][n]["seconds"] for n in names if n != "eval_alm"),
+                                                 abs=0.2)
     assert set(first["alm_variant_seconds"]) == {"pretrained", "random", "no_audio"}  # each variant's own time
     assert all(second["stages"][n]["status"] == "skipped" for n in names), second["stages"]
     assert sum(s["seconds"] for s in second["stages"].values()) < 30
     assert set(json.loads((tmp_path / "alm_qa.json").read_text())["variants"]) == {"pretrained", "random", "no_audio"}
+
+
+class _FakeJob:
+    """A stand-in for a variant's process: running until the test finishes it."""
+
+    def __init__(self, name, log):
+        self.name, self.returncode, self.log_path = name, None, log
+        log.append(("start", name))
+
+    def poll(self):
+        return self.returncode
+
+    def wait(self):
+        return self.returncode
+
+    def terminate(self):
+        self.returncode = -15
+
+
+def test_variant_runner_shares_the_cores_and_starts_what_is_ready(tmp_path):
+    """No variant starts while the pipeline's own work holds every core; the random and no-audio variants start
+    before the pretrained encoder exists, shortest first; the pretrained one starts once ready, ahead of any other
+    waiting variant; ``then`` runs when the pretrained variant is done while another still runs."""
+    import time
+
+    from recipes.pipeline import StageLog, VariantRunner
+
+    events, jobs, state = [], {}, {"free": 0, "ready": False}
+
+    def start(v, res):
+        res.write_text(json.dumps({"variants": {v: {"evaluation_reused": False, "stages": []}}}))
+        jobs[v] = _FakeJob(v, events)
+        return jobs[v]
+
+    def until(cond):
+        t = time.time()
+        while not cond():
+            assert time.time() - t < 20, events
+            time.sleep(0.05)
+
+    runner = VariantRunner(["pretrained", "random", "no_audio"], start, tmp_path, free=lambda: state["free"],
+                           ready=lambda v: v != "pretrained" or state["ready"])
+    time.sleep(1.5)
+    assert events == []  # no free core
+    state["free"] = 1
+    until(lambda: events == [("start", "no_audio")])  # the pretrained encoder is not ready: the shortest other one
+    state["ready"] = True
+    jobs["no_audio"].returncode = 0
+    until(lambda: len(events) == 2)
+    assert events[1] == ("start", "pretrained")  # ready now, and ahead of random
+    state["free"] = 2
+    until(lambda: len(events) == 3)
+    assert events[2] == ("start", "random")
+
+    def then():
+        events.append(("then", sorted(v for v, j in jobs.items() if j.returncode is None)))
+        jobs["random"].returncode = 0
+
+    jobs["pretrained"].returncode = 0
+    log = StageLog(tmp_path / "pipeline.json", {})
+    assert runner.wait(log, after="pretrained", then=then) == "ran"
+    assert events[3] == ("then", ["random"])  # the evaluation ran while the random variant was still running
+    assert set(log.doc["alm_variant_seconds"]) == {"pretrained", "random", "no_audio"}
