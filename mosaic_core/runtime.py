@@ -28,10 +28,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+_POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def set_threads(threads: int) -> None:
-    """``threads > 0`` sets torch's intra-op threads (tiny models on a busy CPU run fastest on 1); 0 keeps torch's."""
+    """``threads > 0``: at most this many compute threads in this process (tiny models on a busy CPU run fastest on
+    1): torch's intra-op threads and the BLAS / OpenMP pools of numpy, scipy and scikit-learn, those loaded now
+    (threadpoolctl) and those loaded later (their environment variables, read when they load; child processes
+    inherit them). Without the pools, a logistic-regression read-out beside a training process ran numpy's and
+    scipy's OpenBLAS worker threads at ~50% of a core each, spinning. 0 keeps the defaults."""
     if threads > 0:
         torch.set_num_threads(threads)
+        for var in _POOL_VARS:
+            os.environ[var] = str(threads)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
 
 
 @functools.lru_cache(maxsize=1)

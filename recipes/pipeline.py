@@ -163,6 +163,10 @@ def main(argv=None) -> int:
     from .pretrain import train
 
     hf_logging.disable_progress_bar()  # weight loading / shard writing bars: the stages' own bars are enough
+    if args.jobs > 1:  # one compute thread per job, this process's BLAS pools included (they spin beside the others)
+        from mosaic_core.runtime import set_threads
+
+        set_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root = Path(args.data_root or REPO / "data" / f"embedded-{args.profile}")
