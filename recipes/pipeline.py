@@ -85,11 +85,11 @@ class StageLog:
 # default: the ALM skips the projector-only stage 1 and the 3-type stage 2 and trains projector + LoRA together on
 # every closed question type from the start (stage 3, lr 3e-4, projector 1e-3), then a short stage 4 with open
 # questions and captions. At 800 examples this reached 0.35 closed-QA exact match where the 4-stage curriculum at
-# 880 examples reached 0.18 (results/alm_recipe_probe/summary.json); 800, not more, so the whole default job fits in
-# 30 minutes on 2 cores (results/pipeline_default/pipeline.json).
+# 880 examples reached 0.18 (results/alm_recipe_probe/summary.json); the default trains 1,000, the budget of the
+# 3-seed ablation in results/alm_seeds/ (800 fits the 30 minutes too but lost the ordering: results/pipeline_800ex/).
 PRESETS = {
     "default": {"pretrain_steps": 600, "probe_seeds": "0", "probes": "linear,attentive", "probe_epochs": 15,
-                "alm_examples": "0,0,800,160", "alm_test": 120, "alm_eval": "60,20,20", "alm_steps": None,
+                "alm_examples": "0,0,1000,160", "alm_test": 120, "alm_eval": "60,20,20", "alm_steps": None,
                 "alm_recipe": ["train.lr=3e-4", "train.projector_lr=1e-3"]},
     "long": {"pretrain_steps": 600, "probe_seeds": "0,1,2", "probes": "linear,weighted,attentive", "probe_epochs": 60,
              "alm_examples": "4800,1600,3200,960", "alm_test": 360, "alm_eval": "200,60,40", "alm_steps": None,
