@@ -13,8 +13,8 @@
 The work shares the cores (``--jobs``): the MAE baseline pretrains beside the contrastive run; the ALM variants
 that need no pretrained encoder (no audio, random) start as soon as a core is free, the pretrained one as soon as
 its encoder is trained, each beside the encoder evaluation; the ALM evaluation runs as soon as the pretrained
-variant is done. Every stage shows a progress bar with an ETA. Run again, the pipeline skips every stage that finished with the same
-settings (data, each pretraining, the encoder evaluation, each ALM variant's stages and evaluation, the ALM
+variant is done. Every stage shows a progress bar with an ETA. Run again, the pipeline skips every stage that
+finished with the same settings (data, each pretraining, the encoder evaluation, each ALM variant's stages and evaluation, the ALM
 evaluation) and resumes the one that was interrupted. ``{out}/pipeline.json`` is rewritten after every stage: each
 stage's wall time and whether it ran or was skipped, plus totals, so a killed run still shows what finished.
 """
@@ -209,6 +209,7 @@ def main(argv=None) -> int:
             out / "alm" / f"{v}.log"), out,
             free=lambda: args.jobs - state["main_busy"] - (side is not None and side.poll() is None),
             ready=lambda v: v != "pretrained" or state["encoder_ready"])
+
     def encoder_side() -> None:  # pretraining (the MAE baseline alongside), then the encoder evaluation
         log.run("pretrain_audiomosaic", f"2/{n_steps} pretrain audiomosaic (contrastive) -> "
                 f"{out / 'pretrain-audiomosaic'}" + (" (the MAE baseline trains alongside)" if side else ""),
