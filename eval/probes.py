@@ -239,7 +239,7 @@ class AttentiveProbe(_Probe):
         attn, d, heads = self.attn, self.dim, self.attn.num_heads
         hd = d // heads
         w_q, w_k, w_v = attn.in_proj_weight.split(d)
-        b_q, b_k, b_v = attn.in_proj_bias.split(d)
+        b_q, _, b_v = attn.in_proj_bias.split(d)  # the key bias adds a per-head constant: softmax drops it
         q = self.query[0, 0]
         qh = (w_q @ self.norm_q(q) + b_q).view(heads, hd)
         u = torch.einsum("hc,hcd->hd", qh, w_k.view(heads, hd, d)) * self.norm_kv.weight / math.sqrt(hd)

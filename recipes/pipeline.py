@@ -14,8 +14,8 @@ The work shares the cores (``--jobs``): the MAE baseline pretrains beside the co
 that need no pretrained encoder (no audio, random) start as soon as a core is free, the pretrained one as soon as
 its encoder is trained, each beside the encoder evaluation; the ALM evaluation runs as soon as the pretrained
 variant is done. Every stage shows a progress bar with an ETA. Run again, the pipeline skips every stage that
-finished with the same settings (data, each pretraining, the encoder evaluation, each ALM variant's stages and evaluation, the ALM
-evaluation) and resumes the one that was interrupted. ``{out}/pipeline.json`` is rewritten after every stage: each
+finished with the same settings (data, each pretraining, the encoder evaluation, each ALM variant's stages and
+evaluation, the ALM evaluation) and resumes the one that was interrupted. ``{out}/pipeline.json`` is rewritten after every stage: each
 stage's wall time and whether it ran or was skipped, plus totals, so a killed run still shows what finished.
 """
 from __future__ import annotations
