@@ -279,8 +279,8 @@ def init_head_from_probe(model, task: Task, train_idx, valid_idx, cfg: FinetuneC
     t0 = time.time()
     xtr, ytr = feats(train_idx)
     xva, yva = feats(valid_idx) if valid_idx is not None and len(valid_idx) else (None, None)
-    cs = (cfg.model.head_init_C,) if cfg.model.head_init_C > 0 else None
-    readout = fit_logreg(xtr, ytr, xva, yva, seed=cfg.seed, **({'Cs': cs} if cs else {}))
+    fixed_c = {"Cs": (cfg.model.head_init_C,)} if cfg.model.head_init_C > 0 else {}  # else C chosen on valid
+    readout = fit_logreg(xtr, ytr, xva, yva, seed=cfg.seed, **fixed_c)
     model.init_head_from_readout(readout)
     print(f"[finetune] head initialised from the fair linear read-out (C={readout.C}, valid "
           f"{readout.valid_metric.get(readout.C)}) in {time.time() - t0:.0f} s", flush=True)

@@ -1,8 +1,10 @@
-import time, sys, torch
+"""Time attentive-probe fits on the features att_bench.py saved ($FEATS, default runs/probe_fit_speed/kw_feats.pt).
+Usage: [BF=1] [LR=1e-3] python results/probe_fit_speed/att_fit.py EPOCHS [EPOCHS ...]"""
+import os, time, sys, torch
 torch.set_num_threads(1)
 from eval.embeddings import make_probe
 from eval import probes as P
-d = torch.load("/work/logs/exp/kw_feats.pt")
+d = torch.load(os.environ.get("FEATS", "runs/probe_fit_speed/kw_feats.pt"), weights_only=True)
 f, y, n = d["feats"], d["labels"], d["n"]
 for ep in [int(a) for a in sys.argv[1:]]:
     t = time.time()
