@@ -7,8 +7,8 @@ from mosaic_alm.artifact import build_from, save_artifact
 from mosaic_alm.featurizer import AudioFeaturizer
 from mosaic_alm.data import load_records
 from eval.alm_qa import evaluate_closed, sample_per_qtype
-ROOT = "/work/pipe-clone/data/embedded-full"
-ENC = "/work/pipe-clone/runs/pipeline/pretrain-audiomosaic/encoder"
+ROOT = os.environ.get("DATA", "data/embedded-full")  # the embedded data the pipeline built
+ENC = os.environ.get("ENCODER", "runs/pipeline/pretrain-audiomosaic/encoder")  # the default run's encoder
 STEPS = int(os.environ.get("STEPS", "300")); TAU = float(os.environ.get("TAU", "0.1")); OUT = sys.argv[1]
 cfg = load_config("configs/alm/stage1.yaml", [f"audio.encoder={ENC}", f"data.root={ROOT}", "data.qtypes=null", *sys.argv[2:]])
 model = build_from(cfg, None); model.train(); model.apply_trainable(verbose=False)

@@ -1,12 +1,12 @@
 """Oracle: audio slots = the answer word's own embedding (repeated); does the LLM (optionally an artifact's LoRA) copy it?"""
-import sys, torch, json
+import os, sys, torch, json
 torch.set_num_threads(1)
 from collections import defaultdict
 from mosaic_core.config import load_config
 from mosaic_alm.artifact import build_from, load_alm
 from mosaic_alm.data import load_records, PromptFormatter, collate, question_text
-ROOT = "/work/pipe-clone/data/embedded-full"
-ENC = "/work/pipe-clone/runs/pipeline/pretrain-audiomosaic/encoder"
+ROOT = os.environ.get("DATA", "data/embedded-full")  # the embedded data the pipeline built
+ENC = os.environ.get("ENCODER", "runs/pipeline/pretrain-audiomosaic/encoder")  # the default run's encoder
 if len(sys.argv) > 1: model = load_alm(sys.argv[1])
 else: model = build_from(load_config("configs/alm/stage1.yaml", [f"audio.encoder={ENC}"]), None)
 model.eval(); tok = model.tokenizer; E = model.base_llm().get_input_embeddings().weight.detach()
