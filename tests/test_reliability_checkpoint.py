@@ -77,6 +77,12 @@ def _steps_on_disk(ck: Path) -> list[int]:
     return [int(p.name[len(ckpt.PREFIX):]) for p in ckpt.list_checkpoints(ck)]
 
 
+def _pause_markers(ck: Path) -> set[str]:
+    """The writer's ``*.paused`` markers under ``ck``. ``os.walk`` skips a folder that vanishes mid-scan (the trainer
+    prunes old checkpoints while we look), where ``Path.glob("**")`` raises FileNotFoundError."""
+    return {os.path.join(root, f) for root, _, files in os.walk(ck) for f in files if f.endswith(".paused")}
+
+
 def _check_after_kill(ck: Path, keep_last: int, tally: dict | None = None) -> int:
     """Every step_ folder verifies (they only ever appear complete: pruning renames a folder to a .tmp- name
     before deleting it) and the newest loads. Non-destructive."""
@@ -168,9 +174,9 @@ def test_kill_at_many_moments_then_resume_bit_identically(embedded_root, tmp_pat
                 time.sleep(rng.uniform(0.0, (time.time() - t_first) / max(1, RANDOM_MAX_STEPS - 2)))
             tally["random"] += 1
         else:
-            stale = set(ck.glob("**/*.paused"))  # left in the previous kill's partial folder
+            stale = _pause_markers(ck)  # left in the previous kill's partial folder
             proc = _start(over, MOSAIC_ALM_CKPT_PAUSE=stage, MOSAIC_ALM_CKPT_PAUSE_SKIP=str(skip))
-            paused = _wait_for(lambda: bool(set(ck.glob("**/*.paused")) - stale), proc, 300)
+            paused = _wait_for(lambda: bool(_pause_markers(ck) - stale), proc, 300)
             assert paused, proc.communicate()[0][-3000:]
             tally["paused_at"][stage] = tally["paused_at"].get(stage, 0) + 1
         out = _kill(proc)
