@@ -215,10 +215,13 @@ class AudioLanguageModel(nn.Module):
         return len(audio_tokens)
 
     # ----------------------------------------------------------------------------------------------- LLM side
-    def embed(self, input_ids, audio_mask=None, audio_tokens=None, spectrograms=None) -> torch.Tensor:
+    def embed(self, input_ids, audio_mask=None, audio_tokens=None, spectrograms=None, copy_slots=None,
+              copy_weight=0.0) -> torch.Tensor:
         """Word embeddings with the audio slots (``audio_mask``) replaced by projected audio embeddings of
         ``audio_tokens`` (frozen-encoder tokens from :class:`~mosaic_alm.featurizer.AudioFeaturizer`) or of
-        ``spectrograms`` run through the encoder here (when it trains)."""
+        ``spectrograms`` run through the encoder here (when it trains). Training's copy warm-up
+        (:mod:`mosaic_alm.align`): with ``copy_slots`` [B, H] and ``copy_weight`` alpha (a number, or one per row
+        [B]) each row's slots are ``alpha * copy_slots + (1 - alpha) * projected``."""
         emb = self.base_llm().get_input_embeddings()(input_ids.to(self.device))
         if not self.cfg.audio.enabled:
             return emb
@@ -227,20 +230,23 @@ class AudioLanguageModel(nn.Module):
                 raise ValueError("an audio model needs audio_tokens or spectrograms (see AudioFeaturizer.inputs)")
             audio_tokens = self.encode_spectrograms(spectrograms)
         proj = self.projector(audio_tokens.to(self.device)).to(emb.dtype)  # [B, A, H]
+        if copy_slots is not None:
+            w = torch.as_tensor(copy_weight, dtype=proj.dtype, device=proj.device).reshape(-1, 1, 1)
+            proj = proj + w * (copy_slots.to(self.device, proj.dtype)[:, None, :] - proj)
         mask = audio_mask.to(self.device)
         if proj.shape[0] != emb.shape[0] or (mask.sum(1) != proj.shape[1]).any():
             raise ValueError(f"each sequence needs exactly {proj.shape[1]} audio slots, got {mask.sum(1).tolist()}")
         return emb.masked_scatter(mask.unsqueeze(-1), proj)
 
     def forward(self, input_ids, attention_mask, labels=None, audio_mask=None, audio_tokens=None, spectrograms=None,
-                **_):
+                copy_slots=None, copy_weight=0.0, **_):
         """Without labels: the LLM's output (full logits). With labels: the mean next-token cross-entropy over the
         labelled positions, computing the vocabulary projection ONLY at those positions (for answer-only labels
         that is a few tokens per row instead of the whole sequence: ~20% less compute for SmolLM2's 49k vocab).
         ``logits`` then holds the logits of the labelled positions, flattened [n_labelled, vocab]."""
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
-        emb = self.embed(input_ids, audio_mask, audio_tokens, spectrograms)
+        emb = self.embed(input_ids, audio_mask, audio_tokens, spectrograms, copy_slots, copy_weight)
         am = attention_mask.to(self.device)
         if labels is None:
             return self.llm(inputs_embeds=emb, attention_mask=am, use_cache=False)

@@ -46,6 +46,7 @@ import torch
 
 from encoder import checkpoint as ckpt
 from encoder.data.shards import ShardError
+from mosaic_alm.align import AnswerSlots, align_projector, copy_weight
 from mosaic_alm.artifact import build_from, module_state, save_artifact
 from mosaic_alm.data import (
     Collator,
@@ -103,10 +104,18 @@ class StageTrainConfig:
     num_workers: NonNegInt = 0
     ckpt_every: NonNegInt = 0  # > 0: a resumable checkpoint every N optimizer steps in {run}/checkpoints (0: none)
     keep_last: PositiveInt = 2  # checkpoints kept (older ones are deleted)
+    # teaching the LLM to read its slots (mosaic_alm.align); both are skipped for a model without audio
+    align_steps: NonNegInt = 0  # > 0: the projector alone first, fitted to the closed answers' word embeddings
+    align_batch: PositiveInt = 256
+    align_lr: PositiveFloat = 1e-3
+    align_tau: PositiveFloat = 0.07
+    copy_warmup: Probability = 0.0  # first fraction of the steps: slots = alpha e(answer) + (1-alpha) audio, alpha 1 -> 0
 
     def __post_init__(self):
         if self.examples > 0 and self.max_steps > 0:
             raise ValueError(f"give train.examples ({self.examples}) or train.max_steps ({self.max_steps}), not both")
+        if self.copy_warmup >= 1:
+            raise ValueError(f"train.copy_warmup must be below 1 (the last steps read plain audio), got {self.copy_warmup}")
 
     def total_steps(self, steps_per_epoch: int, world: int = 1) -> int:
         """Optimizer steps of the stage: ``examples`` over the global batch (batch x accumulation x ranks), else
@@ -364,6 +373,9 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     if dcfg.shards and checked.audio.enabled and (checked.trainable.encoder or not checked.audio.cache_features):
         raise ConfigError("data.shards: clips from shards reach the model through the frozen-encoder token cache; "
                           "set trainable.encoder=false and audio.cache_features=true, or data.shards=null")
+    if tcfg.align_steps and checked.audio.enabled and checked.trainable.encoder:
+        raise ConfigError("train.align_steps fits the projector on cached frozen-encoder tokens; set "
+                          "trainable.encoder=false or train.align_steps=0")
     seed = int(cfg.get("seed", 0))
     seed_everything(seed)
     out = run_dir(cfg)
@@ -404,6 +416,31 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
         read = planned_records(len(ds), tcfg.batch_size, seed, total * tcfg.grad_accum, world)
         featurizer.precompute(sorted({train_recs[i]["audio_path"] for i in read}),
                               desc=f"stage {cfg.get('stage')} audio tokens", progress=not quiet)
+    if init is None and model.projector is not None and model.cfg.projector.standardize:
+        # a fresh projector's feature statistics (a resumed stage then restores its own, with every trained weight)
+        clips = sorted({r["audio_path"] for r in train_recs})
+        pick = torch.randperm(len(clips), generator=torch.Generator().manual_seed(seed))[:model.cfg.projector.stats_clips]
+        n = model.calibrate_projector(featurizer.tokens([clips[i] for i in sorted(pick.tolist())]))
+        if rank == 0 and not quiet:
+            print(f"projector feature statistics measured on {n} training clips")
+    align = None
+    if tcfg.align_steps and model.projector is not None:
+        # before the optimizer exists (a DeepSpeed engine copies the weights it is given); every rank computes the
+        # same steps from the same seed, a resumed stage then loads its checkpoint over them
+        if rank == 0:
+            featurizer.precompute(sorted({r["audio_path"] for r in train_recs if r.get("options")}),
+                                  desc=f"stage {cfg.get('stage')} alignment tokens", progress=not quiet)
+        _barrier()
+        with progress_bar(total=tcfg.align_steps, desc=f"stage {cfg.get('stage')} projector alignment",
+                          disable=rank != 0 or quiet, unit="step") as abar:
+            align = align_projector(model, train_recs, featurizer.tokens, steps=tcfg.align_steps,
+                                    batch_size=tcfg.align_batch, lr=tcfg.align_lr, tau=tcfg.align_tau, seed=seed,
+                                    progress=abar)
+        if rank == 0 and not quiet:
+            print(f"stage {cfg.get('stage')}: projector aligned in {align['seconds']}s on {align['records']} closed "
+                  f"questions of {align['clips']} clips, loss {align['first_loss']:.3f} -> {align['last_loss']:.3f}, "
+                  f"option accuracy {align['last_batch_option_accuracy']:.3f}", flush=True)
+    answer_slots = AnswerSlots(model, train_recs) if tcfg.copy_warmup > 0 and model.projector is not None else None
     params = [p for p in model.parameters() if p.requires_grad]
     groups = alm_param_groups(model, tcfg)
     engine = None
@@ -431,12 +468,6 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
         losses, step_losses, position = resumed["losses"], resumed["step_losses"], tuple(resumed["position"])
         if rank == 0 and not quiet:
             print(f"stage {cfg.get('stage')}: resumed from {out / 'checkpoints'} at step {step}", flush=True)
-    elif init is None and model.projector is not None and model.cfg.projector.standardize:
-        clips = sorted({r["audio_path"] for r in train_recs})
-        pick = torch.randperm(len(clips), generator=torch.Generator().manual_seed(seed))[:model.cfg.projector.stats_clips]
-        n = model.calibrate_projector(featurizer.tokens([clips[i] for i in sorted(pick.tolist())]))
-        if rank == 0 and not quiet:
-            print(f"projector feature statistics measured on {n} training clips")
     writer = SummaryWriter(str(out / "tb")) if rank == 0 else None
     load_s = time.perf_counter() - t_load
 
@@ -475,6 +506,9 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
             if k == 0 and engine is None:  # nothing to learn from (and an empty mean would be NaN)
                 continue
             audio = featurizer.inputs(batch.pop("audios")) if featurizer is not None else {}
+            alpha = copy_weight(step, total, tcfg.copy_warmup) if answer_slots is not None else 0.0
+            if alpha > 0:
+                audio.update(answer_slots(batch["index"], alpha))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = (engine or model)(**batch, **audio).loss
             w = k / n_tok
@@ -512,7 +546,7 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
                "load_seconds": round(load_s, 2), "seconds_per_step": round(train_s / max(1, step - start_step), 3),
                "answer_tokens": tokens, "resumed_from_step": start_step if resumed is not None else None,
                "step_losses": step_losses, "first_loss": float(np.mean(losses[:n])), "last_loss": float(np.mean(losses[-n:])),
-               "eval_loss": eval_loss, "parameters": counts, "init_from": str(init) if init else None,
+               "eval_loss": eval_loss, "align": align, "parameters": counts, "init_from": str(init) if init else None,
                "examples": step * tcfg.batch_size * tcfg.grad_accum * world,
                **stage_sources(cfg),
                "feature_cache_hits": featurizer.hits if featurizer is not None else 0,

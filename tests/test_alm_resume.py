@@ -87,21 +87,24 @@ def _kill_after_checkpoint(stage, overrides, ckpts: Path, log: Path) -> int:
     return proc.returncode
 
 
-@pytest.mark.parametrize("stage", [1, 2])
-def test_sigkill_mid_stage_then_resume_equals_uninterrupted(toy, tmp_path, stage):
-    """Stage 1 (projector only) and stage 2 (projector + LoRA with dropout: the torch RNG must be restored); ~25-40 s each
-    on CPU."""
+ALIGN = ["train.align_steps=20", "train.align_batch=8", "train.copy_warmup=0.5"]
+
+
+@pytest.mark.parametrize("stage, extra", [(1, []), (2, []), (2, ALIGN)], ids=["1", "2", "2-align-copy"])
+def test_sigkill_mid_stage_then_resume_equals_uninterrupted(toy, tmp_path, stage, extra):
+    """Stage 1 (projector only), stage 2 (projector + LoRA with dropout: the torch RNG must be restored) and stage 2
+    with projector alignment and the copy warm-up (the kill lands inside the warm-up); ~25-40 s each on CPU."""
     from mosaic_core.config import load_config
     from recipes.train_alm import train_stage
 
-    ref_cfg = load_config(REPO / f"configs/alm/stage{stage}.yaml", _overrides(toy, tmp_path / "ref"))
+    ref_cfg = load_config(REPO / f"configs/alm/stage{stage}.yaml", _overrides(toy, tmp_path / "ref") + extra)
     ref = train_stage(ref_cfg, quiet=True)  # uninterrupted, no checkpoints
     assert ref["steps"] == STEPS and len(ref["step_losses"]) == STEPS and ref["resumed_from_step"] is None
     if stage == 2:
         assert ref["parameters"]["lora"]["trainable"] > 0
 
     run = tmp_path / "killed" / "t" / f"stage{stage}"
-    ov = _overrides(toy, tmp_path / "killed") + ["train.ckpt_every=2", "train.keep_last=2"]
+    ov = _overrides(toy, tmp_path / "killed") + extra + ["train.ckpt_every=2", "train.keep_last=2"]
     rc = _kill_after_checkpoint(stage, ov, run / "checkpoints", tmp_path / "killed.log")
     assert rc == -signal.SIGKILL
     assert not (run / "summary.json").exists() and not (run / "artifact").exists()  # it really died mid-stage
