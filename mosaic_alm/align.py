@@ -7,7 +7,8 @@ missing: the projector sees each class a handful of times (125 examples a questi
 has not learnt to read the slots at all (with the answer's own word embedding put in the slots, the stage's LoRA
 copies it in 5 of 15 keyword questions). Two cheap steps supply them:
 
-1. **Alignment** (``train.align_steps``): before the LLM steps, the projector alone is trained so that the mean of a
+1. **Alignment** (``train.align_steps``): in a stage that starts a fresh projector (``train.init_from: null``),
+   before the LLM steps, the projector alone is trained so that the mean of a
    clip's audio slots picks each closed question's answer among its options by cosine similarity to the options'
    word embeddings (the LLM's own input embeddings; temperature ``train.align_tau``). No LLM forward runs: a step
    costs the projector on cached frozen-encoder tokens (a few ms for the linear kind), so it can read every training
@@ -82,12 +83,13 @@ def option_targets(records: Sequence[dict]) -> tuple[list[str], torch.Tensor, to
 
 def align_projector(model, records: Sequence[dict], tokens_of, *, steps: int, batch_size: int = 256,
                     lr: float = 1e-3, tau: float = 0.07, norm_weight: float = 0.1, seed: int = 0,
-                    progress=None) -> dict:
+                    bf16: bool = False, progress=None) -> dict:
     """Train ``model.projector`` alone for ``steps`` steps on the closed records with options (see the module doc).
 
     ``tokens_of(audio_paths) -> [N, K, D]``: the frozen encoder's tokens (the featurizer's cache). Its own generator
     and optimizer: the global RNG is not touched, so a stage that resumes after alignment matches one that did not
-    stop. Returns a summary (losses, training-batch option accuracy, seconds)."""
+    stop. ``bf16``: autocast as the stage's own steps (1.5x faster for the attentive projector on an AVX512-BF16
+    core). Returns a summary (losses, training-batch option accuracy, seconds)."""
     proj = model.projector
     recs = [r for r in records if r.get("options") and r["output"] in r["options"]]
     if not recs:
@@ -109,7 +111,8 @@ def align_projector(model, records: Sequence[dict], tokens_of, *, steps: int, ba
     t0, losses, hits = time.perf_counter(), [], []
     for _ in range(steps):
         idx = torch.randint(len(recs), (min(batch_size, len(recs)),), generator=g)
-        slots = proj(x[clip_of[idx]].to(model.device)).float()  # [B, n_audio, H]
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            slots = proj(x[clip_of[idx]].to(model.device)).float()  # [B, n_audio, H]
         logits = (F.normalize(slots.mean(1), dim=-1) @ options.T / tau).masked_fill(~mask[idx].to(slots.device), -1e4)
         target = answer[idx].to(slots.device)
         loss = F.cross_entropy(logits, target) + norm_weight * (slots.norm(dim=-1) / norm - 1).pow(2).mean()

@@ -424,7 +424,7 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
         if rank == 0 and not quiet:
             print(f"projector feature statistics measured on {n} training clips")
     align = None
-    if tcfg.align_steps and model.projector is not None:
+    if tcfg.align_steps and init is None and model.projector is not None:
         # before the optimizer exists (a DeepSpeed engine copies the weights it is given); every rank computes the
         # same steps from the same seed, a resumed stage then loads its checkpoint over them
         if rank == 0:
@@ -435,7 +435,7 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
                           disable=rank != 0 or quiet, unit="step") as abar:
             align = align_projector(model, train_recs, featurizer.tokens, steps=tcfg.align_steps,
                                     batch_size=tcfg.align_batch, lr=tcfg.align_lr, tau=tcfg.align_tau, seed=seed,
-                                    progress=abar)
+                                    bf16=use_bf16(tcfg.precision, device), progress=abar)
         if rank == 0 and not quiet:
             print(f"stage {cfg.get('stage')}: projector aligned in {align['seconds']}s on {align['records']} closed "
                   f"questions of {align['clips']} clips, loss {align['first_loss']:.3f} -> {align['last_loss']:.3f}, "
