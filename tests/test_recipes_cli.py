@@ -143,7 +143,8 @@ def test_tiny_finetune_job(embedded_root, tmp_path, monkeypatch):
 _TINY_PIPELINE = ["--profile", "small", "--pretrain-steps", "2", "--probe-seeds", "0", "--probe-epochs", "1",
                   "--max-clips", "12"]
 _TINY_ALM = ["--alm-steps", "1,1,1,1", "--alm-test", "3", "--alm-eval", "2,1,1", "data.max_train=8",
-             "train.batch_size=2", "train.eval_batches=0", "projector.stats_clips=4"]
+             "train.batch_size=2", "train.eval_batches=0", "projector.stats_clips=4",
+             "train.align_steps=5"]
 
 
 def _pipeline_twice(embedded_root, out, extra, capsys) -> tuple[dict, dict, str]:
