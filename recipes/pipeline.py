@@ -105,6 +105,16 @@ PRESETS = {
 }
 
 
+def final_artifact(result_json: Path) -> Path | None:
+    """The artifact of the last stage a variant trained, as its ``alm-experiment`` result names it (a folder glob
+    would also find the stage-4 artifact of an earlier run with another budget)."""
+    if not Path(result_json).is_file():
+        return None
+    variants = json.loads(Path(result_json).read_text()).get("variants", {})
+    stages = next(iter(variants.values()), {}).get("stages") or []
+    return Path(stages[-1]["artifact"]) if stages else None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mosaic-alm pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=["small", "full"], default="full", help="embedded data profile")
@@ -259,12 +269,12 @@ def main(argv=None) -> int:
         from .alm_experiment import combine_results
 
         def evaluate_pretrained() -> None:  # the pretrained variant's artifact, while the other variants finish
-            stages = sorted((out / "alm" / "pretrained").glob("stage*/artifact"))
-            if not stages:
+            art = final_artifact(alm.files["pretrained"])
+            if art is None:
                 return
             from eval.alm_eval import evaluate_alm
 
-            art, ev = stages[-1], out / "eval-alm"
+            ev = out / "eval-alm"
             state["main_busy"] = True
             log.run("eval_alm", f"ALM evaluation of {art} (QA, captions, classify-by-generation)",
                     lambda: _alm_eval_done(ev, art, root, args.seed, sizes),
@@ -277,9 +287,9 @@ def main(argv=None) -> int:
                        f"evaluation; logs in {out / 'alm'})", lambda: None,
                 lambda: alm.wait(log, after="pretrained", then=evaluate_pretrained))
         combine_results([alm.files[v] for v in variants], out / "alm_qa.json")
-        stages = sorted((out / "alm" / "pretrained").glob("stage*/artifact"))
-        if stages and (out / "alm_qa.json").is_file():
-            record_qa_results(out / "alm_qa.json", stages[-1], f"mosaic-alm pipeline {out}")
+        art = final_artifact(alm.files["pretrained"]) if "pretrained" in alm.files else None
+        if art is not None and (out / "alm_qa.json").is_file():
+            record_qa_results(out / "alm_qa.json", art, f"mosaic-alm pipeline {out}")
     log.save(finished=True)
     from .report import build_report
 

@@ -251,3 +251,15 @@ def test_variant_runner_shares_the_cores_and_starts_what_is_ready(tmp_path):
     assert runner.wait(log, after="pretrained", then=then) == "ran"
     assert events[3] == ("then", ["random"])  # the evaluation ran while the random variant was still running
     assert set(log.doc["alm_variant_seconds"]) == {"pretrained", "random", "no_audio"}
+
+
+def test_final_artifact_is_the_one_the_variant_trained_last(tmp_path):
+    """Not a folder glob: a stage-4 artifact left by an earlier run with a longer budget must not be evaluated."""
+    from recipes.pipeline import final_artifact
+
+    (tmp_path / "alm" / "pretrained" / "stage4" / "artifact").mkdir(parents=True)  # stale, from an earlier budget
+    res = tmp_path / "alm_qa_pretrained.json"
+    assert final_artifact(res) is None
+    res.write_text(json.dumps({"variants": {"pretrained": {"stages": [
+        {"stage": 3, "artifact": str(tmp_path / "alm" / "pretrained" / "stage3" / "artifact")}]}}}))
+    assert final_artifact(res) == tmp_path / "alm" / "pretrained" / "stage3" / "artifact"
