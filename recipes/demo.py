@@ -15,7 +15,8 @@ import sys
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mosaic-alm demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("artifact", help="an ALM artifact folder (e.g. runs/pipeline/alm/pretrained/stage4/artifact)")
+    p.add_argument("artifact", help="an ALM artifact folder (e.g. runs/pipeline/alm/pretrained/stage3/artifact, "
+                                    "the default pipeline's last stage)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--host", default="127.0.0.1", help="interface to serve on (0.0.0.0: every interface)")
     p.add_argument("--max-seconds", type=float, default=30.0, help="longest clip accepted")

@@ -108,11 +108,16 @@ PRESETS = {
 def final_artifact(result_json: Path) -> Path | None:
     """The artifact of the last stage a variant trained, as its ``alm-experiment`` result names it (a folder glob
     would also find the stage-4 artifact of an earlier run with another budget)."""
-    if not Path(result_json).is_file():
+    result_json = Path(result_json)
+    if not result_json.is_file():
         return None
-    variants = json.loads(Path(result_json).read_text()).get("variants", {})
-    stages = next(iter(variants.values()), {}).get("stages") or []
-    return Path(stages[-1]["artifact"]) if stages else None
+    variants = json.loads(result_json.read_text()).get("variants", {})
+    if not variants:
+        return None
+    variant, res = next(iter(variants.items()))
+    stages = res.get("stages") or []
+    # {out}/alm_qa_{variant}.json names {out}/alm/{variant}/stage{N}/artifact (resolved here, whatever the cwd)
+    return result_json.parent / "alm" / variant / f"stage{stages[-1]['stage']}" / "artifact" if stages else None
 
 
 def main(argv=None) -> int:

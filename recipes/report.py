@@ -176,7 +176,12 @@ def _gallery(run: Path, data: Path | None, clips: int, use_model: bool, seed: in
     if data is None or not (data / "instructions" / "test.json").is_file():
         return [_missing(f"the test questions (instructions/test.json under the data root {data}); "
                          "pass --data")]
-    artifacts = sorted((run / "alm" / "pretrained").glob("stage*/artifact"))
+    from .pipeline import final_artifact
+
+    # the pretrained variant's last stage as its result names it (else the newest stage folder: a bare train-alm run)
+    named = final_artifact(run / "alm_qa_pretrained.json")
+    artifacts = [named] if named is not None and named.is_dir() else \
+        sorted((run / "alm" / "pretrained").glob("stage*/artifact"))
     model = None
     if use_model and artifacts:
         from mosaic_alm.artifact import load_alm
