@@ -83,13 +83,18 @@ def option_targets(records: Sequence[dict]) -> tuple[list[str], torch.Tensor, to
 
 def align_projector(model, records: Sequence[dict], tokens_of, *, steps: int, batch_size: int = 256,
                     lr: float = 1e-3, tau: float = 0.07, norm_weight: float = 0.1, seed: int = 0,
-                    bf16: bool = False, progress=None) -> dict:
+                    pool: str = "mean", bf16: bool = False, progress=None) -> dict:
     """Train ``model.projector`` alone for ``steps`` steps on the closed records with options (see the module doc).
 
+    ``pool``: how a clip's slots meet an option: ``mean`` (the mean slot's cosine) or ``max`` (the best slot's: a
+    clip asked several questions, a word and its speaker's gender, may point one slot at each answer instead of
+    the mean at a blend of them).
     ``tokens_of(audio_paths) -> [N, K, D]``: the frozen encoder's tokens (the featurizer's cache). Its own generator
     and optimizer: the global RNG is not touched, so a stage that resumes after alignment matches one that did not
     stop. ``bf16``: autocast as the stage's own steps (1.5x faster for the attentive projector on an AVX512-BF16
     core). Returns a summary (losses, training-batch option accuracy, seconds)."""
+    if pool not in ("mean", "max"):
+        raise ValueError(f"alignment pool {pool!r}: use mean or max")
     proj = model.projector
     recs = [r for r in records if r.get("options") and r["output"] in r["options"]]
     if not recs:
@@ -113,7 +118,11 @@ def align_projector(model, records: Sequence[dict], tokens_of, *, steps: int, ba
         idx = torch.randint(len(recs), (min(batch_size, len(recs)),), generator=g)
         with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
             slots = proj(x[clip_of[idx]].to(model.device)).float()  # [B, n_audio, H]
-        logits = (F.normalize(slots.mean(1), dim=-1) @ options.T / tau).masked_fill(~mask[idx].to(slots.device), -1e4)
+        if pool == "mean":
+            cos = F.normalize(slots.mean(1), dim=-1) @ options.T
+        else:
+            cos = (F.normalize(slots, dim=-1) @ options.T).amax(1)  # [B, V]: each option's best slot
+        logits = (cos / tau).masked_fill(~mask[idx].to(slots.device), -1e4)
         target = answer[idx].to(slots.device)
         loss = F.cross_entropy(logits, target) + norm_weight * (slots.norm(dim=-1) / norm - 1).pow(2).mean()
         opt.zero_grad(set_to_none=True)

@@ -36,6 +36,10 @@ class InstructionDataConfig:
     kind: Literal["closed", "open", "all"] = "closed"  # closed-ended, open-ended or both
     max_train: NonNegInt = 0  # 0: all
     max_eval: NonNegInt = 0
+    # draw training records evenly over this field's values (qtype | task): each group's records are cycled up to
+    # the largest group's count, so a rare question type (sound_event: 3% of the closed questions) is trained as
+    # often as a common one; null: as the records come
+    balance: Literal["qtype", "task"] | None = None
     # WebDataset shards holding the clips (a folder written by encoder.data.shards.write_shards, a glob or a brace
     # pattern), matched to the records by audio_id = the clip's manifest id; null = the audio_path files
     shards: str | None = None
@@ -78,6 +82,25 @@ def load_records(root: str | os.PathLike, split: str, tasks: Sequence[str] | Non
         g = torch.Generator().manual_seed(seed)
         keep = sorted(torch.randperm(len(out), generator=g)[:limit].tolist())
         out = [out[i] for i in keep]
+    return out
+
+
+def balance_records(records: Sequence[dict], key: str, seed: int = 0) -> list[dict]:
+    """Every group of ``records`` by ``record[key]`` cycled up to the largest group's size (each pass through a
+    group in its own seeded order), so a uniform draw from the result picks each group equally often."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        if key not in r:
+            raise ConfigError(f"data.balance={key}: record {r.get('id', '?')!r} has no {key!r} field")
+        groups.setdefault(str(r[key]), []).append(r)
+    size = max((len(g) for g in groups.values()), default=0)
+    g = torch.Generator().manual_seed(seed)
+    out: list[dict] = []
+    for name in sorted(groups):
+        rows, order = groups[name], []
+        while len(order) < size:
+            order += torch.randperm(len(rows), generator=g).tolist()
+        out += [rows[i] for i in order[:size]]
     return out
 
 
@@ -195,5 +218,5 @@ class Collator:
         return collate(items, self.pad_id, self.padding_side)
 
 
-__all__ = ["InstructionDataConfig", "load_records", "PromptFormatter", "InstructionDataset", "collate", "Collator",
+__all__ = ["InstructionDataConfig", "balance_records", "load_records", "PromptFormatter", "InstructionDataset", "collate", "Collator",
            "question_text", "answer_text", "IGNORE"]

@@ -53,6 +53,7 @@ from mosaic_alm.data import (
     InstructionDataConfig,
     InstructionDataset,
     PromptFormatter,
+    balance_records,
     load_records,
 )
 from mosaic_alm.featurizer import AudioFeaturizer
@@ -109,6 +110,7 @@ class StageTrainConfig:
     align_batch: PositiveInt = 256
     align_lr: PositiveFloat = 1e-3
     align_tau: PositiveFloat = 0.07
+    align_pool: Literal["mean", "max"] = "mean"  # a clip's slots vs an option: the mean slot, or the best slot
     copy_warmup: Probability = 0.0  # first fraction of the steps: slots = alpha e(answer) + (1-alpha) audio, alpha 1 -> 0
 
     def __post_init__(self):
@@ -392,6 +394,8 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     if not train_recs:  # checked before the model loads: a wrong data root costs no waiting
         raise ConfigError(f"stage {cfg.get('stage')}: no training records in {dcfg.root} for tasks={dcfg.tasks} "
                           f"qtypes={dcfg.qtypes} kind={dcfg.kind}")
+    if dcfg.balance:
+        train_recs = balance_records(train_recs, dcfg.balance, seed)
     model = build_from(cfg, init_from=init, device=device, llm_and_tokenizer=llm_and_tokenizer)
     model.train()
     counts = model.apply_trainable(verbose=rank == 0 and not quiet)
@@ -435,6 +439,7 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
                           disable=rank != 0 or quiet, unit="step") as abar:
             align = align_projector(model, train_recs, featurizer.tokens, steps=tcfg.align_steps,
                                     batch_size=tcfg.align_batch, lr=tcfg.align_lr, tau=tcfg.align_tau, seed=seed,
+                                    pool=tcfg.align_pool,
                                     bf16=use_bf16(tcfg.precision, device), progress=abar)
         if rank == 0 and not quiet:
             print(f"stage {cfg.get('stage')}: projector aligned in {align['seconds']}s on {align['records']} closed "

@@ -89,6 +89,33 @@ def test_alignment_fits_the_options_without_touching_the_global_rng(model, toy):
     assert out["last_loss"] < 0.5 * out["first_loss"], out
 
 
+def test_max_pool_alignment_points_different_slots_at_two_questions(model, toy):
+    """Two questions about each clip (its class word, and a colour standing for the class): the mean slot can only
+    sit between the two answers; with pool=max one slot answers each question."""
+    import torch.nn.functional as F
+
+    from mosaic_alm.align import align_projector, option_targets, word_embeddings
+    from mosaic_alm.data import load_records
+    from mosaic_alm.featurizer import AudioFeaturizer
+
+    recs = load_records(toy, "train", kind="closed")
+    colour = dict(zip(sorted({r["output"] for r in recs}), ("red", "green", "blue")))
+    both = recs + [{**r, "output": colour[r["output"]], "options": list(colour.values())} for r in recs]
+    fz = AudioFeaturizer.for_model(model)
+    words, answer, mask = option_targets(both)
+    opts = F.normalize(word_embeddings(model, words), dim=-1)
+    out = align_projector(model, both, fz.tokens, steps=80, batch_size=16, seed=0, pool="max")
+    with torch.no_grad():
+        z = F.normalize(model.projector(fz.tokens([r["audio_path"] for r in both])).float(), dim=-1)
+    cos = (z @ opts.T).masked_fill(~mask[:, None, :], -9)  # [N, slots, V]
+    assert float((cos.amax(1).argmax(-1) == answer).float().mean()) == 1.0, out
+    best_slot = cos.amax(2).argmax(1)  # the slot each question is answered from
+    n = len(recs)
+    assert float((best_slot[:n] != best_slot[n:]).float().mean()) > 0.5  # mostly different slots per question
+    with pytest.raises(ValueError, match="pool 'sum'"):
+        align_projector(model, both, fz.tokens, steps=1, pool="sum")
+
+
 def test_alignment_refuses_records_without_options(model):
     from mosaic_alm.align import align_projector
 

@@ -72,3 +72,25 @@ def test_collate_left_and_right(tok):
     b = collate(items, tok.pad_token_id, "left")
     lab = b["labels"][0][b["labels"][0] != IGNORE].tolist()
     assert lab == [l for l in items[0]["labels"] if l != IGNORE]
+
+
+def test_balance_cycles_every_group_to_the_largest():
+    from mosaic_alm.data import balance_records
+
+    recs = [{"id": f"k{i}", "qtype": "keyword_word"} for i in range(10)] + \
+           [{"id": f"s{i}", "qtype": "sound_event"} for i in range(3)]
+    out = balance_records(recs, "qtype", seed=0)
+    by = {q: [r["id"] for r in out if r["qtype"] == q] for q in ("keyword_word", "sound_event")}
+    assert len(by["keyword_word"]) == len(by["sound_event"]) == 10
+    assert sorted(by["keyword_word"]) == sorted(r["id"] for r in recs[:10])  # the large group: each once
+    counts = {i: by["sound_event"].count(i) for i in ("s0", "s1", "s2")}
+    assert sorted(counts.values()) == [3, 3, 4]  # the small group cycled pass by pass, not drawn with replacement
+    assert out == balance_records(recs, "qtype", seed=0) and out != balance_records(recs, "qtype", seed=1)
+
+
+def test_balance_names_a_record_without_the_field():
+    from mosaic_core.config import ConfigError
+    from mosaic_alm.data import balance_records
+
+    with pytest.raises(ConfigError, match="'x1'.*'task'"):
+        balance_records([{"id": "x0", "task": "a"}, {"id": "x1"}], "task")
