@@ -148,3 +148,31 @@ def test_copy_warmup_of_one_is_refused(toy):
 
     with pytest.raises(ConfigError, match="copy_warmup"):
         check_stage_config(load_config(f"{REPO_CONFIGS}/stage2.yaml", ["train.copy_warmup=1.0"]))
+
+
+def test_stage_draws_question_types_evenly_with_balance(tmp_path):
+    """A stage with data.balance=qtype trains on every type cycled to the largest one's count (here 3 captions
+    against 18 sound questions: 36 records), and the alignment still sees each clip's closed question."""
+    import json
+
+    from mosaic_core.config import load_config
+    from recipes.train_alm import train_stage
+
+    root = make_toy_data(tmp_path / "toy", per_class={"train": 6, "valid": 1, "test": 1})
+    path = root / "instructions" / "train.json"
+    recs = json.loads(path.read_text())
+    captions = [r for r in recs if r["qtype"] == "caption"][:3]
+    path.write_text(json.dumps([r for r in recs if r["qtype"] != "caption"] + captions))
+    common = [f"data.root={root}", f"output_dir={tmp_path}", "audio.encoder=random:tiny", "train.max_steps=2",
+              "train.batch_size=4", "data.kind=all", "train.eval_batches=0", "train.init_from=null",
+              "train.align_steps=3", "train.align_batch=8", "data.qtypes=null"]
+    plain = train_stage(load_config(f"{REPO_CONFIGS}/stage2.yaml", [*common, "name=p"]), quiet=True)
+    even = train_stage(load_config(f"{REPO_CONFIGS}/stage2.yaml", [*common, "name=b", "data.balance=qtype"]),
+                       quiet=True)
+    assert plain["train_records"] == 21 and even["train_records"] == 36
+    assert even["align"]["clips"] == plain["align"]["clips"] == 18
+    from mosaic_core.config import ConfigError
+    from recipes.train_alm import check_stage_config
+
+    with pytest.raises(ConfigError, match="balance"):
+        check_stage_config(load_config(f"{REPO_CONFIGS}/stage2.yaml", [*common, "data.balance=speaker"]))
