@@ -104,8 +104,9 @@ def align_projector(model, records: Sequence[dict], tokens_of, *, steps: int, ba
     x = tokens_of(clips).float()
     clip_of = torch.tensor([where[r["audio_path"]] for r in recs])
     words, answer, mask = option_targets(recs)
-    options = F.normalize(word_embeddings(model, words), dim=-1).to(model.device)
-    norm = float(word_embeddings(model, words).norm(dim=-1).mean())
+    emb = word_embeddings(model, words)
+    options = F.normalize(emb, dim=-1).to(model.device)
+    norm = float(emb.norm(dim=-1).mean())
     was_training = [p.requires_grad for p in proj.parameters()]
     proj.train()
     for p in proj.parameters():

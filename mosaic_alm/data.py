@@ -218,5 +218,5 @@ class Collator:
         return collate(items, self.pad_id, self.padding_side)
 
 
-__all__ = ["InstructionDataConfig", "balance_records", "load_records", "PromptFormatter", "InstructionDataset", "collate", "Collator",
-           "question_text", "answer_text", "IGNORE"]
+__all__ = ["InstructionDataConfig", "balance_records", "load_records", "PromptFormatter", "InstructionDataset",
+           "collate", "Collator", "question_text", "answer_text", "IGNORE"]

@@ -155,8 +155,8 @@ def test_stage_draws_question_types_evenly_with_balance(tmp_path):
     against 18 sound questions: 36 records), and the alignment still sees each clip's closed question."""
     import json
 
-    from mosaic_core.config import load_config
-    from recipes.train_alm import train_stage
+    from mosaic_core.config import ConfigError, load_config
+    from recipes.train_alm import check_stage_config, train_stage
 
     root = make_toy_data(tmp_path / "toy", per_class={"train": 6, "valid": 1, "test": 1})
     path = root / "instructions" / "train.json"
@@ -171,8 +171,5 @@ def test_stage_draws_question_types_evenly_with_balance(tmp_path):
                        quiet=True)
     assert plain["train_records"] == 21 and even["train_records"] == 36
     assert even["align"]["clips"] == plain["align"]["clips"] == 18
-    from mosaic_core.config import ConfigError
-    from recipes.train_alm import check_stage_config
-
     with pytest.raises(ConfigError, match="balance"):
         check_stage_config(load_config(f"{REPO_CONFIGS}/stage2.yaml", [*common, "data.balance=speaker"]))
