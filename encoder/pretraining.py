@@ -85,6 +85,10 @@ class PretrainDataConfig:
     # (encoder/data/shards.py); null = the manifests above. Shards are split over ranks and loader workers.
     shards: str | None = None
     shuffle_buffer: NonNegInt = 512  # shards: clips held by each worker's shuffle buffer (0/1 = shard order)
+    # batches with runs of up to group_size clips sharing a manifest field (e.g. speaker): the contrastive task then
+    # has negatives that share it (manifests only; rows without the field are groups of their own). "" = off
+    group_by: str = ""
+    group_size: PositiveInt = 8
 
 
 @dataclass

@@ -76,6 +76,8 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
     if cfg.train.batch_size % world:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by the {world} processes")
     shards = None
+    if cfg.data.shards and cfg.data.group_by:
+        raise ConfigError("data.group_by groups the manifests' rows; shards stream in their own order: unset one")
     if cfg.data.shards:  # WebDataset shards: split over ranks and workers, resumable (encoder/data/shards.py)
         maker = PretrainDataset([], fb, cfg.augment, cfg.seed, None, cfg.views)
         shards = ShardDataset(cfg.data.shards, rank=rank, world=world, seed=cfg.seed,
@@ -159,7 +161,9 @@ def train(cfg: PretrainConfig, raw: dict | None = None) -> dict:
                                                 any_rank=lambda flag: any_rank(flag, world, device)),
                                   max(0, total - start_step))
     else:
-        sampler = EpochBatchSampler(len(rows), cfg.train.batch_size, rank, world, cfg.seed, start_step, total)
+        groups = [r.get(cfg.data.group_by) for r in rows] if cfg.data.group_by else None
+        sampler = EpochBatchSampler(len(rows), cfg.train.batch_size, rank, world, cfg.seed, start_step, total,
+                                    groups=groups, group_size=cfg.data.group_size)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_views,
                                              num_workers=cfg.data.num_workers,
                                              persistent_workers=cfg.data.num_workers > 0,

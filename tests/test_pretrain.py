@@ -178,3 +178,36 @@ def test_deepspeed_launcher_zero2_two_processes(embedded_root, tmp_path):
     assert (run / "encoder/model.safetensors").is_file()
     state = json.loads(next((run / "checkpoints").iterdir()).joinpath("state.json").read_text())
     assert state["world_size"] == 2
+
+
+def test_grouped_batches_hold_runs_of_one_group():
+    """data.group_by: each epoch is a permutation of all clips made of runs of up to group_size clips of one group
+    (rows without the field stand alone), reproducible from (seed, epoch) and different between epochs."""
+    from encoder.data.dataset import EpochBatchSampler, derive_seed
+
+    groups = [f"voice{i % 5}" for i in range(40)] + [None] * 8
+    s = EpochBatchSampler(48, 16, seed=3, groups=groups, group_size=4)
+    perm = s.permutation(0).tolist()
+    assert sorted(perm) == list(range(48))
+    runs, i = [], 0
+    while i < len(perm):  # split the permutation into maximal runs of one group
+        g = groups[perm[i]]
+        j = i + 1
+        while j < len(perm) and g is not None and groups[perm[j]] == g and j - i < 4:
+            j += 1
+        runs.append(perm[i:j])
+        i = j
+    assert all(len(r) == 4 for r in runs if groups[r[0]] is not None)  # 8 clips a voice: two runs of 4
+    batch = next(iter(s))
+    counts = {}
+    for _, idx in batch:
+        counts[groups[idx]] = counts.get(groups[idx], 0) + 1
+    assert max(v for k, v in counts.items() if k is not None) >= 4
+    assert s.permutation(0).tolist() == EpochBatchSampler(48, 16, seed=3, groups=groups, group_size=4).permutation(
+        0).tolist()
+    assert s.permutation(1).tolist() != perm
+    plain = EpochBatchSampler(48, 16, seed=3)
+    gen = torch.Generator().manual_seed(derive_seed(3, 0))
+    assert plain.permutation(0).tolist() == torch.randperm(48, generator=gen).tolist()  # ungrouped: as before
+    with pytest.raises(ValueError, match="group ids"):
+        EpochBatchSampler(48, 16, groups=groups[:10], group_size=4)

@@ -210,24 +210,49 @@ class EpochBatchSampler(Sampler):
 
     Each epoch is a permutation drawn from (seed, epoch), cut into global batches of ``global_batch``; rank r takes
     its contiguous slice of every global batch. ``start_step`` skips already-trained steps without loading them.
+
+    ``groups`` (one hashable per clip, None = a group of its own) with ``group_size`` k > 1: the permutation is made
+    of runs of up to k clips of one group (each group shuffled and cut into runs, the runs shuffled), so a batch
+    holds several clips of the same group (e.g. one voice) and the contrastive task cannot tell clips apart by what
+    their group shares.
     """
 
     def __init__(self, n: int, global_batch: int, rank: int = 0, world: int = 1, seed: int = 0,
-                 start_step: int = 0, max_steps: int | None = None):
+                 start_step: int = 0, max_steps: int | None = None, groups: Sequence | None = None,
+                 group_size: int = 1):
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} is not divisible by world size {world}")
         if n < global_batch:
             raise ValueError(f"dataset has {n} clips, fewer than one global batch of {global_batch}")
+        if groups is not None and len(groups) != n:
+            raise ValueError(f"{len(groups)} group ids for {n} clips")
         self.n, self.global_batch, self.rank, self.world = n, global_batch, rank, world
         self.seed, self.start_step, self.max_steps = seed, start_step, max_steps
         self.steps_per_epoch = n // global_batch
+        self.group_size = group_size
+        self.members: list[list[int]] | None = None
+        if groups is not None and group_size > 1:
+            by: dict = {}
+            for i, g in enumerate(groups):
+                by.setdefault(("one", i) if g is None else ("group", g), []).append(i)
+            self.members = list(by.values())
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
+        if self.members is None:
+            return torch.randperm(self.n, generator=gen)
+        runs = []
+        for m in self.members:
+            order = torch.tensor(m)[torch.randperm(len(m), generator=gen)]
+            runs += list(order.split(self.group_size))
+        return torch.cat([runs[i] for i in torch.randperm(len(runs), generator=gen).tolist()])
 
     def __iter__(self):
         step = self.start_step
         local = self.global_batch // self.world
         while self.max_steps is None or step < self.max_steps:
             epoch, k = divmod(step, self.steps_per_epoch)
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch)))
+            perm = self.permutation(epoch)
             start = k * self.global_batch + self.rank * local
             yield [(epoch, int(i)) for i in perm[start:start + local]]
             step += 1
