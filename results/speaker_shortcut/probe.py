@@ -1,6 +1,7 @@
 """What the contrastive tiny encoder's pooled features hold: word vs voice, against random init and MAE.
 
-    python results/speaker_shortcut/probe.py RUN_DIR DATA [--out results/speaker_shortcut/probe.json]
+    python results/speaker_shortcut/probe.py RUN_DIR DATA [--encoder NAME=FOLDER ...] \
+        [--out results/speaker_shortcut/probe.json]
 
 On the keywords test split (espeak-ng voices none of the encoders trained on; each voice says each word twice, in
 two accents), the fair linear read-out (standardised logistic regression, C chosen on a held-out quarter) is fitted
@@ -24,6 +25,8 @@ def main(argv=None) -> int:
     p.add_argument("run")
     p.add_argument("data")
     p.add_argument("--out", default="results/speaker_shortcut/probe.json")
+    p.add_argument("--encoder", action="append", default=[], metavar="NAME=FOLDER",
+                   help="another encoder to read out (e.g. a pretraining variant's run/encoder)")
     args = p.parse_args(argv)
     import torch
 
@@ -46,7 +49,7 @@ def main(argv=None) -> int:
     valid = rng.choice(first, len(first) // 4, replace=False)
     train, test = np.setdiff1d(first, valid), np.flatnonzero(rep == 1)
     encoders = {"audiomosaic": f"{args.run}/pretrain-audiomosaic/encoder", "mae": f"{args.run}/pretrain-mae/encoder",
-                "random": "random:tiny"}
+                "random": "random:tiny", **dict(e.split("=", 1) for e in args.encoder)}
     out = {"n": {"train": len(train), "valid": len(valid), "test": len(test),
                  "words": len(set(labels["word"])), "voices": len(set(labels["voice"]))}, "accuracy": {}}
     for name, ref in encoders.items():
