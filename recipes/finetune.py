@@ -264,16 +264,19 @@ def init_head_from_probe(model, task: Task, train_idx, valid_idx, cfg: FinetuneC
     clips becomes the head and its standardiser, so fine-tuning starts at the frozen probe's accuracy."""
     from eval.probes import fit_logreg
 
-    if isinstance(train_idx, ShardDataset):
-        raise ConfigError("model.head_init=probe reads the training clips twice; it needs the train split on files, "
-                          "not task.shards")
     if task.task_type == "multi_label":
         raise ConfigError("model.head_init=probe needs a single-label or spoof task (multi-label: head_init=random)")
 
     def feats(idx):
+        if isinstance(idx, ShardDataset):  # one pass over a copy of the reader: the training one stays at its start
+            reader = copy.deepcopy(idx)
+            reader.set_epoch(0)
+            batches = ((b["input"], b["target"]) for b in shard_epoch(reader, cfg.eval.batch_size, drop_last=False,
+                                                                      num_workers=cfg.optim.num_workers))
+        else:
+            batches = _loader(task, idx, cfg.eval.batch_size, cfg.optim.num_workers)
         with amp():
-            x, y = predict_batches(model, _loader(task, idx, cfg.eval.batch_size, cfg.optim.num_workers),
-                                   model.features)
+            x, y = predict_batches(model, batches, model.features)
         return x.numpy(), y.numpy()
 
     t0 = time.time()
