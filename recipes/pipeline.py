@@ -98,7 +98,7 @@ class StageLog:
 # (data.balance=qtype) and trains 1,500 examples; sound events went from 0.20 to 0.93 and the overall from 0.50 to
 # 0.63 on the same 120 questions (results/alm_balance/).
 PRESETS = {
-    "default": {"pretrain_steps": 600, "probe_seeds": "0", "probes": "linear,attentive", "probe_epochs": 15,
+    "default": {"pretrain_steps": 150, "probe_seeds": "0", "probes": "linear,attentive", "probe_epochs": 15,
                 "alm_examples": "0,0,1500,0", "alm_test": 120, "alm_eval": "60,20,20", "alm_steps": None,
                 "alm_recipe": ["train.lr=3e-4", "train.projector_lr=1e-4", "projector.kind=attentive",
                                "train.align_steps=1000", "train.align_batch=128", "train.copy_warmup=0.5",
