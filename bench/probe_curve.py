@@ -53,7 +53,7 @@ def main(argv=None) -> int:
 
     from encoder.data.tasks import TaskConfig, load_task
     from encoder.hf import resolve_encoder
-    from eval.embeddings import extract_features, load_waves
+    from eval.embeddings import extract_features, split_waves
     from eval.probes import fit_logreg
     from mosaic_core.runtime import use_bf16
 
@@ -62,13 +62,7 @@ def main(argv=None) -> int:
     tasks = {}
     for name in TASKS:
         task = load_task(TaskConfig(config=f"configs/data/embedded_{name}.yaml", data_root=args.data, cache="never"))
-        split = {}
-        for role, idx in task.splits.items():
-            rows = [task.rows[i] for i in idx.tolist()]
-            waves, _ = load_waves(rows)
-            keep = [i for i, w in enumerate(waves) if w is not None]
-            split[role] = ([waves[i] for i in keep], torch.tensor([task.classes.index(rows[i]["label"]) for i in keep]))
-        tasks[name] = (task, split)
+        tasks[name] = (task, split_waves(task))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for run in map(Path, args.runs):

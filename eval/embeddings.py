@@ -23,6 +23,18 @@ def load_waves(rows) -> tuple[list[torch.Tensor | None], list[dict]]:
     return waves, bad
 
 
+def split_waves(task) -> dict[str, tuple[list[torch.Tensor], torch.Tensor]]:
+    """Each split of a loaded :class:`encoder.data.tasks.Task`: its decodable waveforms and their class indices
+    (clips that cannot be decoded are left out)."""
+    out = {}
+    for role, idx in task.splits.items():
+        rows = [task.rows[i] for i in idx.tolist()]
+        waves, _ = load_waves(rows)
+        keep = [i for i, w in enumerate(waves) if w is not None]
+        out[role] = ([waves[i] for i in keep], torch.tensor([task.classes.index(rows[i]["label"]) for i in keep]))
+    return out
+
+
 def spectrogram_inputs(waves, fb: FbankConfig) -> torch.Tensor:
     """Normalised model inputs [N, T, F] of decoded waveforms (compute once, share between encoders whose
     preprocessing is the same)."""

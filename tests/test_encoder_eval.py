@@ -39,3 +39,26 @@ def test_eval_encoder_rejects_unknown_keys(tmp_path):
     recipe.write_text(f"base: {REPO / 'configs/eval/encoder_embedded.yaml'}\nprobe: {{typo: 1}}\n")
     with pytest.raises(ConfigError, match="unknown key 'probe.typo'"):
         load_recipe(EncoderEvalConfig, recipe)
+
+
+def test_split_waves_keeps_decodable_clips_with_their_labels(embedded_root, tmp_path):
+    """eval.embeddings.split_waves: every split's decodable clips with class indices; an undecodable clip is left
+    out, not mislabelled (the measurement scripts of results/ read the tasks through it)."""
+    import shutil
+
+    from encoder.data.tasks import TaskConfig, load_task
+    from eval.embeddings import split_waves
+
+    root = tmp_path / "data"
+    shutil.copytree(embedded_root / "environment", root / "environment")
+    rows = [json.loads(line) for line in (root / "environment" / "manifest.jsonl").read_text().splitlines()]
+    victim = next(r for r in rows if r["split"] == "test")
+    (root / "environment" / victim["path"]).write_bytes(b"not audio")
+    task = load_task(TaskConfig(config="configs/data/embedded_environment.yaml", data_root=str(root), cache="never"))
+    out = split_waves(task)
+    assert set(out) == set(task.splits)
+    for role, (waves, y) in out.items():
+        n = len(task.splits[role]) - (role == "test")
+        assert len(waves) == len(y) == n and all(w.ndim == 1 and len(w) > 0 for w in waves)
+    test_rows = [r for r in rows if r["split"] == "test" and r["id"] != victim["id"]]
+    assert out["test"][1].tolist() == [task.classes.index(r["label"]) for r in test_rows]

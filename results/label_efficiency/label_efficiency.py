@@ -45,7 +45,7 @@ def main(argv=None) -> int:
 
     from encoder.data.tasks import TaskConfig, load_task
     from encoder.hf import resolve_encoder
-    from eval.embeddings import extract_features, load_waves
+    from eval.embeddings import extract_features, split_waves
     from eval.mfcc import mfcc_features
     from eval.probes import fit_logreg
     from mosaic_core.runtime import use_bf16
@@ -59,12 +59,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     for name in TASKS:
         task = load_task(TaskConfig(config=f"configs/data/embedded_{name}.yaml", data_root=args.data, cache="never"))
-        split = {}
-        for role, idx in task.splits.items():
-            rows = [task.rows[i] for i in idx.tolist()]
-            waves, _ = load_waves(rows)
-            keep = [i for i, w in enumerate(waves) if w is not None]
-            split[role] = ([waves[i] for i in keep], np.array([task.classes.index(rows[i]["label"]) for i in keep]))
+        split = {role: (ws, y.numpy()) for role, (ws, y) in split_waves(task).items()}
         feats = {"mfcc_logreg": {role: mfcc_features([w.numpy() for w in ws]) for role, (ws, _) in split.items()}}
         for enc, path in encoders.items():
             torch.manual_seed(0)
