@@ -54,7 +54,8 @@ def test_split_waves_keeps_decodable_clips_with_their_labels(embedded_root, tmp_
     rows = [json.loads(line) for line in (root / "environment" / "manifest.jsonl").read_text().splitlines()]
     victim = next(r for r in rows if r["split"] == "test")
     (root / "environment" / victim["path"]).write_bytes(b"not audio")
-    task = load_task(TaskConfig(config="configs/data/embedded_environment.yaml", data_root=str(root), cache="never"))
+    cfg = TaskConfig(config="configs/data/embedded_environment.yaml", data_root=str(root), cache="never")
+    task = load_task(cfg)
     out = split_waves(task)
     assert set(out) == set(task.splits)
     for role, (waves, y) in out.items():
