@@ -78,7 +78,7 @@ def main(argv=None) -> int:
                     r = fit_logreg(f["train"][idx], ytr[idx], f["valid"], split["valid"][1], seed=seed)
                     for role in split:
                         if role.startswith("test"):
-                            accs.setdefault(role, []).append(float((r.predict(f[role]) == split[role][1]).mean()))
+                            accs.setdefault(role, []).append(r.evaluate(f[role], split[role][1])["accuracy"])
                 row[enc] = {role: {"mean": round(float(np.mean(a)), 4), "std": round(float(np.std(a, ddof=1)), 4)
                                    if len(a) > 1 else 0.0} for role, a in accs.items()}
             print(json.dumps({"task": name, "k": k, **{e: {r: v["mean"] for r, v in m.items()}

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         out["accuracy"][name] = {}
         for target, y in labels.items():
             r = fit_logreg(x[train], y[train], x[valid], y[valid])
-            out["accuracy"][name][target] = round(float((r.predict(x[test]) == y[test]).mean()), 4)
+            out["accuracy"][name][target] = round(r.evaluate(x[test], y[test])["accuracy"], 4)
         print(name, out["accuracy"][name], flush=True)
     out["command"] = "python results/speaker_shortcut/probe.py " + " ".join(argv or sys.argv[1:])
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
