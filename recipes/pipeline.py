@@ -198,6 +198,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     root = Path(args.data_root or REPO / "data" / f"embedded-{args.profile}")
     log = StageLog(out / "pipeline.json", vars(args))
+    log.doc["precision"] = _precision()
+    print(f"== precision: {log.doc['precision']}", flush=True)
     n_steps = 3 if args.skip_alm else 4
 
     def build_data():
@@ -428,6 +430,25 @@ def _wait(proc, what: str) -> str:
         raise TrainingError(f"{what} failed (exit {proc.returncode}): {lines[-1] if lines else ''} "
                           f"(log: {proc.log_path})")
     return "ran"
+
+
+def _precision() -> str:
+    """What the stages compute in (their ``precision: auto``), and why: the pipeline's wall time depends on it (with
+    AVX512-BF16 the default took 15.7 minutes, on a 2-core CPU without it 3x longer for the pretraining and the ALM
+    steps: results/README.md)."""
+    import os
+
+    import torch
+
+    from mosaic_core.runtime import cpu_bf16_isa, use_bf16
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if use_bf16("auto", device):
+        return f"bf16 autocast ({cpu_bf16_isa() if device.type == 'cpu' else device.type})"
+    if os.environ.get("MOSAIC_ALM_PRECISION", "").lower() == "fp32":
+        return "fp32 (MOSAIC_ALM_PRECISION=fp32)"
+    return ("fp32: this CPU has no native bf16 (AVX512-BF16 or AMX); pretraining and ALM steps take about 3x as long "
+            "as on one that has it (README: measured times)")
 
 
 def _data_ready(root: Path, profile: str, seed: int) -> str | None:

@@ -171,6 +171,12 @@ def test_tiny_pipeline_job_skips_finished_stages(embedded_root, tmp_path, capsys
         [first["stages"][n]["seconds"] for n in names[1:]]  # a skipped stage keeps the time of the run that made it
     assert log.count(": skip (") == len(names)
     assert "Gallery of test clips" in (tmp_path / "report.html").read_text()  # the pipeline ends with its report
+    # the precision the stages compute in is on record (the wall time depends on it), as the runtime decides it
+    import torch
+
+    from mosaic_core.runtime import use_bf16
+    bf16 = use_bf16("auto", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    assert first["precision"].startswith("bf16" if bf16 else "fp32") and f"== precision: {second['precision']}" in log
 
 
 @pytest.mark.slow
