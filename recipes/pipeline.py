@@ -433,22 +433,18 @@ def _wait(proc, what: str) -> str:
 
 
 def _precision() -> str:
-    """What the stages compute in (their ``precision: auto``), and why: the pipeline's wall time depends on it (with
-    AVX512-BF16 the default took 15.7 minutes, on a 2-core CPU without it 3x longer for the pretraining and the ALM
-    steps: results/README.md)."""
-    import os
-
+    """The run log's precision line (:func:`mosaic_core.runtime.precision_note`) for the stages' ``precision: auto``,
+    with what it means for the wall time where the CPU has no native bf16 (the default took 15.7 minutes with
+    AVX512-BF16, about 3x that without: results/README.md)."""
     import torch
 
-    from mosaic_core.runtime import cpu_bf16_isa, use_bf16
+    from mosaic_core.runtime import cpu_bf16_isa, precision_note, use_bf16
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if use_bf16("auto", device):
-        return f"bf16 autocast ({cpu_bf16_isa() if device.type == 'cpu' else device.type})"
-    if os.environ.get("MOSAIC_ALM_PRECISION", "").lower() == "fp32":
-        return "fp32 (MOSAIC_ALM_PRECISION=fp32)"
-    return ("fp32: this CPU has no native bf16 (AVX512-BF16 or AMX); pretraining and ALM steps take about 3x as long "
-            "as on one that has it (README: measured times)")
+    note = precision_note(use_bf16("auto", device), device)
+    if device.type == "cpu" and cpu_bf16_isa() is None:
+        note += "; pretraining and ALM steps take about 3x as long as with it (README: measured times)"
+    return note
 
 
 def _data_ready(root: Path, profile: str, seed: int) -> str | None:
