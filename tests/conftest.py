@@ -41,7 +41,46 @@ def embedded_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_alm_artifact(embedded_root, tmp_path_factory) -> Path:
+def embedded_instructions(embedded_root) -> Path:
+    """``embedded_root`` with its instruction files (``instructions/{train,valid,test}.json`` and the keyword-over-
+    background mixtures they name), written by ``mosaic_alm.instructions.generate(seed=0)`` when missing or older
+    than the data (``build_info.json``); returns the data root. Every test that reads the instructions asks for it,
+    so none depends on another test (``test_instructions``, ``make-instructions``) having written them first."""
+    from mosaic_alm.instructions import generate
+
+    needed = [embedded_root / "instructions" / f"{s}.json" for s in ("train", "valid", "test")]
+    needed.append(embedded_root / "mixtures" / "manifest.jsonl")
+    built = (embedded_root / "build_info.json").stat().st_mtime
+    if any(not p.is_file() or p.stat().st_mtime < built for p in needed):
+        generate(embedded_root, seed=0)
+    return embedded_root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch_threads_per_module():
+    """A module that lowers torch's thread count (``torch.set_num_threads(1)`` in a fixture or a test) gets it back
+    at its end, so the modules after it run with the same threads whatever the order."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_per_test(_torch_threads_per_module):
+    """The same for one test: what a test sets is undone after it (a module fixture's setting stays for its module)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_alm_artifact(embedded_instructions, tmp_path_factory) -> Path:
     """A real ALM artifact: stage 1 (projector) trained for 2 steps on the embedded data with a random tiny encoder
     and the packaged SmolLM2 (the report gallery and the web demo run it)."""
     import torch
@@ -51,7 +90,7 @@ def tiny_alm_artifact(embedded_root, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-alm")
     cfg = load_config(REPO / "configs/alm/stage1.yaml", [
-        f"data.root={embedded_root}", f"output_dir={out}", "name=tiny", "audio.encoder=random:tiny",
+        f"data.root={embedded_instructions}", f"output_dir={out}", "name=tiny", "audio.encoder=random:tiny",
         "train.max_steps=2", "train.batch_size=2", "projector.stats_clips=8", "train.eval_batches=1",
         "train.warmup_ratio=0.0", "prompt.system=''", "train.ckpt_every=0"])
     torch.manual_seed(0)

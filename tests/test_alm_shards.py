@@ -28,15 +28,15 @@ def _shard_ids(shards: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def shard_root(embedded_root, embedded_shards, tmp_path_factory) -> Path:
+def shard_root(embedded_instructions, embedded_shards, tmp_path_factory) -> Path:
     """An instruction root whose training questions (keyword_word) name exactly the 48 clips in the shards, by
     audio_id and by absolute audio_path (so the same stage also runs from the files); valid stays on the files."""
     root = tmp_path_factory.mktemp("alm-shard-root")
     ids = set(_shard_ids(embedded_shards))
     (root / "instructions").mkdir()
     for split in ("train", "valid"):
-        recs = [dict(r, audio_path=str(embedded_root / r["audio_path"]))
-                for r in json.loads((embedded_root / "instructions" / f"{split}.json").read_text())
+        recs = [dict(r, audio_path=str(embedded_instructions / r["audio_path"]))
+                for r in json.loads((embedded_instructions / "instructions" / f"{split}.json").read_text())
                 if r["qtype"] == "keyword_word" and (split == "valid" or r["audio_id"] in ids)]
         (root / "instructions" / f"{split}.json").write_text(json.dumps(recs))
     return root
@@ -71,17 +71,17 @@ def test_stage_from_shards_equals_stage_from_files(shard_root, embedded_shards, 
     assert wa.keys() == wb.keys() and wa and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_instructions_naming_clips_in_no_shard_give_one_line(embedded_root, embedded_shards, tmp_path, capsys):
+def test_instructions_naming_clips_in_no_shard_give_one_line(embedded_instructions, embedded_shards, tmp_path, capsys):
     """The embedded instruction file names every keyword training clip; the shards hold 48 of them."""
     from recipes.cli import main
 
-    argv = ["train-alm", "--config", str(REPO / "configs/alm/stage1.yaml"), f"data.root={embedded_root}",
+    argv = ["train-alm", "--config", str(REPO / "configs/alm/stage1.yaml"), f"data.root={embedded_instructions}",
             f"output_dir={tmp_path}", "audio.encoder=random:tiny", "train.max_steps=1", "data.qtypes=[keyword_word]",
             f"data.shards={embedded_shards}", "projector.stats_clips=8"]
     capsys.readouterr()
     assert main(argv) == 1
     err = [x for x in capsys.readouterr().err.splitlines() if "error" in x]  # (the pass's progress bar aside)
-    named = {r["audio_id"] for r in json.loads((embedded_root / "instructions/train.json").read_text())
+    named = {r["audio_id"] for r in json.loads((embedded_instructions / "instructions/train.json").read_text())
              if r["qtype"] == "keyword_word"}
     assert len(err) == 1 and err[0].startswith(f"mosaic-alm train-alm: error: data.shards: {len(named) - 48} of the "
                                                f"{len(named)} clips the training instructions name are in no shard"), err

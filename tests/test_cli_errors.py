@@ -54,14 +54,12 @@ def _encoder_folder(folder: Path, **changes) -> Path:
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory, embedded_root):
+def work(tmp_path_factory, embedded_instructions):
     """A small real ALM artifact (SmolLM2 + a 1-block random encoder), its encoder folder and the data root."""
     from mosaic_alm.artifact import save_artifact
-    from mosaic_alm.instructions import generate
     from mosaic_alm.model import ALMConfig, AudioLanguageModel
 
-    if not (embedded_root / "instructions" / "train.json").is_file():
-        generate(embedded_root, seed=0)
+    embedded_root = embedded_instructions
     tmp = tmp_path_factory.mktemp("errors")
     enc = _encoder_folder(tmp / "encoder")
     cfg = ALMConfig()

@@ -72,13 +72,14 @@ def _upload_and_ask(browser: Chromium, url: str, clip: Path, question: str | Non
     return browser.wait_for(STATUS, 180)
 
 
-def test_demo_answers_an_uploaded_clip(demo_url, embedded_root, tiny_alm_artifact):
+def test_demo_answers_an_uploaded_clip(demo_url, embedded_instructions, tiny_alm_artifact):
     import torch
 
     from encoder.features import load_audio
     from mosaic_alm.artifact import load_alm
     from mosaic_alm.infer import ask
 
+    embedded_root = embedded_instructions
     rec = next(r for r in json.loads((embedded_root / "instructions" / "test.json").read_text())
                if r["qtype"] == "keyword_word")
     clip, question = embedded_root / rec["audio_path"], "Which word is spoken?"

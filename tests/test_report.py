@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def run_folder(embedded_root, tiny_alm_artifact, tmp_path_factory) -> Path:
+def run_folder(embedded_instructions, tiny_alm_artifact, tmp_path_factory) -> Path:
     """A pipeline-shaped run folder from tiny real pieces: both pretraining objectives (2 steps), the encoder
     evaluation on one task, the tiny ALM artifact as the pretrained variant, the committed results of a real ALM
     ablation run (results/alm_qa.json), and the measured times in pipeline.json. (The ALM evaluation, a minute
@@ -26,6 +26,7 @@ def run_folder(embedded_root, tiny_alm_artifact, tmp_path_factory) -> Path:
     from recipes.eval_encoder import EncoderEvalConfig, evaluate
     from recipes.pretrain import train
 
+    embedded_root = embedded_instructions  # the report's gallery reads its instructions/test.json
     run = tmp_path_factory.mktemp("run")
     timings = {}
     for name, objective in (("audiomosaic", "contrastive"), ("mae", "mae")):
