@@ -3,10 +3,20 @@
 Token order is time-major (patch index = t * n_freq + f). The 2-D sin-cos position embedding is computed for the
 actual (time, frequency) grid: the first half of the channels encodes the time index, the second half the
 frequency index. Blocks are pre-norm and use ``torch.nn.functional.scaled_dot_product_attention``.
+
+The same module is also the paper's released architecture (``EncoderConfig`` fields, all off by default):
+``patch_norm`` (LayerNorm after the patch projection), ``pre_norm`` (LayerNorm on [CLS; patches] before the first
+block), ``positions="learned"`` (a trained table [1, 1 + N, D] with a CLS slot, initialised from sin-cos), and the
+output semantics of each released class: ``pooling`` ("all" averages the CLS token together with the patch tokens,
+as the reference's ``avg``), ``token_norm`` (the pretrain model with ``use_fc_norm`` and the classifier leave the
+output tokens un-normalised), ``pool_normed`` (pool before or after that final norm) and ``fc_norm`` (the norm of
+the pooled feature). :func:`resize_learned_positions` adapts a learned table to another input length the way the
+reference's loaders do.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -22,6 +32,7 @@ PRESETS = {
     "small": dict(embed_dim=384, depth=12, num_heads=6),
     "base": dict(embed_dim=768, depth=12, num_heads=12),
     "large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "custom": {},  # embed_dim, depth and num_heads given explicitly (imported checkpoints of other sizes)
 }
 
 
@@ -43,6 +54,15 @@ class EncoderConfig:
     norm_mean: float = AUDIOSET_MEAN
     norm_std: float = AUDIOSET_STD
     sample_rate: int = 16000
+    # architecture variants; the defaults are the kit's own ViT, the released AudioMosaic models set them on import
+    patch_norm: bool = False  # LayerNorm after the patch projection
+    pre_norm: bool = False  # LayerNorm on [CLS; patches] before the first block
+    positions: Literal["sincos", "learned"] = "sincos"  # learned: a table [1, 1 + N, D] with a CLS slot
+    proj_bias: bool = True  # biases of the attention output projection and the MLP layers
+    pooling: Literal["patches", "all", "cls"] = "patches"  # patches: mean without CLS; all: mean with CLS
+    pool_normed: bool = False  # pool the final-normed sequence instead of the last block's output
+    token_norm: bool = True  # final LayerNorm on the output sequence (tokens, CLS)
+    fc_norm: bool = True  # LayerNorm on the pooled feature
 
     def __post_init__(self):
         if self.size not in PRESETS:
@@ -50,6 +70,12 @@ class EncoderConfig:
         for k, v in PRESETS[self.size].items():
             if not getattr(self, k):
                 setattr(self, k, v)
+        if not (self.embed_dim and self.depth and self.num_heads):
+            raise ValueError(f"encoder size {self.size!r} needs embed_dim, depth and num_heads")
+        if self.positions not in ("sincos", "learned"):
+            raise ValueError(f"positions must be sincos or learned, got {self.positions!r}")
+        if self.pooling not in ("patches", "all", "cls"):
+            raise ValueError(f"pooling must be patches, all or cls, got {self.pooling!r}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} not divisible by num_heads {self.num_heads}")
         if self.embed_dim % 4:
@@ -82,6 +108,33 @@ def sincos_2d(dim: int, n_time: int, n_freq: int) -> torch.Tensor:
     return torch.cat([sincos_1d(dim // 2, t), sincos_1d(dim // 2, f)], dim=1).float()
 
 
+def resize_learned_positions(table: torch.Tensor, n_time: int, n_freq: int) -> torch.Tensor:
+    """A learned position table [1, 1 + N_old, D] (CLS slot first, patches time-major) for a (n_time, n_freq) grid.
+
+    Where the reference's loaders can resize (``N_old`` divisible by ``n_time``), this is their rule exactly: their
+    patch grid is recorded as (mel bins / 16, frames / 16), so they view the old patch rows as an
+    (N_old / n_time) x n_time image, resize it bilinearly (align_corners=False) to n_freq x n_time and flatten it
+    back; a checkpoint fine-tuned from a resized table was trained with these values. For AudioSet's 1,024 frames
+    to Speech Commands' 128 this is a resize along time of the true (time, frequency) grid; for other lengths it
+    mixes neighbouring rows as the reference does. Where their rule cannot apply (they skip the table), the true
+    grid is resized along time. The CLS slot is kept."""
+    n_old = table.shape[1] - 1
+    if n_old == n_time * n_freq:
+        return table
+    d = table.shape[-1]
+    cls, patches = table[:, :1], table[:, 1:]
+    if n_old % n_time == 0:
+        rows, size = n_old // n_time, (n_freq, n_time)
+        grid = patches.reshape(1, rows, n_time, d)
+    elif n_old % n_freq == 0:
+        rows, size = n_old // n_freq, (n_time, n_freq)
+        grid = patches.reshape(1, rows, n_freq, d)
+    else:
+        raise ValueError(f"a learned position table of {n_old} patches fits no grid with {n_freq} frequency rows")
+    grid = F.interpolate(grid.permute(0, 3, 1, 2).float(), size=size, mode="bilinear", align_corners=False)
+    return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, -1, d).to(table.dtype)], dim=1)
+
+
 def init_transformer_weights(modules) -> None:
     """Xavier-uniform Linear weights, zero biases, unit LayerNorms (the MAE/ViT initialisation)."""
     for m in modules:
@@ -107,11 +160,11 @@ class DropPath(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, qkv_bias: bool):
+    def __init__(self, dim: int, heads: int, qkv_bias: bool, proj_bias: bool = True):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
     def forward(self, x):
         b, n, d = x.shape
@@ -121,13 +174,15 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float,
+                 proj_bias: bool = True):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads, qkv_bias)
+        self.attn = Attention(dim, heads, qkv_bias, proj_bias)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden, bias=proj_bias), nn.GELU(),
+                                 nn.Linear(hidden, dim, bias=proj_bias))
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x):
@@ -143,11 +198,19 @@ class AudioMosaicViT(nn.Module):
         self.cfg = cfg
         d = cfg.embed_dim
         self.patch_embed = nn.Conv2d(1, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        if cfg.patch_norm:
+            self.patch_norm = nn.LayerNorm(d, eps=1e-6)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        if cfg.positions == "learned":
+            n_time, n_freq = cfg.grid()
+            self.pos_table = nn.Parameter(torch.zeros(1, 1 + n_time * n_freq, d))
+        if cfg.pre_norm:
+            self.norm_pre = nn.LayerNorm(d, eps=1e-6)
         rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
-        self.blocks = nn.ModuleList(Block(d, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, r) for r in rates)
-        self.norm = nn.LayerNorm(d, eps=1e-6)  # token outputs
-        self.fc_norm = nn.LayerNorm(d, eps=1e-6)  # pooled (clip) output
+        self.blocks = nn.ModuleList(Block(d, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, r, cfg.proj_bias)
+                                    for r in rates)
+        self.norm = nn.LayerNorm(d, eps=1e-6) if cfg.token_norm else nn.Identity()  # token outputs
+        self.fc_norm = nn.LayerNorm(d, eps=1e-6) if cfg.fc_norm else nn.Identity()  # pooled (clip) output
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
         self.reset_parameters()
 
@@ -156,12 +219,24 @@ class AudioMosaicViT(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch_embed.bias)
         nn.init.normal_(self.cls_token, std=0.02)
+        if self.cfg.positions == "learned":  # trained from sin-cos, CLS slot zero
+            with torch.no_grad():
+                self.pos_table.zero_()
+                self.pos_table[0, 1:] = sincos_2d(self.cfg.embed_dim, *self.cfg.grid())
         init_transformer_weights(self.blocks.modules())
 
     def pos_embed(self, n_time: int, n_freq: int, device, dtype) -> torch.Tensor:
+        """Positions of the patch tokens [N, D] (sin-cos, or the learned table resized to the grid)."""
+        return self.positions(n_time, n_freq, device, dtype)[1:]
+
+    def positions(self, n_time: int, n_freq: int, device, dtype) -> torch.Tensor:
+        """[1 + N, D]: the CLS slot (zero for sin-cos) and the patch positions of a (n_time, n_freq) grid."""
+        if self.cfg.positions == "learned":
+            return resize_learned_positions(self.pos_table, n_time, n_freq)[0].to(device=device, dtype=dtype)
         key = (n_time, n_freq)
         if key not in self._pos_cache:
-            self._pos_cache[key] = sincos_2d(self.cfg.embed_dim, n_time, n_freq)
+            table = sincos_2d(self.cfg.embed_dim, n_time, n_freq)
+            self._pos_cache[key] = torch.cat([table.new_zeros(1, table.shape[1]), table])
         return self._pos_cache[key].to(device=device, dtype=dtype)
 
     def patchify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -177,21 +252,35 @@ class AudioMosaicViT(nn.Module):
         x = self.patch_embed(x)  # [B, D, n_time, n_freq]
         n_time, n_freq = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)  # index t * n_freq + f
+        if self.cfg.patch_norm:
+            x = self.patch_norm(x)
         return x + self.pos_embed(n_time, n_freq, x.device, x.dtype), (n_time, n_freq)
+
+    def pool(self, seq: torch.Tensor) -> torch.Tensor:
+        """[B, 1 + K, D] (CLS first) -> [B, D] by the configured pooling (no norm)."""
+        if self.cfg.pooling == "cls":
+            return seq[:, 0]
+        return seq.mean(dim=1) if self.cfg.pooling == "all" else seq[:, 1:].mean(dim=1)
 
     def forward_features(self, x: torch.Tensor, keep: torch.Tensor | None = None,
                          output_hidden_states: bool = False) -> dict:
         """Run the encoder.
 
         ``keep`` [B, K] holds indices (time-major) of the patches to keep (structured masking); None keeps all.
-        Returns ``tokens`` [B, K, D] (final-normed patch tokens, time-major, no CLS), ``cls`` [B, D], ``pooled``
-        [B, D] (fc_norm of the mean over patch tokens, CLS excluded), ``grid`` and, if asked, ``hidden_states``:
-        the list of per-layer outputs [B, 1 + K, D] (index 0 = embeddings, CLS first).
+        Returns ``tokens`` [B, K, D] (patch tokens after the final norm, if the encoder has one; time-major, no
+        CLS), ``cls`` [B, D], ``pooled`` [B, D] (by default fc_norm of the mean over patch tokens, CLS excluded;
+        see ``EncoderConfig.pooling``), ``grid`` and, if asked, ``hidden_states``: the list of per-layer outputs
+        [B, 1 + K, D] (index 0 = embeddings after ``pre_norm``, CLS first).
         """
         tokens, grid = self.patchify(x)
         if keep is not None:
             tokens = torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        h = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
+        cls = self.cls_token.to(tokens.dtype)
+        if self.cfg.positions == "learned":
+            cls = cls + self.pos_table[:, :1].to(tokens.dtype)
+        h = torch.cat([cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        if self.cfg.pre_norm:
+            h = self.norm_pre(h)
         hidden = [h] if output_hidden_states else None
         n_ckpt = int(round(self.cfg.checkpoint_fraction * len(self.blocks)))
         for i, blk in enumerate(self.blocks):
@@ -201,8 +290,9 @@ class AudioMosaicViT(nn.Module):
                 h = blk(h)
             if hidden is not None:
                 hidden.append(h)
-        out = {"tokens": self.norm(h[:, 1:]), "cls": self.norm(h[:, 0]),
-               "pooled": self.fc_norm(h[:, 1:].mean(dim=1)), "grid": grid}
+        seq = self.norm(h)
+        out = {"tokens": seq[:, 1:], "cls": seq[:, 0],
+               "pooled": self.fc_norm(self.pool(seq if self.cfg.pool_normed else h)), "grid": grid}
         if hidden is not None:
             out["hidden_states"] = hidden
         return out
@@ -249,12 +339,14 @@ class Projector(nn.Module):
     ranks), so positives cannot find each other through per-view or per-rank statistics.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, batch_norm: bool = True):
+    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, batch_norm: bool = True,
+                 out_affine: bool = False):
         super().__init__()
         self.fc1 = nn.Linear(in_dim, hidden_dim, bias=not batch_norm)
         self.bn1 = GlobalBatchNorm1d(hidden_dim) if batch_norm else nn.Identity()
         self.fc2 = nn.Linear(hidden_dim, out_dim, bias=not batch_norm)
-        self.bn2 = GlobalBatchNorm1d(out_dim, affine=False) if batch_norm else nn.Identity()
+        # out_affine: the released pretrain model's last BatchNorm has a trained scale (and a bias kept at zero)
+        self.bn2 = GlobalBatchNorm1d(out_dim, affine=out_affine) if batch_norm else nn.Identity()
 
     def forward(self, x):
         return self.bn2(self.fc2(F.relu(self.bn1(self.fc1(x)))))
@@ -265,6 +357,7 @@ class PretrainProjectorConfig:
     hidden_dim: PositiveInt = 512
     out_dim: PositiveInt = 128
     batch_norm: bool = True
+    out_affine: bool = False
 
 
 class AudioMosaicPretrainModel(nn.Module):
@@ -274,7 +367,7 @@ class AudioMosaicPretrainModel(nn.Module):
         super().__init__()
         proj = proj or PretrainProjectorConfig()
         self.encoder = AudioMosaicViT(enc)
-        self.projector = Projector(enc.embed_dim, proj.hidden_dim, proj.out_dim, proj.batch_norm)
+        self.projector = Projector(enc.embed_dim, proj.hidden_dim, proj.out_dim, proj.batch_norm, proj.out_affine)
 
     def forward(self, x1, keep1, x2, keep2):
         """Both views through the encoder, pooled, then the projector on the concatenation (global BN stats)."""
@@ -289,4 +382,4 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = ["EncoderConfig", "PretrainProjectorConfig", "AudioMosaicViT", "AudioMosaicPretrainModel", "Projector",
-           "GlobalBatchNorm1d", "sincos_2d", "PRESETS", "count_parameters"]
+           "GlobalBatchNorm1d", "sincos_2d", "resize_learned_positions", "PRESETS", "count_parameters"]

@@ -175,8 +175,8 @@ def class_balanced_weights(label_matrix: Any) -> torch.Tensor:
 # layer-wise learning-rate decay
 # --------------------------------------------------------------------------------------------------------------
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
-_EMBED = re.compile(r"(?:^|\.)(patch_embed|cls_token|pos_embed)(?:\.|$)")
-_NO_DECAY_NAMES = re.compile(r"(?:^|\.)(cls_token|pos_embed|mask_token|dist_token|query)$|(?:^|\.)bias$")
+_EMBED = re.compile(r"(?:^|\.)(patch_embed|patch_norm|norm_pre|cls_token|pos_embed|pos_table)(?:\.|$)")
+_NO_DECAY_NAMES = re.compile(r"(?:^|\.)(cls_token|pos_embed|pos_table|mask_token|dist_token|query)$|(?:^|\.)bias$")
 
 
 def _layer_id(name: str, num_layers: int) -> int:
@@ -200,8 +200,8 @@ def layerwise_lr_groups(
 ) -> list[dict]:
     """Optimizer parameter groups with layer-wise LR decay (BEiT / MAE fine-tuning recipe).
 
-    Layer ids: ``patch_embed*`` / ``cls_token`` / ``pos_embed`` -> 0; ``blocks.{i}.*`` -> ``i + 1``; anything else
-    (final norm, head, ...) -> ``num_layers + 1``. A prefix such as ``encoder.`` is allowed. The learning rate of
+    Layer ids: ``patch_embed*`` / ``patch_norm`` / ``norm_pre`` / ``cls_token`` / ``pos_embed`` / ``pos_table``
+    -> 0; ``blocks.{i}.*`` -> ``i + 1``; anything else (final norm, head, ...) -> ``num_layers + 1``. A prefix such as ``encoder.`` is allowed. The learning rate of
     layer ``k`` is ``base_lr * decay ** (num_layers + 1 - k)`` (the head trains at ``base_lr``).
 
     No weight decay on 1-D parameters (biases, norm scales), on ``*.bias`` and on tokens / position embeddings.

@@ -24,6 +24,12 @@ pre-norm block as in the attentive probe: ``q = query + MHA(LN(q), LN(x))``, ``q
 LayerNorm + Linear to the LLM width. The frequency mean throws away what separates keywords (a standardised logistic
 regression on the pooled tokens of the tiny encoder: 0.76 keywords test; an attentive probe on all tokens: 0.9);
 the attentive projector keeps it, for ~0.5 M parameters.
+``kind: ltu`` is the audio projection of the paper's LTU stage-4 model, reproduced exactly so its released weights
+(``mosaic-alm import`` of ``AudioMosaic-vit-b16-ltu-stage4`` writes them) give the reference's audio embeddings:
+the time-major tokens are viewed as [B, 8, N / 8, D] and averaged over the 8 (for 1,024 frames each output step
+mixes 8 time steps x 8 frequency patches, not one time step: the reference's reshape, kept as trained), time pairs
+averaged (``pool``), multiplied by ``scale`` (the reference divides by 50), then LayerNorm without affine parameters
+and Linear(D, llm_hidden); it does not standardise. :meth:`AudioProjector.from_ltu_folder` loads it.
 The Linear is initialised so its output RMS matches ``target_rms`` (the LLM's text-embedding RMS when the ALM builds
 it); otherwise the audio embeddings start ~10x louder than SmolLM2's word embeddings and the first steps are spent
 shrinking them.
@@ -43,7 +49,7 @@ from mosaic_core.config import PositiveFloat, PositiveInt
 
 @dataclass
 class AudioProjectorConfig:
-    kind: Literal["linear", "attentive"] = "linear"  # per pooled time step | learned queries over all patch tokens
+    kind: Literal["linear", "attentive", "ltu"] = "linear"  # per pooled time step | learned queries | LTU's pooling
     pool: PositiveInt = 2  # average-pool factor over time (attentive: sets the number of queries the same way)
     heads: PositiveInt = 8  # attentive: attention heads (must divide the encoder width)
     scale: PositiveFloat = 1.0  # multiplies the pooled encoder features before the LayerNorm
@@ -79,7 +85,7 @@ class AudioProjector(nn.Module):
             self.norm_q, self.norm_kv, self.norm_mlp = nn.LayerNorm(in_dim), nn.LayerNorm(in_dim), nn.LayerNorm(in_dim)
             self.attn = nn.MultiheadAttention(in_dim, self.cfg.heads, batch_first=True)
             self.mlp = nn.Sequential(nn.Linear(in_dim, 4 * in_dim), nn.GELU(), nn.Linear(4 * in_dim, in_dim))
-        self.norm = nn.LayerNorm(in_dim)
+        self.norm = nn.LayerNorm(in_dim, elementwise_affine=self.cfg.kind != "ltu")
         self.linear = nn.Linear(in_dim, out_dim)
         # feature statistics (identity until measured; stats_count = clips they were measured on)
         self.register_buffer("feat_mean", torch.zeros(in_dim))
@@ -116,7 +122,10 @@ class AudioProjector(nn.Module):
             raise ValueError(f"projector expects encoder tokens [B, n_time*{self.n_freq}, {self.in_dim}], "
                              f"got {tuple(tokens.shape)}")
         b, n, d = tokens.shape
-        x = tokens.reshape(b, n // self.n_freq, self.n_freq, d).mean(2)  # [B, n_time, D]
+        if self.cfg.kind == "ltu":  # the reference's view: [B, 8, N / 8, D], mean over the 8
+            x = tokens.reshape(b, self.n_freq, n // self.n_freq, d).mean(1)
+        else:
+            x = tokens.reshape(b, n // self.n_freq, self.n_freq, d).mean(2)  # [B, n_time, D]
         p = self.cfg.pool
         if p > 1:
             if x.shape[1] < p:
@@ -127,7 +136,7 @@ class AudioProjector(nn.Module):
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
         """What the statistics are measured on and the trained part reads: pooled tokens (linear) or every patch
         token (attentive), times ``scale``."""
-        if self.cfg.kind == "linear":
+        if self.cfg.kind in ("linear", "ltu"):
             return self.pool_tokens(tokens)
         if tokens.dim() != 3 or tokens.shape[-1] != self.in_dim:
             raise ValueError(f"projector expects encoder tokens [B, N, {self.in_dim}], got {tuple(tokens.shape)}")
@@ -144,6 +153,24 @@ class AudioProjector(nn.Module):
             q = q + self.attn(self.norm_q(q), kv, kv, need_weights=False)[0]
             x = q + self.mlp(self.norm_mlp(q))
         return self.linear(self.norm(x))
+
+    @classmethod
+    def from_ltu_folder(cls, folder) -> "AudioProjector":
+        """The LTU audio projection an imported ``AudioMosaic-vit-b16-ltu-stage4`` folder holds
+        (``audio_projector.json`` + ``audio_projector.safetensors``)."""
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta = json.loads((folder / "audio_projector.json").read_text())
+        cfg = AudioProjectorConfig(kind="ltu", pool=int(meta["pool"]), scale=float(meta["scale"]),
+                                   standardize=bool(meta["standardize"]), match_embedding_rms=False)
+        proj = cls(int(meta["in_dim"]), int(meta["out_dim"]), cfg=cfg)
+        state = load_file(str(folder / "audio_projector.safetensors"))
+        proj.load_state_dict({**{k: v for k, v in proj.state_dict().items() if k in proj.STATS_KEYS}, **state})
+        return proj.eval()
 
 
 __all__ = ["AudioProjector", "AudioProjectorConfig", "num_audio_tokens"]

@@ -26,6 +26,9 @@ COMMANDS = {
     "alm-experiment": ("recipes.alm_experiment", "main", "does the encoder matter? closed QA with a pretrained vs a "
                                                           "random encoder vs no audio"),
     "eval-alm": ("recipes.eval_alm", "main", "evaluate an ALM artifact: QA accuracy, captions, classify-by-generation"),
+    "import": ("recipes.import_release", "main", "a released AudioMosaic checkpoint (Hub id, repo folder or .pt) as "
+                                                 "a kit folder"),
+    "tag": ("recipes.tag", "main", "top labels of audio files from a classifier (an imported released model)"),
     "pipeline": ("recipes.pipeline", "main", "the whole pipeline at tiny scale on the embedded default"),
     "report": ("recipes.report", "main", "one self-contained report.html of a pipeline run folder"),
     "demo": ("recipes.demo", "main", "a local web demo of an ALM artifact (Gradio): upload or record, ask, caption"),
