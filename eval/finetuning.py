@@ -154,12 +154,16 @@ def encoder_config(mc: FinetuneModelConfig) -> EncoderConfig:
                                  drop_path=mc.drop_path)
         except ValueError as exc:
             raise ConfigError(f"model: {exc}") from None
+    from encoder.hf import AudioMosaicConfig, load_release
+    from encoder.release import is_release
+
+    if is_release(mc.encoder):  # one of the paper's released checkpoints, read as it is
+        return dataclasses.replace(load_release(mc.encoder, cls=None).config.to_encoder_config(),
+                                   drop_path=mc.drop_path)
     folder = Path(mc.encoder)
     if not (folder / "config.json").is_file():
         raise ConfigError(f"model.encoder: {folder} has no config.json (expected a folder written by pretraining, "
-                          f"e.g. runs/pretrain-tiny/encoder, or 'random')")
-    from encoder.hf import AudioMosaicConfig
-
+                          f"e.g. runs/pretrain-tiny/encoder, an imported or released AudioMosaic model, or 'random')")
     cfg = AudioMosaicConfig.from_pretrained(str(folder)).to_encoder_config()
     return dataclasses.replace(cfg, drop_path=mc.drop_path)
 

@@ -2,7 +2,7 @@
 which needs TensorFlow and Python < 3.9) ported here, plus batch == one-at-a-time and frame-centred timestamps.
 
 Runs on a random-init tiny encoder saved to a temporary folder (short ``target_frames``, so 4 s of audio spans
-several chunks) and, when ``MOSAIC_ALM_HEAR_ENCODER`` names one, on a pipeline-trained encoder folder."""
+several chunks), on an imported release of the paper's pretrain class (the golden fixture's small model) and, when ``MOSAIC_ALM_HEAR_ENCODER`` names one, on a pipeline-trained encoder folder."""
 from __future__ import annotations
 
 import importlib
@@ -21,6 +21,7 @@ SCENE_CLIPS = (4, 2.74)  # check_scene_embeddings
 
 def _encoders():
     yield "random-tiny"
+    yield "release-pretrained"  # the reference's pretrain class (learned positions, CLS-inclusive pooling), imported
     if os.environ.get("MOSAIC_ALM_HEAR_ENCODER"):
         yield os.environ["MOSAIC_ALM_HEAR_ENCODER"]
 
@@ -45,6 +46,13 @@ def model(request, hear, tmp_path_factory):
         folder = tmp_path_factory.mktemp("hear") / "encoder"
         export_encoder(AudioMosaicViT(EncoderConfig(size="tiny", depth=2, target_frames=64)), folder)
         path = str(folder)
+    elif request.param == "release-pretrained":
+        from pathlib import Path
+
+        from encoder.hf import import_release
+
+        fixture = Path(__file__).resolve().parent / "fixtures" / "audiomosaic" / "pretrained" / "hub"
+        path = str(import_release(fixture, tmp_path_factory.mktemp("hear-release") / "encoder"))
     else:
         path = request.param
     m = hear.load_model(path)
