@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 
 from encoder.hf import resolve_encoder
-from mosaic_core.config import ConfigError, PositiveInt, from_dict
+from mosaic_core.config import ConfigError, NonNegInt, from_dict
 
 from .llm import LLMConfig, LoRAConfig, add_lora, load_llm
 from .projector import AudioProjector, AudioProjectorConfig, num_audio_tokens
@@ -29,7 +29,9 @@ from .projector import AudioProjector, AudioProjectorConfig, num_audio_tokens
 class AudioConfig:
     enabled: bool = True  # false: the no-audio baseline (no encoder, no projector, no audio slots)
     encoder: str = "random:tiny"  # an AudioMosaic HF folder, or "random:<size>" for a randomly initialised encoder
-    target_frames: PositiveInt = 256  # every clip is padded/cropped to this many frames (256 -> 8 audio tokens)
+    # every clip is padded/cropped to this many frames (256 -> 8 audio tokens); 0: the encoder's own input length
+    # (what it was trained at: 1,024 for the paper's AudioSet encoders, whose learned positions are resized otherwise)
+    target_frames: NonNegInt = 256
     position: Literal["placeholder", "prepend"] = "placeholder"
     placeholder: str = "<audio>"
     cache_features: bool = True  # cache frozen-encoder tokens per clip (on disk, see mosaic_alm.featurizer)
@@ -37,7 +39,7 @@ class AudioConfig:
     def __post_init__(self):
         if self.position not in ("placeholder", "prepend"):
             raise ValueError(f"audio.position must be placeholder or prepend, got {self.position!r}")
-        if self.target_frames % 32:
+        if self.target_frames < 0 or self.target_frames % 32:
             raise ValueError(f"audio.target_frames must be a multiple of 32 (16-frame patches, pooled by 2), "
                              f"got {self.target_frames}")
 
@@ -113,6 +115,12 @@ class AudioLanguageModel(nn.Module):
         if cfg.audio.enabled:
             if encoder is None:
                 raise ConfigError("audio.enabled is true but no encoder was given")
+            if not cfg.audio.target_frames:  # 0: the encoder's own input length
+                frames = int(encoder.config.target_frames)
+                if frames % 32:
+                    raise ConfigError(f"audio.target_frames=0: the encoder's input length {frames} is not a multiple "
+                                      "of 32; set audio.target_frames")
+                cfg.audio.target_frames = frames
             emb = self.base_llm().get_input_embeddings().weight
             rms = float(emb.detach().float().pow(2).mean().sqrt())
             self.projector = AudioProjector(encoder.config.embed_dim, emb.shape[1],

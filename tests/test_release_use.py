@@ -32,6 +32,7 @@ def test_alm_stage_with_an_imported_encoder(imported, embedded_instructions, tmp
     monkeypatch.setenv("MOSAIC_ALM_TOKEN_CACHE", str(tmp_path / "token-cache"))
     cfg = load_config(REPO / "configs/alm/stage1.yaml", [
         f"data.root={embedded_instructions}", f"output_dir={tmp_path}", "name=paper", f"audio.encoder={imported}",
+        "audio.target_frames=0",
         "train.max_steps=2", "train.batch_size=2", "projector.stats_clips=8", "train.eval_batches=1",
         "train.warmup_ratio=0.0", "prompt.system=''", "train.ckpt_every=0", "data.qtypes=[keyword_word]"])
     torch.manual_seed(0)
@@ -43,6 +44,7 @@ def test_alm_stage_with_an_imported_encoder(imported, embedded_instructions, tmp
     assert enc_cfg.positions == "learned" and enc_cfg.pooling == "all" and not enc_cfg.token_norm
     assert enc_cfg.norm_mean == pytest.approx(-4.2677393) and enc_cfg.source["class"] == "AudioMosaicPretrain"
     model = load_alm(art)
+    assert model.cfg.audio.target_frames == 256  # 0 = the imported encoder's own input length
     clip = json.loads((embedded_instructions / "instructions" / "test.json").read_text())[0]["audio_path"]
     answer = ask(model, [str(embedded_instructions / clip)], "Which word is spoken?", 1, 4)
     assert isinstance(answer[0] if isinstance(answer, list) else answer, str)
