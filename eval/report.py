@@ -1,7 +1,8 @@
 """Results JSON and Markdown / HTML reports for evaluation runs.
 
 * :func:`write_results` writes ``{run_dir}/{name}.json``: the numbers, the resolved config, the seed, the git commit
-  (when the code lives in a git checkout that has one), library versions and a UTC timestamp. NaN or infinite
+  (when the code lives in a git checkout that has one), library versions, the machine (CPU model, cores) and a UTC
+  timestamp. NaN or infinite
   numbers are refused (a report must never carry a silent NaN).
 * :func:`write_report` writes ``{run_dir}/{name}.md`` (figures as PNG files next to it) and ``{run_dir}/{name}.html``
   (the same content, self-contained: figures inlined as base64 PNG).
@@ -12,7 +13,8 @@
 A report's ``sections`` is a sequence of ``(heading, items)``; each item is one of
 
 * ``str``: a paragraph;
-* a mapping: a table (``{key: value}`` -> two columns; ``{row: {col: value}}`` -> one row per key);
+* a mapping: a table (``{key: value}`` -> two columns, a key whose value is None or NaN left out;
+  ``{row: {col: value}}`` -> one row per key, a missing or None cell shown as a dash);
 * a sequence of mappings: a table with one row per mapping;
 * a matplotlib ``Figure``: saved as PNG;
 * a ``pathlib.Path`` to an existing PNG: included as is;
@@ -41,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from mosaic_core.io import atomic_write_bytes, atomic_write_text
-from mosaic_core.provenance import git_commit, library_versions
+from mosaic_core.provenance import git_commit, library_versions, machine_info
 from mosaic_core.tables import html_table, markdown_table
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "figure_png",
     "git_commit",
     "library_versions",
+    "mean_std",
     "plot_confusion_matrix",
     "plot_grouped_bars",
     "plot_per_class_accuracy",
@@ -94,7 +97,8 @@ def write_results(
     """Write ``{run_dir}/{name}.json`` and return its path.
 
     Content: ``name``, ``numbers``, ``config``, ``seed``, ``git`` (``commit``, ``dirty``), ``versions``
-    (:func:`library_versions`), ``command`` (``sys.argv``), ``timestamp`` (UTC ISO 8601). Numpy / torch values are
+    (:func:`library_versions`), ``machine`` (:func:`mosaic_core.provenance.machine_info`), ``command``
+    (``sys.argv``), ``timestamp`` (UTC ISO 8601). Numpy / torch values are
     converted; NaN or infinity raises ``ValueError`` naming the offending key.
     """
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
@@ -108,6 +112,7 @@ def write_results(
         "seed": _jsonable(seed, "seed"),
         "git": git_commit(),
         "versions": library_versions(),
+        "machine": machine_info(),
         "command": list(sys.argv),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -119,13 +124,32 @@ def write_results(
 # --------------------------------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------------------------------
+def mean_std(stats: Mapping[str, Any], digits: int = 3, unit: str = "seed") -> str:
+    """A ``{"mean", "std", "runs"}`` summary as text that claims only what was measured: ``"0.811 (1 seed)"`` for
+    one run, ``"0.811 ± 0.012 (n=3)"`` for several; without ``runs`` the mean alone unless the std is nonzero."""
+    mean, std, runs = stats.get("mean"), stats.get("std"), stats.get("runs")
+    if mean is None:
+        return "—"
+    text = f"{mean:.{digits}f}"
+    if runs is not None and len(runs) == 1:
+        return f"{text} (1 {unit})"
+    if std is None or (runs is None and not std):
+        return text
+    return f"{text} ± {std:.{digits}f}" + (f" (n={len(runs)})" if runs is not None else "")
+
+
+def _missing_value(v: Any) -> bool:
+    """None or NaN: a value that was not measured (left out of key/value tables, a dash in a table's cell)."""
+    return v is None or isinstance(v, (float, np.floating)) and math.isnan(v)
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, (np.generic,)):
         v = v.item()
+    if _missing_value(v):
+        return "—"
     if isinstance(v, float):
         return f"{v:.4f}" if abs(v) < 1e5 else f"{v:.4g}"
-    if v is None:
-        return "—"
     return str(v)
 
 
@@ -139,7 +163,7 @@ def _table_rows(item: Any) -> tuple[list[str], list[list[str]]]:
             rows = [[str(k)] + [_fmt(dict((str(a), b) for a, b in v.items()).get(c)) for c in cols]
                     for k, v in item.items()]
             return [""] + cols, rows
-        return ["key", "value"], [[str(k), _fmt(v)] for k, v in item.items()]
+        return ["key", "value"], [[str(k), _fmt(v)] for k, v in item.items() if not _missing_value(v)]
     cols = []
     for r in item:
         cols += [str(c) for c in r if str(c) not in cols]

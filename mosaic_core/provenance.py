@@ -40,9 +40,28 @@ def git_commit(path: str | os.PathLike = REPO_ROOT) -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
+def machine_info() -> dict[str, Any]:
+    """What a run's wall times depend on: ``{"cpu": model name (None if unknown), "cores": logical CPUs,
+    "usable_cores": the CPUs this process may run on, "arch": platform.machine()}`` (read from /proc/cpuinfo and
+    the scheduler; nothing is imported)."""
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    return {"cpu": cpu or platform.processor() or None, "cores": os.cpu_count(), "usable_cores": usable,
+            "arch": platform.machine()}
+
+
 def provenance() -> dict[str, Any]:
-    """Commit, versions, machine and torch threads: the block a results JSON carries."""
+    """Commit, versions, machine (architecture; ``cpu``: :func:`machine_info`) and torch threads: the block a
+    results JSON carries."""
     import torch
 
     return {**git_commit(), "versions": library_versions(), "machine": platform.machine(),
-            "threads": torch.get_num_threads()}
+            "cpu": machine_info(), "threads": torch.get_num_threads()}

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.alm_qa import evaluate_closed, sample_per_qtype
+from eval.report import mean_std
 from eval.stats import paired_comparison
 from mosaic_alm.artifact import load_alm
 from mosaic_alm.data import load_records
@@ -315,7 +316,7 @@ def summarise_seeds(paths: Sequence[str | Path], out: str | Path) -> dict:
     summary = {"seeds": [r["seed"] for r in runs], "files": [str(p) for p in paths],
                **{k: runs[0].get(k) for k in SAME_EXPERIMENT if k not in ("seed", "test_qtypes")},
                "exact_match": table, "comparisons": comparisons}
-    rows = [[q, *(f"{table[v][q]['mean']:.3f} ± {table[v][q]['std']:.3f}" for v in variants)]
+    rows = [[q, *(mean_std(table[v][q]) for v in variants)]
             for q in [*qtypes, "overall"]]
     print(markdown_table(["question type", *variants], rows))
     for name, by_q in comparisons.items():

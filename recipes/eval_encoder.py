@@ -28,6 +28,7 @@ from eval.metrics import confusion_matrix
 from eval.mfcc import mfcc_logreg_baseline
 from eval.probes import fit_logreg
 from eval.report import (
+    mean_std,
     plot_confusion_matrix,
     plot_probe_by_layer,
     write_report,
@@ -177,7 +178,7 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
     write_results(run, "encoder_eval", results, to_plain(cfg), seed)
     summary = ("Accuracy on held-out splits. linear: the fair read-out (standardised logistic regression, C chosen "
                "on valid; convex, so one fit); the MFCC baseline is read out the same way; weighted / attentive: "
-               f"mean ± std over probe seeds {cfg.probe_seeds}. {seconds:.0f} s in all.")
+               f"probe seeds {cfg.probe_seeds}, mean ± std (n) where more than one ran. {seconds:.0f} s in all.")
     sections = [("Summary", [summary]), ("Accuracy", [accuracy_rows(numbers)])]
     for task_name, curves in layer_curves.items():
         sections.append((f"{task_name}: linear probe accuracy by layer", [plot_probe_by_layer(curves)]))
@@ -188,7 +189,8 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
 
 
 def accuracy_rows(numbers: dict) -> dict:
-    """{"encoder / probe": {"task split": "mean ± std"}}; the MFCC baseline has no probe level."""
+    """{"encoder / probe": {"task split": "mean ± std (n=k)" or "mean (1 seed)"}} (:func:`eval.report.mean_std`: no
+    spread is claimed for one run); the MFCC baseline has no probe level."""
     rows = {}
     for task, by_enc in numbers.items():
         for enc, by_probe in by_enc.items():
@@ -198,8 +200,7 @@ def accuracy_rows(numbers: dict) -> dict:
                     continue
                 for role, m in by_role.items():
                     if isinstance(m, dict) and "accuracy" in m:
-                        a = m["accuracy"]
-                        rows.setdefault(f"{enc} / {probe}", {})[f"{task} {role}"] = f"{a['mean']:.3f} ± {a['std']:.3f}"
+                        rows.setdefault(f"{enc} / {probe}", {})[f"{task} {role}"] = mean_std(m["accuracy"])
     return rows
 
 

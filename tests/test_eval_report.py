@@ -10,6 +10,7 @@ import torch
 
 from eval.metrics import confusion_matrix, per_class_accuracy
 from eval.report import (
+    mean_std,
     plot_confusion_matrix,
     plot_per_class_accuracy,
     plot_probe_by_layer,
@@ -31,6 +32,7 @@ def test_write_results_records_provenance(tmp_path):
     assert set(data["versions"]) >= {"python", "torch", "transformers", "numpy"}
     assert data["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert "commit" in data["git"] and "timestamp" in data
+    assert data["machine"]["cores"] >= 1 and data["machine"]["arch"]  # what its wall times depend on
     assert not list((tmp_path / "run").glob("*.tmp"))
 
 
@@ -79,3 +81,18 @@ def test_write_report_rejects_unknown_items(tmp_path):
         write_report(tmp_path, "t", [("s", [3.14])])
     with pytest.raises(ValueError, match="square"):
         plot_confusion_matrix(np.zeros((2, 3)))
+
+
+def test_mean_std_claims_no_spread_for_one_run():
+    assert mean_std({"mean": 0.81125, "std": 0.0, "runs": [0.81125]}) == "0.811 (1 seed)"
+    assert mean_std({"mean": 0.85, "std": 0.05, "runs": [0.8, 0.85, 0.9]}) == "0.850 ± 0.050 (n=3)"
+    assert mean_std({"mean": 0.5, "std": 0.0}) == "0.500"  # n unknown and no spread: the mean alone
+    assert mean_std({"mean": 0.5, "std": 0.1}) == "0.500 ± 0.100"
+
+
+def test_report_tables_leave_out_unmeasured_values(tmp_path):
+    _, page = write_report(tmp_path, "t", [("s", [{"cider_d": 0.07, "spice": None, "spider": float("nan")},
+                                                  [{"a": 1.0, "b": float("nan")}]])], markdown=False)
+    text = page.read_text()
+    assert "cider_d" in text and "spice" not in text and "spider" not in text
+    assert "nan" not in text and "None" not in text and "<td>—</td>" in text

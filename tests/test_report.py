@@ -115,3 +115,90 @@ def test_report_of_a_missing_folder_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no such run folder" in err
+
+
+def _visible(page: str) -> str:
+    """The page's text as a reader sees it (tags, styles and data URIs dropped; cells separated by " | ")."""
+    import html as html_lib
+
+    page = re.sub(r"<style>.*?</style>", "", page, flags=re.S)
+    page = re.sub(r"</t[dh]>", " | ", page)
+    page = re.sub(r"</(?:tr|p|h\d)>", "\n", page)
+    return html_lib.unescape(re.sub(r"<[^>]+>", "", page))
+
+
+@pytest.fixture
+def recorded_run(tmp_path) -> Path:
+    """A pipeline-layout run folder made of the committed JSONs of a real default run (results/pipeline_b256: one
+    probe seed, the MAE baseline alongside the contrastive pretraining, the ALM evaluation within the ALM stage),
+    with the fields a current pipeline records added (precision; the machine write_results records), and one probe
+    given three seeds."""
+    src = REPO / "results" / "pipeline_b256"
+    pipe = json.loads((src / "pipeline.json").read_text())
+    pipe["precision"] = "bf16 autocast on cpu (native avx512_bf16)"
+    enc = json.loads((src / "encoder_eval.json").read_text())
+    enc["machine"] = {"cpu": "AMD EPYC 9R14", "cores": 2, "usable_cores": 2, "arch": "x86_64"}
+    enc["numbers"]["tasks"]["embedded_keywords"]["mae"]["attentive"]["test"]["accuracy"] = {
+        "mean": 0.85, "std": 0.05, "runs": [0.8, 0.85, 0.9]}
+    for rel, doc in (("pipeline.json", pipe), ("eval-encoder/encoder_eval.json", enc),
+                     ("eval-alm/alm_eval.json", json.loads((src / "alm_eval.json").read_text())),
+                     ("alm_qa.json", json.loads((src / "alm_qa.json").read_text()))):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(json.dumps(doc))
+    return tmp_path
+
+
+def test_report_shows_only_what_was_measured(recorded_run):
+    from recipes.report import build_report
+
+    text = _visible(build_report(recorded_run, data=recorded_run / "no-data", use_model=False).read_text())
+    # one seed: no spread of zero; several: mean ± std with n
+    assert "± 0.000" not in text and "0.811 (1 seed)" in text
+    assert "0.850 ± 0.050 (n=3)" in text
+    # nothing unmeasured printed as a value (old: "steps per stage None.", "spice | —")
+    assert not re.search(r"\b(?:None|null|nan|NaN)\b", text), re.findall(r".{40}\b(?:None|null|nan)\b.{20}", text)
+    assert "spice |" not in text and "SPICE not computed" in text
+    assert "pretrained | 3 | 188 | 1504 |" in text  # what each variant trained, from its stage's result
+    assert "one training seed (seed 0)" in text
+
+
+def test_report_counts_an_alongside_stage_once(recorded_run):
+    from recipes.report import build_report
+
+    text = _visible(build_report(recorded_run, data=recorded_run / "no-data", use_model=False).read_text())
+    rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in text.splitlines() if " | " in line}
+    # the MAE baseline trained 148.65 s in its own process beside the contrastive run (old row: 0.0 s)
+    assert rows["pretrain_mae"][:3] == ["148.7", "2.5", "0.0"] and "alongside pretrain_audiomosaic" in \
+        rows["pretrain_mae"][3]
+    # the ALM evaluation ran within the ALM stage: its own time, not added again (old total: 968.3 s)
+    assert rows["eval_alm"][:3] == ["34.7", "0.6", "in alm"] and "within alm" in rows["eval_alm"][3]
+    assert rows["total"][:3] == ["933.6", "15.6", "933.6"] and "968.3" not in text
+    pipe = json.loads((recorded_run / "pipeline.json").read_text())
+    assert float(rows["total"][0]) == pipe["total_seconds_when_ran"]
+
+
+def test_report_header_names_commit_machine_precision_and_wall_time(recorded_run):
+    from recipes.report import build_report
+
+    text = _visible(build_report(recorded_run, data=recorded_run / "no-data", use_model=False).read_text())
+    header = text.split("Pretraining loss curves")[0]
+    assert "commit | 69844393090e8d0073c2e98134295b2b04fdd780 (recorded in encoder_eval.json, alm_eval.json, " \
+           "alm_qa.json)" in header
+    assert "machine | AMD EPYC 9R14, 2 cores, x86_64" in header
+    assert "precision | bf16 autocast on cpu (native avx512_bf16)" in header
+    assert "wall time | 15.6 min (934 s)" in header
+
+
+def test_report_of_a_committed_results_folder_says_what_it_lacks(tmp_path):
+    """A committed results folder keeps the JSONs flat and predates the precision and machine fields: the report
+    reads them, and says "not recorded" where the run recorded nothing."""
+    from recipes.report import build_report
+
+    for f in (REPO / "results" / "pipeline_fp32").glob("*.json"):
+        shutil.copy(f, tmp_path / f.name)
+    text = _visible(build_report(tmp_path, data=tmp_path / "no-data", use_model=False).read_text())
+    header = text.split("Pretraining loss curves")[0]
+    assert "commit | 85ac61bd4bf0392c82159918e3d43160c6f4d1ec" in header
+    assert "machine | x86_64; CPU model and cores not recorded" in header
+    assert "precision | not recorded" in header and "wall time | 47.5 min (2852 s)" in header
+    assert "mae / attentive | 0." in text and "± 0.000" not in text and "1 seed" in text
