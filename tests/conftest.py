@@ -19,6 +19,12 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if config.getoption("--run-slow"):
         os.environ["MOSAIC_ALM_SLOW"] = "1"  # tests gated by the environment (full kill loop, long fuzz) see it
+    # One torch thread in the test process whatever files are collected: the full run always had it (modules such as
+    # test_reliability_*.py set it on import) and tests compare in-process results bit for bit with subprocesses
+    # started with OMP_NUM_THREADS=1 (test_alm_resume), so a file run alone must have it too.
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -58,8 +64,8 @@ def embedded_instructions(embedded_root) -> Path:
 
 @pytest.fixture(autouse=True, scope="module")
 def _torch_threads_per_module():
-    """A module that lowers torch's thread count (``torch.set_num_threads(1)`` in a fixture or a test) gets it back
-    at its end, so the modules after it run with the same threads whatever the order."""
+    """A module that changes torch's thread count (``torch.set_num_threads`` in a fixture or a test) gets it back at
+    its end, so the modules after it run with the same threads whatever the order."""
     import torch
 
     before = torch.get_num_threads()

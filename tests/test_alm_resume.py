@@ -57,7 +57,8 @@ def _free_port() -> int:
 
 
 def _env():
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+    # the subprocess uses this process's torch threads (1, tests/conftest.py): its losses are compared bit for bit
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(torch.get_num_threads()),
                MASTER_PORT=str(_free_port()))  # DeepSpeed's one-process group: a port no other run holds
     env.pop("MOSAIC_ALM_CKPT_PAUSE", None)
     return env
