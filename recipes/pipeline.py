@@ -287,10 +287,15 @@ def main(argv=None) -> int:
 
             ev = out / "eval-alm"
             state["main_busy"] = True
-            log.run("eval_alm", f"ALM evaluation of {art} (QA, captions, classify-by-generation)",
-                    lambda: _alm_eval_done(ev, art, root, args.seed, sizes),
+            # the caption baselines, scored by the same harness: the no-audio variant (it starts first, so it is
+            # done by now when it runs) and retrieval by the pretrained encoder's pooled features
+            silent = final_artifact(alm.files["no_audio"]) if "no_audio" in alm.files else None
+            base = {"no_audio_artifact": str(silent) if silent else None,
+                    "retrieval_encoder": encoders["audiomosaic"]}
+            log.run("eval_alm", f"ALM evaluation of {art} (QA, captions with their baselines, classify-by-generation)",
+                    lambda: _alm_eval_done(ev, art, root, args.seed, sizes, base),
                     lambda: evaluate_alm(str(art), str(root), str(ev), max_closed=sizes[0], max_captions=sizes[1],
-                                         max_classify=sizes[2], seed=args.seed), within="alm")
+                                         max_classify=sizes[2], seed=args.seed, **base), within="alm")
             state["main_busy"] = False
 
         state["main_busy"] = False  # the ALM variants may now use every core
@@ -490,7 +495,8 @@ def _encoder_eval_done(cfg, encoders: dict[str, str]) -> str | None:
     return f"{path} holds this evaluation"
 
 
-def _alm_eval_done(ev: Path, artifact: Path, root: Path, seed: int, sizes: list[int]) -> str | None:
+def _alm_eval_done(ev: Path, artifact: Path, root: Path, seed: int, sizes: list[int],
+                   baselines: dict | None = None) -> str | None:
     path = ev / "alm_eval.json"
     try:
         res = json.loads(path.read_text())
@@ -499,7 +505,7 @@ def _alm_eval_done(ev: Path, artifact: Path, root: Path, seed: int, sizes: list[
     meta = artifact / "meta.json"
     cfg = res.get("config", {})
     want = {"artifact": str(artifact), "data": str(root), "max_closed": sizes[0], "max_captions": sizes[1],
-            "max_classify": sizes[2]}
+            "max_classify": sizes[2], **(baselines or {})}
     if any(cfg.get(k) != v for k, v in want.items()) or res.get("seed") != seed or not meta.is_file() \
             or meta.stat().st_mtime > path.stat().st_mtime:
         return None

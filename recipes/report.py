@@ -240,13 +240,25 @@ def _captions(run: Path) -> list:
         return [_missing("eval-alm/alm_eval.json (the ALM evaluation)")]
     n = res["numbers"]
     items = [f"Artifact {n['artifact']}."] if n.get("artifact") else []
+    def numeric(scores: dict) -> dict:
+        return {k: v for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+
     if "captioning" in n:  # a metric that was not computed is left out of the table and named below it
-        items += [{k: v for k, v in n["captioning"].items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}]
+        base = n.get("caption_baselines") or {}
+        if base:  # the model and its baselines, scored by the same harness on the same clips
+            items.append("This model's captions and the baselines' (retrieval: the caption of the nearest training "
+                         "clip by the frozen encoder's pooled feature; no audio: the text-only variant), same clips:")
+            items.append({"this model": numeric(n["captioning"]), **{k: numeric(v) for k, v in base.items()}})
+        else:
+            items.append(numeric(n["captioning"]))
         items += [f"{k} not computed: {why}." for k, why in n["captioning"].get("missing", {}).items()]
     else:
         items.append(_missing("caption metrics"))
-    if n.get("caption_examples"):
+    if n.get("caption_table"):
+        cols = [c for c in ("retrieval", "no_audio") if any(c in r for r in n["caption_table"])]
+        items.append([{"clip": r["id"], "caption": r["prediction"], "reference": " | ".join(r["references"][:2]),
+                       **{f"{c.replace('_', ' ')} caption": r.get(c, "") for c in cols}} for r in n["caption_table"]])
+    elif n.get("caption_examples"):
         items.append([{"clip": e["id"], "caption": e["prediction"], "reference": " | ".join(e["references"])}
                       for e in n["caption_examples"]])
     if n.get("classify_by_generation"):
