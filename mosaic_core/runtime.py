@@ -85,6 +85,21 @@ def autocast(enabled: bool, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
+def matmul_gflops(bf16: bool, seconds: float = 1.0, size: int = 1024) -> float:
+    """This machine's dense matmul throughput (GFLOP/s) in the precision the stages would run in, with torch's
+    current thread count: square ``size`` matmuls repeated for about ``seconds`` (one warm-up first)."""
+    import time
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    with autocast(bf16, torch.device("cpu")):
+        a @ b
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            n += 1
+    return 2 * size ** 3 * n / (time.perf_counter() - t0) / 1e9
+
+
 def deepspeed_cpu_workaround() -> None:
     """On CPU, skip DeepSpeed's shared-memory comm op: it needs a 76 s JIT C++ build, and gloo alone is enough
     (``MOSAIC_ALM_DS_SHM=1`` keeps it). Call before ``deepspeed.init_distributed`` / ``initialize``."""

@@ -199,7 +199,13 @@ def main(argv=None) -> int:
     root = Path(args.data_root or REPO / "data" / f"embedded-{args.profile}")
     log = StageLog(out / "pipeline.json", vars(args))
     log.doc["precision"] = _precision()
+    from mosaic_core.provenance import git_commit, machine_info
+
+    log.doc["git"], log.doc["machine"] = git_commit(), machine_info()  # the report's header reads them here
     print(f"== precision: {log.doc['precision']}", flush=True)
+    if args.preset == "default" and not args.skip_alm:
+        log.doc["expected"] = _expected_duration()
+        print(f"== expected duration on this machine: {log.doc['expected']['note']}", flush=True)
     n_steps = 3 if args.skip_alm else 4
 
     def build_data():
@@ -450,6 +456,34 @@ def _precision() -> str:
     if device.type == "cpu" and cpu_bf16_isa() is None:
         note += "; pretraining and ALM steps take about 3x as long as with it (README: measured times)"
     return note
+
+
+# the default's wall time against this machine's 2-thread matmul throughput G (GFLOP/s, 2048^2, in the precision the
+# stages run in), fitted as a + b / G to two measured fresh-clone runs: 942 s with bf16 on a 2-core EPYC with
+# AVX512-BF16 (G ~ 904, results/pipeline_b256) and 2,852 s in fp32 on a 2-core EPYC without AVX512 (G ~ 128,
+# results/pipeline_fp32): about 10 minutes of work that does not scale with matmul speed (data, I/O, Python,
+# generation) plus the compute
+_EXPECTED_A, _EXPECTED_B = 627.0, 285_000.0
+
+
+def _expected_duration() -> dict:
+    """The default's expected wall time on this machine, from a 2-second matmul benchmark (setup excluded, the
+    0ad download and the LLM conversion cached)."""
+    import torch
+
+    from mosaic_core.runtime import matmul_gflops, use_bf16
+
+    bf16 = use_bf16("auto", torch.device("cpu")) and not torch.cuda.is_available()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = matmul_gflops(bf16, seconds=1.5, size=2048)
+    finally:
+        torch.set_num_threads(threads)
+    minutes = (_EXPECTED_A + _EXPECTED_B / max(g, 1.0)) / 60
+    note = (f"about {minutes:.0f} minutes (matmul {g:.0f} GFLOP/s in {'bf16' if bf16 else 'fp32'} on 2 threads; "
+            "15.7 min were measured at 904 GFLOP/s, 47.5 at 128; other work on the cores slows it further)")
+    return {"minutes": round(minutes, 1), "matmul_gflops": round(g, 1), "bf16": bf16, "note": note}
 
 
 def _data_ready(root: Path, profile: str, seed: int) -> str | None:
