@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,13 @@ def artifact(encoder_folder, tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def own_copy(tmp_path):
+    """``own_copy(folder)``: a copy of a module folder for a test that adds results to its card, so the module's
+    encoder folder and artifact stay as saved whatever order the tests run in."""
+    return lambda folder: Path(shutil.copytree(folder, tmp_path / "copies" / folder.name))
+
+
 def test_encoder_card_says_what_the_folder_holds(encoder_folder):
     card = ModelCard.load(encoder_folder / "README.md")
     assert card.data.pipeline_tag == "feature-extraction" and "audio" in card.data.tags
@@ -65,7 +73,8 @@ def test_encoder_card_says_what_the_folder_holds(encoder_folder):
     assert "None recorded yet" in text and not read_card_results(encoder_folder)
 
 
-def test_results_are_added_to_the_card_and_replace_their_old_values(encoder_folder):
+def test_results_are_added_to_the_card_and_replace_their_old_values(encoder_folder, own_copy):
+    encoder_folder = own_copy(encoder_folder)
     row = {"task": "audio-classification", "task_name": "linear probe (frozen encoder)", "dataset": "embedded_keywords",
            "split": "test", "metric": "accuracy", "value": 0.5, "source": "test run"}
     add_card_results(encoder_folder, [row, dict(row, dataset="embedded_instruments", value=0.25)])
@@ -130,8 +139,9 @@ def test_encoder_and_alm_load_through_auto_classes_without_remote_code(encoder_f
     assert "trust_remote_code" not in AUTO.replace("without trust_remote_code", "")
 
 
-def test_pipeline_puts_probe_and_qa_accuracies_into_the_cards(encoder_folder, artifact, tmp_path):
+def test_pipeline_puts_probe_and_qa_accuracies_into_the_cards(encoder_folder, artifact, tmp_path, own_copy):
     """The pipeline's hooks read the result structures eval-encoder and alm-experiment write."""
+    encoder_folder, artifact = own_copy(encoder_folder), own_copy(artifact)
     from recipes.pipeline import record_probe_results, record_qa_results
 
     acc = {"accuracy": {"mean": 0.625, "std": 0.0, "runs": [0.625]}}
