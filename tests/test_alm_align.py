@@ -16,13 +16,23 @@ def toy(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model(toy):
+def built_model(toy):
     from mosaic_core.config import load_config
     from mosaic_alm.artifact import build_from
 
     torch.manual_seed(0)
     cfg = load_config(f"{REPO_CONFIGS}/stage1.yaml", [f"data.root={toy}", "audio.encoder=random:tiny"])
-    return build_from(cfg)
+    m = build_from(cfg)
+    return m, {k: v.clone() for k, v in m.projector.state_dict().items()}
+
+
+@pytest.fixture
+def model(built_model):
+    """The module's model (built once) with its projector as built, whatever test ran before: the alignment tests
+    calibrate and train the projector in place."""
+    m, projector_as_built = built_model
+    m.projector.load_state_dict(projector_as_built)
+    return m
 
 
 def test_copy_weight_falls_linearly_then_stays_zero():
@@ -90,8 +100,13 @@ def test_alignment_fits_the_options_without_touching_the_global_rng(model, toy):
 
 
 def test_max_pool_alignment_points_different_slots_at_two_questions(model, toy):
-    """Two questions about each clip (its class word, and a colour standing for the class): the mean slot can only
-    sit between the two answers; with pool=max one slot answers each question."""
+    """Two questions about each clip (its class word, and a colour standing for the class): with pool=max each
+    question is scored from its best slot, and both questions fit from the projector as a stage calibrates it.
+
+    Which slot answers which question is not asserted: from a freshly calibrated projector the share of clips whose
+    two questions pick different slots is 0.28-0.61 over seeds 0-2 with pool=max and 0.33-0.50 with pool=mean
+    (measured), so it does not tell the two pools apart (an earlier '> 0.5' held only on a projector a previous test
+    had trained)."""
     import torch.nn.functional as F
 
     from mosaic_alm.align import align_projector, option_targets, word_embeddings
@@ -102,16 +117,15 @@ def test_max_pool_alignment_points_different_slots_at_two_questions(model, toy):
     colour = dict(zip(sorted({r["output"] for r in recs}), ("red", "green", "blue")))
     both = recs + [{**r, "output": colour[r["output"]], "options": list(colour.values())} for r in recs]
     fz = AudioFeaturizer.for_model(model)
+    model.calibrate_projector(fz.tokens(sorted({r["audio_path"] for r in recs})))  # as a stage does first
     words, answer, mask = option_targets(both)
     opts = F.normalize(word_embeddings(model, words), dim=-1)
     out = align_projector(model, both, fz.tokens, steps=80, batch_size=16, seed=0, pool="max")
     with torch.no_grad():
         z = F.normalize(model.projector(fz.tokens([r["audio_path"] for r in both])).float(), dim=-1)
     cos = (z @ opts.T).masked_fill(~mask[:, None, :], -9)  # [N, slots, V]
-    assert float((cos.amax(1).argmax(-1) == answer).float().mean()) == 1.0, out
-    best_slot = cos.amax(2).argmax(1)  # the slot each question is answered from
-    n = len(recs)
-    assert float((best_slot[:n] != best_slot[n:]).float().mean()) > 0.5  # mostly different slots per question
+    assert float((cos.amax(1).argmax(-1) == answer).float().mean()) == 1.0, out  # both questions, best slot each
+    assert out["last_loss"] < 0.1 * out["first_loss"], out
     with pytest.raises(ValueError, match="pool 'sum'"):
         align_projector(model, both, fz.tokens, steps=1, pool="sum")
 
