@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     from mosaic_alm.artifact import load_alm
     from mosaic_alm.data import load_records, question_text
-    from mosaic_alm.model import ALMConfig, AudioLanguageModel
+    from mosaic_alm.audio_lm import ALMConfig, AudioLanguageModel
 
     if args.artifact:
         model = load_alm(args.artifact)

@@ -1,6 +1,6 @@
 """Classification heads on the AudioMosaic encoder: the read-outs of the paper's released classifiers and probes.
 
-Each head reads :meth:`encoder.model.AudioMosaicViT.forward_features` output (with ``hidden_states``) and returns
+Each head reads :meth:`encoder.vit.AudioMosaicViT.forward_features` output (with ``hidden_states``) and returns
 logits [B, num_labels]:
 
 - ``linear``: ``Linear(pooled)``; the encoder's pooling and ``fc_norm`` make the pooled feature (the released

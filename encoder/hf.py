@@ -1,7 +1,7 @@
 """Hugging Face classes: ``AudioMosaicConfig``, ``AudioMosaicModel``, ``AudioMosaicForAudioClassification``,
 ``AudioMosaicFeatureExtractor``.
 
-They wrap the plain modules of :mod:`encoder.model`, :mod:`encoder.heads` and :mod:`encoder.features`, save as
+They wrap the plain modules of :mod:`encoder.vit`, :mod:`encoder.heads` and :mod:`encoder.features`, save as
 safetensors with ``save_pretrained`` and load with ``from_pretrained`` (or the Auto classes, registered on import).
 The feature extractor's constants (mel bins, frames, normalisation) come from the same config, so a checkpoint folder
 is self-contained. ``from_pretrained`` also recognises the paper's released checkpoints (a Hub repo folder or id, or
@@ -29,7 +29,7 @@ from transformers import (
 
 from .features import AudioError, FbankConfig, prepare_waveform, waveform_to_input
 from .heads import ClassificationHead, HeadConfig
-from .model import AudioMosaicViT, EncoderConfig
+from .vit import AudioMosaicViT, EncoderConfig
 
 
 class AudioMosaicConfig(PretrainedConfig):
@@ -76,7 +76,7 @@ class AudioMosaicModel(PreTrainedModel):
         self.encoder = AudioMosaicViT(config.to_encoder_config())
         self.post_init()
 
-    def _init_weights(self, module):  # modules initialise themselves (encoder.model.reset_parameters)
+    def _init_weights(self, module):  # modules initialise themselves (encoder.vit.reset_parameters)
         return
 
     @classmethod

@@ -1,6 +1,6 @@
 """Same-budget masked-reconstruction baseline (MAE / AudioMAE style): the generative pretraining objective.
 
-The encoder is the SAME :class:`~encoder.model.AudioMosaicViT` the contrastive objective trains, so a checkpoint's
+The encoder is the SAME :class:`~encoder.vit.AudioMosaicViT` the contrastive objective trains, so a checkpoint's
 ``encoder.*`` weights export and evaluate exactly like the contrastive one. On top sits a real decoder that
 reconstructs the dropped patches:
 
@@ -24,7 +24,7 @@ import torch.nn as nn
 from mosaic_core.config import PositiveInt, Ratio
 
 from .masking import VIEWS, view_indices
-from .model import AudioMosaicViT, Block, EncoderConfig, init_transformer_weights, sincos_2d
+from .vit import AudioMosaicViT, Block, EncoderConfig, init_transformer_weights, sincos_2d
 
 
 @dataclass

@@ -44,7 +44,7 @@ from .data.views import ViewAugmentConfig
 from .loss import nt_xent
 from .mae import MAEConfig, MAEPretrainModel
 from .masking import view_indices
-from .model import (
+from .vit import (
     AudioMosaicPretrainModel,
     EncoderConfig,
     PretrainProjectorConfig,

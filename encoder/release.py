@@ -11,7 +11,7 @@ Sources (:func:`read_release`):
   prefixed ``module.`` / ``_orig_mod.``), read only with ``torch.load(weights_only=True)``; a pickle that would run
   code is refused in one line.
 
-Every released class maps onto the kit's ViT (:class:`encoder.model.EncoderConfig` with ``patch_norm``,
+Every released class maps onto the kit's ViT (:class:`encoder.vit.EncoderConfig` with ``patch_norm``,
 ``pre_norm``, learned positions and the class's norm and pooling semantics) and, for classifiers and probes, a head
 (:mod:`encoder.heads`). Unsupported variants (the AASIST spoof head, RMSNorm, qk-norm, fusion pooling) are refused in
 one line. Conversion is strict: every source tensor is used or named as deliberately dropped, and every kit tensor is
@@ -37,7 +37,7 @@ import torch
 
 from .checkpoint import CheckpointError, require_safetensors, safe_torch_load
 from .heads import HeadConfig
-from .model import PRESETS, EncoderConfig, resize_learned_positions
+from .vit import PRESETS, EncoderConfig, resize_learned_positions
 
 HUB_ORG = "hanxunh"
 REFERENCE = "https://github.com/HanxunH/AudioMosaic (MIT licence), arXiv 2605.14231"

@@ -9,7 +9,7 @@ from collections import defaultdict
 import numpy as np
 
 from mosaic_alm.data import question_text
-from mosaic_alm.infer import generate_answers, option_loglik
+from mosaic_alm.generation import generate_answers, option_loglik
 
 from .qa import closed_ended_accuracy, normalise_answer
 

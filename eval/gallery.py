@@ -2,7 +2,7 @@
 pretraining draws (:func:`encoder.pretraining.draw_masks`: same masking config, same seeded generator), and a card
 with its audio player, the question, the model's answer and caption and the reference.
 
-Shared by the run report's gallery (``recipes/report.py``) and the web demo (:mod:`eval.demo`).
+Shared by the run report's gallery (``recipes/report.py``) and the web demo (:mod:`eval.demo_page`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from encoder.features import num_frames, waveform_to_input
 from encoder.masking import indices_to_grid
 from encoder.pretraining import PretrainConfig, draw_masks
 
-from .report import Html, figure_png, png_data_uri, wav_data_uri
+from .results import Html, figure_png, png_data_uri, wav_data_uri
 
 __all__ = ["clip_card", "clip_spectrogram", "masked_views", "plot_clip_views"]
 

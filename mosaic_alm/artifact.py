@@ -41,7 +41,7 @@ from mosaic_core.config import ConfigError, read_yaml, save_yaml
 from mosaic_core.io import atomic_replace_dir
 
 from .llm import DEFAULT_LLM, load_llm
-from .model import ALMArtifactConfig, AudioLanguageModel, alm_config_from_dict
+from .audio_lm import ALMArtifactConfig, AudioLanguageModel, alm_config_from_dict
 
 CONFIG_NAME = "alm_config.yaml"
 
@@ -163,9 +163,9 @@ mosaic-alm ask --artifact {name} --audio clip.wav --question "What do you hear?"
 mosaic-alm caption --artifact {name} --audio clip.wav
 ```
 ```python
-import mosaic_alm.model  # registers model_type mosaic-alm with transformers' AutoConfig / AutoModel
+import mosaic_alm.audio_lm  # registers model_type mosaic-alm with transformers' AutoConfig / AutoModel
 from transformers import AutoModel
-from mosaic_alm.infer import ask
+from mosaic_alm.generation import ask
 
 alm = AutoModel.from_pretrained("{name}")   # = mosaic_alm.artifact.load_alm("{name}"); no trust_remote_code
 print(ask(alm, "clip.wav", "What do you hear?"))

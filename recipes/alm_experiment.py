@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.alm_qa import evaluate_closed, sample_per_qtype
-from eval.report import mean_std
+from eval.results import mean_std
 from eval.stats import paired_comparison
 from mosaic_alm.artifact import load_alm
 from mosaic_alm.data import load_records

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
         raise ConfigError(f"{args.artifact}: this artifact has no audio encoder (the no-audio baseline); the demo "
                           "needs one that listens")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from eval.demo import build_demo, demo_theme
+    from eval.demo_page import build_demo, demo_theme
 
     demo = build_demo(model, f"mosaic-alm demo: {args.artifact}", max_seconds=args.max_seconds,
                       max_new_tokens=args.max_new_tokens)

@@ -1,5 +1,5 @@
 """Recipe ``mosaic-alm eval-alm``: evaluate an ALM artifact on the embedded data (closed QA, captions,
-classification by generation; :func:`eval.alm_eval.evaluate_alm`).
+classification by generation; :func:`eval.alm_benchmark.evaluate_alm`).
 
     mosaic-alm eval-alm runs/alm/stage4/artifact --data data/embedded-small [--out runs/eval-alm]
         [--no-audio-artifact runs/alm/no_audio/stage3/artifact] [--retrieval-encoder runs/pretrain-tiny/encoder]
@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from eval.alm_eval import evaluate_alm
+from eval.alm_benchmark import evaluate_alm
 
 
 def main(argv=None) -> int:

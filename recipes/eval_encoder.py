@@ -27,7 +27,7 @@ from eval.embeddings import extract_features, load_waves, make_probe, spectrogra
 from eval.metrics import confusion_matrix
 from eval.mfcc import mfcc_logreg_baseline
 from eval.probes import fit_logreg
-from eval.report import (
+from eval.results import (
     mean_std,
     plot_confusion_matrix,
     plot_probe_by_layer,
@@ -189,7 +189,7 @@ def evaluate(cfg: EncoderEvalConfig) -> dict:
 
 
 def accuracy_rows(numbers: dict) -> dict:
-    """{"encoder / probe": {"task split": "mean ± std (n=k)" or "mean (1 seed)"}} (:func:`eval.report.mean_std`: no
+    """{"encoder / probe": {"task split": "mean ± std (n=k)" or "mean (1 seed)"}} (:func:`eval.results.mean_std`: no
     spread is claimed for one run); the MFCC baseline has no probe level."""
     rows = {}
     for task, by_enc in numbers.items():

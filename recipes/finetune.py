@@ -11,7 +11,7 @@ What it does, top to bottom:
    :mod:`encoder.data.tasks`). Each task has its own ``target_frames``. Task types: ``single_label`` (accuracy),
    ``multi_label`` (mAP, AUC, d-prime), ``spoof`` (binary bona fide / spoof: EER, accuracy). Normalised spectrograms
    are computed once per clip and kept in memory when the set is small (``task.cache``), else computed per batch.
-3. **Model** — :class:`encoder.model.AudioMosaicViT` from a folder written by pretraining (``run/encoder``) or random
+3. **Model** — :class:`encoder.vit.AudioMosaicViT` from a folder written by pretraining (``run/encoder``) or random
    init, plus a linear head on the pooled output (fc_norm of the mean over patch tokens, CLS excluded).
 4. **Training** — train-time augmentations on spectrogram batches (roll-and-magnitude, mixup, SpecAugment; each can
    be switched off), AdamW with layer-wise lr decay (:func:`eval.augment.layerwise_lr_groups`) and a per-step
@@ -20,7 +20,7 @@ What it does, top to bottom:
 5. **Evaluation** — every ``eval.every`` epochs on ``valid`` (the model with the best valid metric is kept when
    ``eval.select: best_valid``), finally on every ``test*`` split. ``task.folds`` runs cross-validation (ESC-50: five
    folds, each held out once, no valid split, last epoch scored) and averages.
-6. **Outputs** (``run_dir``) — ``config.yaml`` (resolved), ``finetune.json`` (via :func:`eval.report.write_results`:
+6. **Outputs** (``run_dir``) — ``config.yaml`` (resolved), ``finetune.json`` (via :func:`eval.results.write_results`:
    numbers, config, seed, commit, versions), ``finetune.md/.html`` with training curves, TensorBoard events under
    ``tb/`` and, with ``save_model: true``, ``model.safetensors`` (encoder + head, config in the metadata).
 
@@ -46,9 +46,9 @@ import torch.nn.functional as F
 from encoder import checkpoint as ckpt
 from encoder.data.shards import ShardDataset, shard_epoch, shard_steps_per_epoch
 from encoder.data.tasks import ClipSet, LabeledShardClips, Task, TaskConfig, cache_spectrograms, load_task
-from encoder.model import EncoderConfig
+from encoder.vit import EncoderConfig
 from eval.augment import class_balanced_weights
-from eval.finetuning import (
+from eval.classifier_training import (
     MAIN_METRIC,
     FinetuneEvalConfig,
     FinetuneModelConfig,
@@ -65,7 +65,7 @@ from eval.finetuning import (
     score,
     trainable_summary,
 )
-from eval.report import plot_training_curves, write_report, write_results
+from eval.results import plot_training_curves, write_report, write_results
 from mosaic_core.config import ConfigError, NonNegInt, load_recipe, save_yaml, to_plain
 from mosaic_core.runtime import autocast, precision_note, seed_everything, set_threads, use_bf16
 from mosaic_core.schedule import lr_factor

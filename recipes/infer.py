@@ -12,7 +12,7 @@ from typing import Sequence
 
 from encoder.features import AudioError
 from mosaic_alm.artifact import check_artifact, load_alm
-from mosaic_alm.infer import CAPTION_PROMPT, ask
+from mosaic_alm.generation import CAPTION_PROMPT, ask
 
 
 def _common_args(ap: argparse.ArgumentParser):

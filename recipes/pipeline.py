@@ -289,7 +289,7 @@ def main(argv=None) -> int:
             art = final_artifact(alm.files["pretrained"])
             if art is None:
                 return
-            from eval.alm_eval import evaluate_alm
+            from eval.alm_benchmark import evaluate_alm
 
             ev = out / "eval-alm"
             state["main_busy"] = True

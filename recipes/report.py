@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.report import (
+from eval.results import (
     Html,
     plot_grouped_bars,
     plot_probe_by_layer,
@@ -380,7 +380,7 @@ def _gallery(run: Path, data: Path | None, clips: int, use_model: bool, seed: in
     paths = [str(data / q["audio_path"]) for q in qs]
     answers = captions = None
     if model is not None:
-        from mosaic_alm.infer import ask, caption
+        from mosaic_alm.generation import ask, caption
 
         answers = ask(model, paths, [q["instruction"] for q in qs], max_new_tokens=max_new_tokens)
         captions = caption(model, paths, max_new_tokens=3 * max_new_tokens)

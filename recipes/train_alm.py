@@ -57,7 +57,7 @@ from mosaic_alm.data import (
     load_records,
 )
 from mosaic_alm.featurizer import AudioFeaturizer
-from mosaic_alm.model import ALMConfig
+from mosaic_alm.audio_lm import ALMConfig
 from mosaic_core.config import (
     ConfigError,
     NonNegInt,

@@ -9,7 +9,7 @@ from mosaic_core.config import ConfigError
 from mosaic_alm.data import PromptFormatter, collate
 from mosaic_alm.featurizer import AudioFeaturizer
 from mosaic_alm.toy import make_toy_data
-from mosaic_alm.model import ALMConfig, AudioLanguageModel
+from mosaic_alm.audio_lm import ALMConfig, AudioLanguageModel
 
 
 # exact equalities of the model's paths (cache vs full forward, batch vs single) hold in fp32; bf16 autocast (the
@@ -94,7 +94,7 @@ def test_model_takes_tensors_only(alm, toy):
 
 
 def test_batched_left_padded_generation_equals_single(alm, toy):
-    from mosaic_alm.infer import generate_answers
+    from mosaic_alm.generation import generate_answers
 
     clips = [str(toy / "clips" / f"train_{c}_0.wav") for c in ("beep", "hum", "noise")]
     qs = ["Which sound is heard?", "Describe this audio in a few words, please, with care.", "Loud?"]
@@ -159,7 +159,7 @@ def test_answer_only_loss_equals_full_logits_loss(alm, toy):
 
 def test_option_loglik_with_shared_prompt_cache_matches_full_forward(alm, toy):
     from mosaic_alm.data import IGNORE
-    from mosaic_alm.infer import option_loglik
+    from mosaic_alm.generation import option_loglik
 
     clip = str(toy / "clips" / "train_hum_1.wav")
     q, opts = "Which sound? Answer with one of: beep, hum, white noise.", ["beep", "hum", "white noise"]
@@ -179,7 +179,7 @@ def test_option_loglik_with_shared_prompt_cache_matches_full_forward(alm, toy):
 def test_bf16_inference_tracks_fp32(alm, toy, monkeypatch):
     """Where the CPU computes bf16 natively, inference autocasts to bf16 by default: option log-likelihoods stay
     within a few percent of fp32's and greedy answers start the same."""
-    from mosaic_alm.infer import generate_answers, option_loglik
+    from mosaic_alm.generation import generate_answers, option_loglik
     from mosaic_core.runtime import cpu_bf16_isa
 
     if cpu_bf16_isa() is None:

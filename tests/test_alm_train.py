@@ -37,7 +37,7 @@ def _fixed_batch_loss(model, toy):
 def test_stage1_reduces_loss_and_cli_answers(toy, tmp_path, capsys):
     from mosaic_core.config import load_config
     from mosaic_alm.artifact import build_from, load_alm
-    from mosaic_alm.infer import caption
+    from mosaic_alm.generation import caption
     from recipes.infer import main_ask
     from recipes.train_alm import train_stage
 
@@ -85,7 +85,7 @@ def test_unknown_config_key_is_an_error(toy, tmp_path):
 @pytest.mark.slow
 def test_four_stage_chain(toy, tmp_path):
     from mosaic_alm.artifact import load_alm
-    from mosaic_alm.infer import ask
+    from mosaic_alm.generation import ask
     from recipes.train_alm import main
 
     assert main(["--all", *_overrides(toy, tmp_path, steps=2), "data.qtypes=null"]) == 0

@@ -55,6 +55,31 @@ def test_public_names_are_unique_across_packages():
     assert not dupes, dupes
 
 
+def test_module_names_are_unique_across_packages():
+    """A module name means one thing: no two modules of the kit share a file name (``__init__.py`` aside), so
+    ``report`` or ``model`` never needs its package to say which one is meant."""
+    where = defaultdict(list)
+    for path in _modules(*LIBRARIES, "recipes"):
+        if path.name != "__init__.py":
+            where[path.stem].append(str(path.relative_to(REPO)))
+    dupes = {k: v for k, v in where.items() if len(v) > 1}
+    assert not dupes, dupes
+
+
+def test_module_name_check_can_fail(tmp_path, monkeypatch):
+    """The same scan finds a twin when one is there."""
+    for pkg in ("eval", "recipes"):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "report.py").write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    try:
+        test_module_names_are_unique_across_packages()
+    except AssertionError as e:
+        assert "report" in str(e)
+    else:
+        raise AssertionError("two report.py files were not caught")
+
+
 def test_library_packages_parse_no_command_line():
     """Jobs live in recipes/: no library module imports argparse."""
     offenders = [str(p.relative_to(REPO)) for p in _modules(*LIBRARIES)

@@ -7,11 +7,11 @@ import json
 
 import torch
 
-from eval.alm_eval import retrieval_captions
+from eval.alm_benchmark import retrieval_captions
 
 
 def test_retrieval_of_training_clips_returns_their_own_captions(embedded_instructions, tmp_path):
-    from encoder.model import AudioMosaicViT, EncoderConfig
+    from encoder.vit import AudioMosaicViT, EncoderConfig
     from encoder.pretraining import export_encoder
     from mosaic_alm.data import load_records
 
@@ -47,7 +47,7 @@ def _no_audio_artifact(root, out):
 
 
 def test_eval_alm_scores_captions_with_both_baselines(tiny_alm_artifact, embedded_instructions, tmp_path):
-    from eval.alm_eval import evaluate_alm
+    from eval.alm_benchmark import evaluate_alm
 
     enc = tiny_alm_artifact / "encoder"
     silent = _no_audio_artifact(embedded_instructions, tmp_path / "na")

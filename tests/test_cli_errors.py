@@ -45,7 +45,7 @@ def _pickle_in_place(path: Path) -> None:
 
 
 def _encoder_folder(folder: Path, **changes) -> Path:
-    from encoder.model import AudioMosaicViT, EncoderConfig
+    from encoder.vit import AudioMosaicViT, EncoderConfig
     from encoder.pretraining import export_encoder
 
     torch.manual_seed(0)
@@ -57,7 +57,7 @@ def _encoder_folder(folder: Path, **changes) -> Path:
 def work(tmp_path_factory, embedded_instructions):
     """A small real ALM artifact (SmolLM2 + a 1-block random encoder), its encoder folder and the data root."""
     from mosaic_alm.artifact import save_artifact
-    from mosaic_alm.model import ALMConfig, AudioLanguageModel
+    from mosaic_alm.audio_lm import ALMConfig, AudioLanguageModel
 
     embedded_root = embedded_instructions
     tmp = tmp_path_factory.mktemp("errors")

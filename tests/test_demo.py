@@ -77,7 +77,7 @@ def test_demo_answers_an_uploaded_clip(demo_url, embedded_instructions, tiny_alm
 
     from encoder.features import load_audio
     from mosaic_alm.artifact import load_alm
-    from mosaic_alm.infer import ask
+    from mosaic_alm.generation import ask
 
     embedded_root = embedded_instructions
     rec = next(r for r in json.loads((embedded_root / "instructions" / "test.json").read_text())

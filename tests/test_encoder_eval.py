@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mosaic_core.config import ConfigError, load_recipe
-from encoder.model import AudioMosaicViT, EncoderConfig
+from encoder.vit import AudioMosaicViT, EncoderConfig
 from encoder.pretraining import export_encoder
 from recipes.eval_encoder import EncoderEvalConfig, evaluate
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from eval.metrics import confusion_matrix, per_class_accuracy
-from eval.report import (
+from eval.results import (
     mean_std,
     plot_confusion_matrix,
     plot_per_class_accuracy,

@@ -39,7 +39,7 @@ def hear():
 def model(request, hear, tmp_path_factory):
     torch.set_num_threads(1)
     if request.param == "random-tiny":
-        from encoder.model import AudioMosaicViT, EncoderConfig
+        from encoder.vit import AudioMosaicViT, EncoderConfig
         from encoder.pretraining import export_encoder
 
         torch.manual_seed(0)

@@ -6,7 +6,7 @@ import torch
 
 from encoder.mae import MAEConfig, MAEPretrainModel, patchify_pixels, unpatchify_pixels
 from encoder.masking import indices_to_grid
-from encoder.model import AudioMosaicViT, EncoderConfig
+from encoder.vit import AudioMosaicViT, EncoderConfig
 
 
 @pytest.fixture(autouse=True)

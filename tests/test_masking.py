@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from encoder.masking import (freq_view_indices, indices_to_grid, kept_count, random_view_indices, time_view_indices)
-from encoder.model import AudioMosaicViT, EncoderConfig
+from encoder.vit import AudioMosaicViT, EncoderConfig
 
 
 def test_paper_counts_on_64x8_grid():
@@ -53,7 +53,7 @@ def test_views_select_the_right_spectrogram_regions_through_the_model():
 
 
 def test_position_embedding_is_laid_on_the_time_freq_grid():
-    from encoder.model import sincos_1d, sincos_2d
+    from encoder.vit import sincos_1d, sincos_2d
 
     pe = sincos_2d(64, 16, 8)
     t_part, f_part = pe[:, :32], pe[:, 32:]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from encoder.model import AudioMosaicViT, EncoderConfig
+from encoder.vit import AudioMosaicViT, EncoderConfig
 from encoder.pretraining import PretrainConfig, export_encoder, training_facts
 from mosaic_core.cards import add_card_results, read_card_results
 
@@ -36,7 +36,7 @@ def encoder_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def artifact(encoder_folder, tmp_path_factory):
     from mosaic_alm.artifact import save_artifact
-    from mosaic_alm.model import ALMConfig, AudioLanguageModel
+    from mosaic_alm.audio_lm import ALMConfig, AudioLanguageModel
 
     torch.manual_seed(0)
     cfg = ALMConfig()
@@ -112,10 +112,10 @@ try:
     raise SystemExit("loaded before registration")
 except ValueError:
     pass
-import encoder.hf, mosaic_alm.model  # registration
+import encoder.hf, mosaic_alm.audio_lm  # registration
 from encoder.hf import AudioMosaicModel, resolve_encoder
 from mosaic_alm.artifact import load_alm
-from mosaic_alm.model import ALMArtifactConfig, AudioLanguageModel
+from mosaic_alm.audio_lm import ALMArtifactConfig, AudioLanguageModel
 m = AutoModel.from_pretrained(enc)
 assert type(m) is AudioMosaicModel and type(AutoConfig.from_pretrained(enc)).__name__ == "AudioMosaicConfig"
 ref = resolve_encoder(enc)

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from mosaic_core.config import parse_config, load_config
 from encoder.loss import nt_xent
 from encoder.masking import freq_view_indices, time_view_indices
-from encoder.model import AudioMosaicPretrainModel, EncoderConfig, PretrainProjectorConfig
+from encoder.vit import AudioMosaicPretrainModel, EncoderConfig, PretrainProjectorConfig
 from encoder.pretraining import PretrainConfig, contrastive_step
 from recipes.pretrain import train
 

@@ -61,7 +61,7 @@ def _run(model, x: torch.Tensor) -> dict:
             res["logits"] = model(x).logits
         proj = getattr(model, "release", {}).get("state", {})
         if any(k.startswith("projector.") for k in proj):
-            from encoder.model import Projector
+            from encoder.vit import Projector
 
             p = model.release["projector"]
             head = Projector(enc.cfg.embed_dim, p["hidden_dim"], p["out_dim"], True, p["out_affine"])

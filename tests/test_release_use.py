@@ -26,7 +26,7 @@ def imported(tmp_path_factory) -> Path:
 
 def test_alm_stage_with_an_imported_encoder(imported, embedded_instructions, tmp_path, monkeypatch):
     from mosaic_alm.artifact import load_alm
-    from mosaic_alm.infer import ask
+    from mosaic_alm.generation import ask
     from recipes.train_alm import train_stage
 
     monkeypatch.setenv("MOSAIC_ALM_TOKEN_CACHE", str(tmp_path / "token-cache"))

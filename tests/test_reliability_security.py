@@ -224,7 +224,7 @@ def test_torch_load_sites_are_only_the_safe_one():
 
 def test_weights_written_by_the_kit_are_safetensors(tmp_path):
     """The writers: the exported encoder folder holds no pickle files (checkpoints: tests above)."""
-    from encoder.model import AudioMosaicViT, EncoderConfig
+    from encoder.vit import AudioMosaicViT, EncoderConfig
     from encoder.pretraining import export_encoder
 
     export_encoder(AudioMosaicViT(EncoderConfig(size="tiny", depth=1, target_frames=64)), tmp_path / "enc")

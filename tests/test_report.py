@@ -89,7 +89,7 @@ def test_report_renders_in_chromium(run_folder):
 
 @pytest.mark.slow
 def test_report_with_the_alm_evaluation(run_folder, embedded_root, tmp_path):
-    from eval.alm_eval import evaluate_alm
+    from eval.alm_benchmark import evaluate_alm
 
     run_folder = Path(shutil.copytree(run_folder, tmp_path / "run"))  # the module's folder stays without eval-alm
     art = run_folder / "alm" / "pretrained" / "stage1" / "artifact"

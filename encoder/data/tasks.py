@@ -17,7 +17,7 @@ import torch
 from mosaic_core.config import ConfigError, NonNegFloat, NonNegInt, read_yaml
 
 from ..features import AudioError, FbankConfig, load_audio, waveform_to_input
-from ..model import EncoderConfig
+from ..vit import EncoderConfig
 from .manifest import load_classes, read_manifest
 
 TASK_TYPES = ("single_label", "multi_label", "spoof")

@@ -3,7 +3,7 @@ alpha * (answer word embedding) + (1 - alpha) * projected audio, alpha falling l
 import os, sys, json, torch
 torch.set_num_threads(1)
 from mosaic_core.config import load_config
-from mosaic_alm import model as M
+from mosaic_alm import audio_lm as M
 from mosaic_alm.data import load_records
 ROOT = os.environ.get("DATA", "data/embedded-full"); WARM = float(os.environ.get("WARM", "0.5")); HOLD = float(os.environ.get("HOLD", "0.0"))
 out, overrides = sys.argv[1], sys.argv[2:]

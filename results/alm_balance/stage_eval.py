@@ -9,7 +9,7 @@ from recipes.pipeline import PRESETS
 from recipes.train_alm import train_stage
 from mosaic_alm.artifact import load_alm
 from mosaic_alm.data import load_records, question_text
-from mosaic_alm.infer import generate_answers
+from mosaic_alm.generation import generate_answers
 from eval.alm_qa import evaluate_closed, sample_per_qtype
 
 root, enc = os.environ["DATA"], os.environ["ENCODER"]

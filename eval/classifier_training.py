@@ -19,7 +19,7 @@ from annotated_types import Interval
 from encoder.data.tasks import Task
 from encoder.data.views import ViewAugmentConfig, augment_view
 from encoder.features import normalise
-from encoder.model import AudioMosaicViT, EncoderConfig
+from encoder.vit import AudioMosaicViT, EncoderConfig
 from mosaic_core.config import (
     ConfigError,
     NonNegFloat,

@@ -34,10 +34,10 @@ def answer_clip(model, audio_path: str | None, question: str | None, *, max_seco
     import torch
 
     from encoder.features import SAMPLE_RATE, AudioError, load_audio
-    from mosaic_alm.infer import ask, caption
+    from mosaic_alm.generation import ask, caption
 
     from .gallery import clip_spectrogram, masked_views, plot_clip_views
-    from .report import figure_png
+    from .results import figure_png
 
     if not audio_path:
         return None, "", "", "Upload or record a clip first."

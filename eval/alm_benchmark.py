@@ -64,12 +64,12 @@ def evaluate_alm(artifact: str, data: str, out: str, max_closed: int = 200, max_
     from encoder.data.manifest import load_classes, read_manifest
     from mosaic_alm.artifact import load_alm
     from mosaic_alm.data import load_records
-    from mosaic_alm.infer import caption
+    from mosaic_alm.generation import caption
 
     from .alm_qa import evaluate_closed, sample_per_qtype
     from .caption_metrics import caption_scores
     from .classify_by_generation import TextEmbedder, classify_by_generation
-    from .report import write_report, write_results
+    from .results import write_report, write_results
 
     t0 = time.time()
     model = load_alm(artifact)
