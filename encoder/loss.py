@@ -8,19 +8,14 @@ single-process update on the concatenated batch. A single process never calls a 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from mosaic_core.runtime import rank_world
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from all ranks along dim 0; identity on one process."""
-    rank, world = _world()
+    rank, world = rank_world()
     if world == 1:
         return x
     from torch.distributed.nn.functional import all_gather
@@ -39,7 +34,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, gather
         raise ValueError(f"views must both be [B, d], got {tuple(z1.shape)} and {tuple(z2.shape)}")
     b = z1.shape[0]
     z1, z2 = F.normalize(z1.float(), dim=-1), F.normalize(z2.float(), dim=-1)
-    rank, world = _world() if gather else (0, 1)
+    rank, world = rank_world() if gather else (0, 1)
     a1, a2 = (gather_with_grad(z1), gather_with_grad(z2)) if world > 1 else (z1, z2)
     n = a1.shape[0]  # global clip count
     candidates = torch.cat([a1, a2], dim=0)  # [2N, d]: view 1 of all clips, then view 2

@@ -33,6 +33,7 @@ from mosaic_core.io import atomic_replace_dir
 from mosaic_core.runtime import (
     autocast,
     deepspeed_cpu_workaround,
+    rank_world,
     resolve_device,
     use_bf16,
 )
@@ -161,9 +162,7 @@ def init_distributed(cfg: PretrainConfig) -> tuple[int, int, torch.device]:
             deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
         else:
             dist.init_process_group(backend=backend, timeout=timeout)
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), device
-    return 0, 1, device
+    return (*rank_world(), device)
 
 
 def all_reduce_mean_grads(params: list[torch.nn.Parameter], world: int) -> None:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from mosaic_core.config import PositiveFloat, PositiveInt, Probability, Ratio
+from mosaic_core.runtime import rank_world
 
 from .features import AUDIOSET_MEAN, AUDIOSET_STD
 
@@ -311,9 +312,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     """
 
     def forward(self, x):
-        import torch.distributed as dist
-
-        if not self.training or not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not self.training or rank_world()[1] == 1:
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
 

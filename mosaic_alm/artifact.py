@@ -39,17 +39,12 @@ from encoder.hf import (
 from mosaic_core.cards import facts_list, write_model_card
 from mosaic_core.config import ConfigError, read_yaml, save_yaml
 from mosaic_core.io import atomic_replace_dir
+from mosaic_core.runtime import rank_world
 
 from .llm import DEFAULT_LLM, load_llm
 from .audio_lm import ALMArtifactConfig, AudioLanguageModel, alm_config_from_dict
 
 CONFIG_NAME = "alm_config.yaml"
-
-
-def _rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return 0
 
 
 @contextlib.contextmanager
@@ -83,7 +78,7 @@ def save_artifact(model: AudioLanguageModel, path: str | os.PathLike, run_cfg: d
     if model.cfg.lora.enabled:
         lora = module_state(model.llm, only=lambda n: "lora_" in n)
     enc = module_state(model.encoder) if model.encoder is not None else None
-    if _rank() != 0:
+    if rank_world()[0] != 0:
         return path
     import peft
     import transformers

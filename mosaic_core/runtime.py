@@ -10,6 +10,15 @@ import numpy as np
 import torch
 
 
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group; (0, 1) without one. The kit's one place for it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) from one number."""
     random.seed(seed)

@@ -56,7 +56,7 @@ from encoder.pretraining import (
 )
 from mosaic_core.config import ConfigError, load_recipe, save_yaml
 from mosaic_core.io import atomic_write_json
-from mosaic_core.runtime import precision_note, set_threads, use_bf16
+from mosaic_core.runtime import precision_note, rank_world, set_threads, use_bf16
 
 log = logging.getLogger("recipes.pretrain")
 
@@ -301,12 +301,12 @@ def main(argv=None, objective: str | None = None) -> int:
         if dist.is_initialized():  # several ranks: say which one failed, with its traceback
             import traceback
 
-            print(f"[pretrain] rank {dist.get_rank()} failed: {exc}\n{traceback.format_exc()}", file=sys.stderr,
+            print(f"[pretrain] rank {rank_world()[0]} failed: {exc}\n{traceback.format_exc()}", file=sys.stderr,
                   flush=True)
         else:
             print(f"[pretrain] error: {exc}", file=sys.stderr, flush=True)
         return 1
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if rank_world()[0] == 0:
         h = [x for x in summary["history"] if x.get("loss") is not None]
         if h:
             print(f"[pretrain] done: {summary['steps']} steps, first loss {h[0]['loss']:.4f}, "

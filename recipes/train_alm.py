@@ -73,6 +73,7 @@ from mosaic_core.progress import progress_bar
 from mosaic_core.runtime import (
     deepspeed_cpu_workaround,
     precision_note,
+    rank_world,
     resolve_device,
     seed_everything,
     single_process_dist_env,
@@ -261,15 +262,8 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], state: dict) -> None:
     np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
-def _dist() -> tuple[int, int]:
-    """(rank, world) of the process group, (0, 1) without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _barrier() -> None:
-    if _dist()[1] > 1:
+    if rank_world()[1] > 1:
         torch.distributed.barrier()
 
 
@@ -284,7 +278,7 @@ def save_stage_checkpoint(out: Path, cfg: dict, model, opt, sched, keep_last: in
     ds = ckpt.save_deepspeed_state(engine, out, name, exclude_frozen=True) if engine is not None else None
     want = {n for n, p in model.named_parameters() if p.requires_grad}
     trainable = module_state(model, only=lambda n: n in want)  # gathered under ZeRO-3; buffers of these names: none
-    rank, world = _dist()
+    rank, world = rank_world()
     rngs = [None] * world
     if world > 1:
         torch.distributed.all_gather_object(rngs, _rng_state())
@@ -318,7 +312,7 @@ def resume_stage(out: Path, cfg: dict, model, opt, sched, engine=None) -> dict |
     if latest is None:
         return None
     tensors, state = ckpt.load_checkpoint(latest)
-    rank, world = _dist()
+    rank, world = rank_world()
     _barrier()  # every rank has read the folder before rank 0 may move it
     if trajectory_config(state.get("config", {})) != trajectory_config(cfg):
         aside = out / f"checkpoints.superseded-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -384,9 +378,7 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
     device = resolve_device(tcfg.device)
-    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank = torch.distributed.get_rank() if dist else 0
-    world = torch.distributed.get_world_size() if dist else 1
+    rank, world = rank_world()
 
     init = resolve_init(cfg, tcfg)
     t_load = time.perf_counter()
@@ -452,7 +444,7 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     if tcfg.deepspeed:
         import deepspeed
 
-        if not dist:
+        if world == 1 and not torch.distributed.is_initialized():
             deepspeed_cpu_workaround()
             single_process_dist_env()
 
