@@ -35,6 +35,16 @@ COMMANDS = {
 }
 
 
+def run_job(name: str, argv: list[str]) -> int:
+    """Run the job ``mosaic-alm NAME ARGV...`` in this process and return its exit code (errors are raised, not
+    turned into one line). The one way a job that orchestrates others (the pipeline, alm-experiment) starts them:
+    by command name, as a user would, so no recipe module imports another (an import-linter contract)."""
+    if name not in COMMANDS:
+        raise ValueError(f"unknown job {name!r}; known: {', '.join(COMMANDS)}")
+    module, func, _ = COMMANDS[name]
+    return int(getattr(importlib.import_module(module), func)(list(argv)) or 0)
+
+
 def _usage() -> str:
     lines = ["usage: mosaic-alm [--debug] <command> [options]  (mosaic-alm <command> --help)", "",
              "  --debug            show tracebacks and library warnings/progress instead of one-line errors", "",
