@@ -1,5 +1,7 @@
 """The command-line arguments a results folder's recipe file (``results/<folder>/recipe.yaml``) stands for, one a
-line, for its ``run.sh`` (``mapfile -t ARGS < <(.venv/bin/python results/recipe_args.py results/<folder>/recipe.yaml)``).
+line, for its ``run.sh``:
+
+    mapfile -t ARGS < <(.venv/bin/python results/recipe_args.py results/<folder>/recipe.yaml)
 
 A recipe file records what the folder's committed JSON was made with (read from that JSON, not from today's
 ``recipes.pipeline.PRESETS``): ``examples`` / ``max_test`` become ``--examples`` / ``--max-test`` of

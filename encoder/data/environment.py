@@ -31,8 +31,19 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from encoder.data.sources import (SILENCE_DB, SR, BuildError, cache_dir, item_rng, load, loudness_db, parallel,
-                                  require, trim, write_wav)
+from encoder.data.sources import (
+    SILENCE_DB,
+    SR,
+    BuildError,
+    cache_dir,
+    item_rng,
+    load,
+    loudness_db,
+    parallel,
+    require,
+    trim,
+    write_wav,
+)
 
 log = logging.getLogger(__name__)
 

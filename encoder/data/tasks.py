@@ -187,7 +187,8 @@ def load_task(tc: TaskConfig, enc_cfg: EncoderConfig | None = None, seed: int = 
                 by_fold.setdefault(f, []).append(i)
         for f in tc.folds:
             if int(f) not in by_fold:
-                raise ConfigError(f"task {d['name']}: no clips in fold {f} (rows need a 'fold' field or split 'fold{f}')")
+                raise ConfigError(f"task {d['name']}: no clips in fold {f} "
+                                  f"(rows need a 'fold' field or split 'fold{f}')")
             folds[int(f)] = pick(by_fold[int(f)])
     else:
         if not role_split:

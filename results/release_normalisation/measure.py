@@ -88,7 +88,8 @@ def main(argv=None) -> int:
         encoders["random"] = "random:tiny"
     t0 = time.time()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()  # at start
-    out: dict = {"encoder": args.encoder, "data": args.data, "seeds": seeds, "precision": precision_note(bf16, torch.device("cpu")),
+    out: dict = {"encoder": args.encoder, "data": args.data, "seeds": seeds,
+                 "precision": precision_note(bf16, torch.device("cpu")),
                  "conditions": {k: {"fit_and_valid": v[0], "test": v[1]} for k, v in CONDITIONS.items()},
                  "identity": "(x-mean)/std == 2 * (x-mean)/(2 std): released input = 2 x kit input", "tasks": {}}
     for name in TASKS:
