@@ -68,8 +68,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     from mosaic_alm.artifact import load_alm
-    from mosaic_alm.data import load_records, question_text
     from mosaic_alm.audio_lm import ALMConfig, AudioLanguageModel
+    from mosaic_alm.data import load_records, question_text
 
     if args.artifact:
         model = load_alm(args.artifact)

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from encoder.data.dataset import WaveAugmentConfig, EpochBatchSampler, PretrainDataset, collate_views  # noqa: E402
+from encoder.data.dataset import EpochBatchSampler, PretrainDataset, WaveAugmentConfig, collate_views  # noqa: E402
 from encoder.data.manifest import read_manifest  # noqa: E402
 from encoder.features import FbankConfig  # noqa: E402
 

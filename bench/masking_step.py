@@ -25,8 +25,8 @@ def run_mode(args) -> dict:
 
     import torch
 
-    from mosaic_core.config import parse_config, load_config
     from encoder.pretraining import PretrainConfig, build_pretrain_model, contrastive_step
+    from mosaic_core.config import load_config, parse_config
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,9 +64,11 @@ def run_mode(args) -> dict:
     if tokens is None:
         from encoder.masking import kept_count
 
-        tokens = kept_count(n_time, cfg.masking.time_ratio) * n_freq + n_time * kept_count(n_freq, cfg.masking.freq_ratio)
+        tokens = (kept_count(n_time, cfg.masking.time_ratio) * n_freq
+                  + n_time * kept_count(n_freq, cfg.masking.freq_ratio))
     return {"mode": args.mode, "s_per_step": sum(times[1:]) / args.steps, "warmup_s": times[0], "peak_mb": peak,
-            "tokens_per_clip_both_views": tokens, "loss": float(out["loss"]), "device": str(device), "gflop_per_step": gflops,
+            "tokens_per_clip_both_views": tokens, "loss": float(out["loss"]), "device": str(device),
+            "gflop_per_step": gflops,
             "threads": torch.get_num_threads(), "precision": args.precision,
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
 
@@ -93,7 +95,8 @@ def main() -> None:
     for _ in range(args.repeats):
         for mode in ("structured", "unmasked"):
             cmd = [sys.executable, __file__, "--mode", mode, "--size", args.size, "--batch", str(args.batch),
-                   "--frames", str(args.frames), "--steps", str(args.steps), "--threads", str(args.threads), "--precision", args.precision]
+                   "--frames", str(args.frames), "--steps", str(args.steps), "--threads", str(args.threads),
+                   "--precision", args.precision]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
     results = {m: min(r, key=lambda x: x["s_per_step"]) for m, r in runs.items()}

@@ -79,7 +79,8 @@ def main(argv=None) -> int:
                     readout = fit_logreg(feats["train"], split["train"][1], feats["valid"], split["valid"][1])
                     for role in split:
                         if role.startswith("test"):
-                            point[f"{name} {role}"] = round(readout.evaluate(feats[role], split[role][1])["accuracy"], 4)
+                            acc = readout.evaluate(feats[role], split[role][1])["accuracy"]
+                            point[f"{name} {role}"] = round(acc, 4)
                 print(json.dumps({"run": str(run), **point}), flush=True)
                 points.append(point)
             results[str(run)] = points

@@ -169,9 +169,11 @@ def main() -> None:
             for i, b in enumerate((32, 128)):
                 pred = (static + b * act_bytes_per_clip(prec, views)) / MiB
                 print(f"H200 peak {mode} {prec} b{b}: predicted {pred:.0f} MiB, measured "
-                      f"{MEASURED_PEAK_MIB[(mode, prec)][i]:.0f} MiB ({pred / MEASURED_PEAK_MIB[(mode, prec)][i] - 1:+.1%})")
+                      f"{MEASURED_PEAK_MIB[(mode, prec)][i]:.0f} MiB "
+                      f"({pred / MEASURED_PEAK_MIB[(mode, prec)][i] - 1:+.1%})")
 
-    # CPU points (results/bench_masking_step_vit_base.json, results/pretrain_tiny.json, docs/ARCHITECTURE.md "Stack facts")
+    # CPU points (results/bench_masking_step_vit_base.json, results/pretrain_tiny.json,
+    # docs/ARCHITECTURE.md "Stack facts")
     f8 = 8 * train_flops_per_clip()
     print(f"CPU ViT-B batch 8 structured: {f8 / 1e9:.0f} GFLOP/step; at 206 GFLOP/s (fp32) {f8 / 206e9:.1f} s, "
           f"at 904 GFLOP/s (bf16) {f8 / 904e9:.1f} s, + AdamW 1.3-2.2 s")
@@ -181,7 +183,8 @@ def main() -> None:
         print(f"CPU peak RSS {mode} fp32 b8: model {pred:.0f} MiB + interpreter/libraries, measured {meas:.0f} MiB")
     tiny = 3 * fwd_flops_per_clip((kept(8, TIME_DROP) * 8, 8 * kept(8, FREQ_DROP)), h=192, layers=6)
     print(f"tiny (192-d, 6 blocks, 128 frames) train GFLOP/clip: {tiny / 1e9:.3f}; 1 thread at 103 GFLOP/s: "
-          f"{103e9 / tiny:.0f} clips/s; measured 90 (stack facts, fp32), {600 * 64 / 1234:.0f} (pretrain_tiny.json, loaded)")
+          f"{103e9 / tiny:.0f} clips/s; measured 90 (stack facts, fp32), "
+          f"{600 * 64 / 1234:.0f} (pretrain_tiny.json, loaded)")
     per_node_clips = 8 * (BATCH / 8) / step_s(8)
     print(f"input pipeline at N=8: {per_node_clips:.0f} clips/s per 8-GPU node; at 47 ms CPU per 10 s clip "
           f"(decode + 2 augmented views + 2 fbanks, measured here) = {per_node_clips * 0.047:.0f} cores")

@@ -261,10 +261,10 @@ Probe it: `mosaic-alm eval-encoder --config configs/eval/encoder_embedded.yaml "
     limits = ("An audio representation for research: probing, fine-tuning, HEAR evaluation and as the frozen audio "
               "encoder of an audio-language model. It is only as good as its pretraining data and steps (see "
               "Training and Measured results): a tiny encoder pretrained on the kit's embedded benchmark (20 "
-              "synthesised spoken words, fluidsynth-rendered notes, game sound effects) is a pipeline check, not a general "
-              "audio model. It hears 16 kHz mono only, one clip of the input length at a time (longer audio: "
-              "chunk it, as the HEAR module does), and was not evaluated for fairness, speech privacy or "
-              "safety-critical use.")
+              "synthesised spoken words, fluidsynth-rendered notes, game sound effects) is a pipeline check, "
+              "not a general audio model. It hears 16 kHz mono only, one clip of the input length at a time "
+              "(longer audio: chunk it, as the HEAR module does), and was not evaluated for fairness, speech "
+              "privacy or safety-critical use.")
     meta = {"library_name": "mosaic-alm", "license": "apache-2.0", "pipeline_tag": "feature-extraction",
             "tags": ["audio", "audio-encoder", "audiomosaic", "self-supervised", "mosaic-alm"]}
     return write_model_card(folder, title=f"AudioMosaic encoder ({config.size})",

@@ -15,12 +15,15 @@ Writes ``alm_eval.json`` (config, seed, versions, numbers) and a Markdown/HTML r
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def _label_text(name: str) -> str:
@@ -77,7 +80,7 @@ def evaluate_alm(artifact: str, data: str, out: str, max_closed: int = 200, max_
     numbers: dict = {"artifact": str(artifact), "audio": audio_on}
 
     closed = sample_per_qtype(load_records(data, "test", kind="closed"), max_closed, seed)
-    print(f"[eval-alm] closed-ended QA on {len(closed)} questions", flush=True)
+    log.info(f"[eval-alm] closed-ended QA on {len(closed)} questions")
     numbers["closed_qa"] = evaluate_closed(model, closed, batch_size=batch_size)
 
     caps = load_records(data, "test", qtypes=["caption"])
@@ -90,7 +93,7 @@ def evaluate_alm(artifact: str, data: str, out: str, max_closed: int = 200, max_
     if max_captions and len(ids) > max_captions:
         ids = [ids[i] for i in sorted(np.random.default_rng(seed).permutation(len(ids))[:max_captions])]
     if ids:
-        print(f"[eval-alm] captioning {len(ids)} clips", flush=True)
+        log.info(f"[eval-alm] captioning {len(ids)} clips")
         preds = caption(model, [paths[i] if audio_on else None for i in ids], batch_size=batch_size)
         preds = preds if isinstance(preds, list) else [preds]
         gts = {i: refs[i] for i in ids}
@@ -99,11 +102,11 @@ def evaluate_alm(artifact: str, data: str, out: str, max_closed: int = 200, max_
         table = {i: {"id": i, "references": refs[i], "prediction": p} for i, p in zip(ids, preds)}
         baselines = {}
         if retrieval_encoder:
-            print(f"[eval-alm] caption baseline: retrieval by {retrieval_encoder}", flush=True)
+            log.info(f"[eval-alm] caption baseline: retrieval by {retrieval_encoder}")
             baselines["retrieval"] = retrieval_captions(retrieval_encoder, data, [paths[i] for i in ids],
                                                         model.cfg.audio.target_frames if audio_on else 256)
         if no_audio_artifact:
-            print(f"[eval-alm] caption baseline: no audio ({no_audio_artifact})", flush=True)
+            log.info(f"[eval-alm] caption baseline: no audio ({no_audio_artifact})")
             silent = load_alm(no_audio_artifact)
             got = caption(silent, [None] * len(ids), batch_size=batch_size)
             baselines["no_audio"] = got if isinstance(got, list) else [got]
@@ -128,7 +131,7 @@ def evaluate_alm(artifact: str, data: str, out: str, max_closed: int = 200, max_
         rows = [r for r in read_manifest(manifest, classes=classes) if r["split"] == "test"]
         if max_classify and len(rows) > max_classify:
             rows = [rows[i] for i in sorted(np.random.default_rng(seed).permutation(len(rows))[:max_classify])]
-        print(f"[eval-alm] classify-by-generation: {task}, {len(rows)} clips", flush=True)
+        log.info(f"[eval-alm] classify-by-generation: {task}, {len(rows)} clips")
         preds = caption(model, [r["path"] if audio_on else None for r in rows], batch_size=batch_size)
         preds = preds if isinstance(preds, list) else [preds]
         res = classify_by_generation(preds, [_label_text(c) for c in classes],
@@ -152,5 +155,5 @@ def evaluate_alm(artifact: str, data: str, out: str, max_closed: int = 200, max_
                             [{name: {k: v for k, v in sc.items() if isinstance(v, (int, float)) and
                                      not isinstance(v, bool)} for name, sc in rows.items()}]))
     write_report(out, f"ALM evaluation: {artifact}", sections, name="alm_eval")
-    print(f"[eval-alm] closed QA exact {qa['overall']['exact_match']:.3f}, results in {out}/alm_eval.json", flush=True)
+    log.info(f"[eval-alm] closed QA exact {qa['overall']['exact_match']:.3f}, results in {out}/alm_eval.json")
     return numbers

@@ -42,7 +42,8 @@ def evaluate_closed(model, records: list[dict], batch_size: int = 16, max_new_to
     acc["examples"] = [dict(id=r["id"], question=q, prediction=p, label=r["output"])
                        for r, q, p in list(zip(records, qs, preds))[:12]]
     # per-question outcomes: variants answer the same questions, so differences can be tested pairwise
-    acc["questions"] = [dict(id=r["id"], qtype=r["qtype"], exact=normalise_answer(p) == normalise_answer(r["output"]), loglik=ll_ok.get(i))
+    acc["questions"] = [dict(id=r["id"], qtype=r["qtype"], exact=normalise_answer(p) == normalise_answer(r["output"]),
+                             loglik=ll_ok.get(i))
                         for i, (r, p) in enumerate(zip(records, preds))]
     return acc
 

@@ -201,8 +201,9 @@ def layerwise_lr_groups(
     """Optimizer parameter groups with layer-wise LR decay (BEiT / MAE fine-tuning recipe).
 
     Layer ids: ``patch_embed*`` / ``patch_norm`` / ``norm_pre`` / ``cls_token`` / ``pos_embed`` / ``pos_table``
-    -> 0; ``blocks.{i}.*`` -> ``i + 1``; anything else (final norm, head, ...) -> ``num_layers + 1``. A prefix such as ``encoder.`` is allowed. The learning rate of
-    layer ``k`` is ``base_lr * decay ** (num_layers + 1 - k)`` (the head trains at ``base_lr``).
+    -> 0; ``blocks.{i}.*`` -> ``i + 1``; anything else (final norm, head, ...) -> ``num_layers + 1``. A prefix such
+    as ``encoder.`` is allowed. The learning rate of layer ``k`` is ``base_lr * decay ** (num_layers + 1 - k)`` (the
+    head trains at ``base_lr``).
 
     No weight decay on 1-D parameters (biases, norm scales), on ``*.bias`` and on tokens / position embeddings.
     Parameters with ``requires_grad=False`` are left out.

@@ -52,7 +52,8 @@ class FinetuneModelConfig:
     # on the frozen encoder's pooled training features; its scaler becomes the running statistics of a BatchNorm
     # (no affine) before the head and its weights the head, so step 0 scores what the frozen probe scores
     head_init: Literal["random", "probe"] = "random"
-    head_init_C: NonNegFloat = 0.0  # head_init=probe: the read-out's C (0 = chosen on valid; a small C = a softer start)
+    # head_init=probe: the read-out's C (0 = chosen on valid; a small C = a softer start)
+    head_init_C: NonNegFloat = 0.0
     # a per-feature standardiser (BatchNorm without affine, MAE's linear-probe norm) between the pooled features and
     # the head; always on with head_init=probe. The pooled features of a ViT vary little between clips, so a
     # near-zero head on them learns slowly (keywords, 5 epochs from the pretrained tiny encoder: test 0.375 without,

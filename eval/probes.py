@@ -35,6 +35,7 @@ from torch import nn
 
 from eval import metrics
 from mosaic_core.runtime import autocast
+from mosaic_core.schedule import lr_factor
 
 __all__ = [
     "LOGREG_CS",
@@ -320,7 +321,7 @@ def fit_probe(
     * Loss: cross-entropy (``train_y`` = class indices ``[N]``) or, with ``multilabel=True``, binary cross-entropy
       on a ``[N, C]`` target matrix (soft targets allowed).
     * AdamW (weight decay on weight matrices only, not on biases, norms, the query or layer logits), learning rate
-      with optional linear warm-up then cosine decay to 0, stepped per batch.
+      with optional linear warm-up then cosine decay to 0 (:mod:`mosaic_core.schedule`), stepped per batch.
     * With ``valid_x``/``valid_y``, the metric (accuracy, or mAP if multilabel) is computed after every epoch and
       the probe is left with the weights of the best epoch (ties: the earlier epoch).
     * ``train_metric`` is read from the epoch's own training batches (no second pass over the training set).
@@ -364,12 +365,10 @@ def fit_probe(
     total = epochs * steps_per_epoch
     warmup = int(warmup_epochs * steps_per_epoch)
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    # the kit's one schedule (mosaic_core.schedule); the probe's warm-up counts its first step as 1 / warmup
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step + 1 if step < warmup else step, total, warmup)
+    )
     loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
     metric_name = "mAP" if multilabel else "accuracy"
 

@@ -7,7 +7,8 @@ added with :func:`add_card_results`, which updates both the ``model-index`` and 
 
 A result is a dict: ``task`` (a Hugging Face task type, e.g. ``audio-classification``), ``task_name`` (what was run,
 e.g. ``linear probe``), ``dataset``, optionally ``dataset_name``, ``split``, ``source`` (where the number comes
-from; shown with the metric's name), then ``metric`` and ``value``. A result with the same task name, dataset, split and metric replaces the old.
+from; shown with the metric's name), then ``metric`` and ``value``. A result with the same task name, dataset, split
+and metric replaces the old.
 """
 from __future__ import annotations
 

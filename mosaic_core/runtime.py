@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 
-
 def rank_world() -> tuple[int, int]:
     """(rank, world size) of the initialised process group; (0, 1) without one. The kit's one place for it."""
     import torch.distributed as dist

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install (scripts/setup.sh) and run the test suite. Extra arguments go to pytest, e.g. --run-slow.
+# Install (scripts/setup.sh), lint (ruff) and run the test suite. Extra arguments go to pytest, e.g. --run-slow.
 # The embedded small data profile is built on first use (cached under data/embedded-small).
 # Tests run in file order (-p no:randomly); random order is a check of its own, with the seed it reports:
 #   bash scripts/test.sh -p randomly --randomly-seed=N      (N: any integer, or `last` to repeat the last one)
@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# lint first ([tool.ruff] in pyproject.toml): a violation fails the test command before any test runs
+.venv/bin/ruff check .
 set +e
 .venv/bin/python -m pytest -q -p no:randomly "$@"
 rc=$?

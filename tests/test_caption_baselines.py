@@ -11,8 +11,8 @@ from eval.alm_benchmark import retrieval_captions
 
 
 def test_retrieval_of_training_clips_returns_their_own_captions(embedded_instructions, tmp_path):
-    from encoder.vit import AudioMosaicViT, EncoderConfig
     from encoder.pretraining import export_encoder
+    from encoder.vit import AudioMosaicViT, EncoderConfig
     from mosaic_alm.data import load_records
 
     torch.manual_seed(0)

@@ -45,8 +45,8 @@ def _pickle_in_place(path: Path) -> None:
 
 
 def _encoder_folder(folder: Path, **changes) -> Path:
-    from encoder.vit import AudioMosaicViT, EncoderConfig
     from encoder.pretraining import export_encoder
+    from encoder.vit import AudioMosaicViT, EncoderConfig
 
     torch.manual_seed(0)
     export_encoder(AudioMosaicViT(EncoderConfig(size="tiny", depth=1, target_frames=256, **changes)), folder)

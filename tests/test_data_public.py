@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from encoder.data.public import (SPEECH_COMMANDS_V1, SPEECH_COMMANDS_V2, DatasetFormatError, load_audiocaps,
-                                 load_audioset, load_clotho, load_esc50, load_speech_commands)
+from encoder.data.public import (
+    SPEECH_COMMANDS_V1,
+    SPEECH_COMMANDS_V2,
+    DatasetFormatError,
+    load_audiocaps,
+    load_audioset,
+    load_clotho,
+    load_esc50,
+    load_speech_commands,
+)
 
 
 def _wav(path, seconds=0.1):

@@ -17,7 +17,8 @@ import soundfile as sf
 from chromium import Chromium
 
 REPO = Path(__file__).resolve().parents[1]
-STATUS = "(() => { const t = document.querySelector('#status [data-testid=markdown]'); return t && t.innerText.trim() })()"
+STATUS = ("(() => { const t = document.querySelector('#status [data-testid=markdown]'); "
+          "return t && t.innerText.trim() })()")
 
 
 def _free_port() -> int:

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mosaic_core.config import ConfigError, load_recipe
-from encoder.vit import AudioMosaicViT, EncoderConfig
 from encoder.pretraining import export_encoder
+from encoder.vit import AudioMosaicViT, EncoderConfig
+from mosaic_core.config import ConfigError, load_recipe
 from recipes.eval_encoder import EncoderEvalConfig, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,7 +17,8 @@ def test_eval_encoder_writes_side_by_side_results(embedded_root, tmp_path):
     torch.manual_seed(0)
     export_encoder(AudioMosaicViT(EncoderConfig(size="tiny", depth=2, target_frames=128)), tmp_path / "enc")
     cfg, _ = load_recipe(EncoderEvalConfig, REPO / "configs/eval/encoder_embedded.yaml", [
-        f"data_root={embedded_root}", f"run_dir={tmp_path / 'run'}", f"encoders={{a: {tmp_path / 'enc'}, random: random}}",
+        f"data_root={embedded_root}", f"run_dir={tmp_path / 'run'}",
+        f"encoders={{a: {tmp_path / 'enc'}, random: random}}",
         "probe_seeds=[0]", "probe.epochs=3", "max_clips_per_split=40",
         "tasks=[configs/data/embedded_keywords.yaml, configs/data/embedded_environment.yaml]"])
     res = evaluate(cfg)

@@ -10,13 +10,13 @@ import torch
 
 from eval.augment import class_balanced_weights, layerwise_lr_groups, mixup, roll_and_magnitude, spec_augment
 from eval.probes import (
+    LOGREG_CS,
     AttentiveProbe,
     LinearProbe,
     WeightedLayerProbe,
     evaluate_probe,
-    fit_probe,
-    LOGREG_CS,
     fit_logreg,
+    fit_probe,
     linear_probe_by_layer,
     predict,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -34,6 +35,15 @@ def test_write_results_records_provenance(tmp_path):
     assert "commit" in data["git"] and "timestamp" in data
     assert data["machine"]["cores"] >= 1 and data["machine"]["arch"]  # what its wall times depend on
     assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_write_results_records_the_command_line(tmp_path, monkeypatch):
+    """The argv of the run that wrote the JSON (a results/ script's arguments and recipe file included)."""
+    argv = ["results/alm_balance/stage_eval.py", "OUT", "--recipe", "results/alm_balance/recipe.yaml", "seed=1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    data = json.loads(write_results(tmp_path, "r", {"x": 1}, {}, seed=None).read_text())
+    assert data["command"] == argv
+    assert set(data["git"]) >= {"commit", "dirty"}
 
 
 def test_write_results_refuses_nan_and_bad_names(tmp_path):

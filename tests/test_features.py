@@ -7,8 +7,20 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from encoder.features import (AUDIOSET_MEAN, AUDIOSET_STD, AudioError, FbankConfig, fbank, file_to_input, load_audio,
-                              mel_banks, normalise, num_frames, pad_or_crop, waveform_to_input)
+from encoder.features import (
+    AUDIOSET_MEAN,
+    AUDIOSET_STD,
+    AudioError,
+    FbankConfig,
+    fbank,
+    file_to_input,
+    load_audio,
+    mel_banks,
+    normalise,
+    num_frames,
+    pad_or_crop,
+    waveform_to_input,
+)
 
 FIX = Path(__file__).parent / "fixtures"
 

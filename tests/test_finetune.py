@@ -1,4 +1,5 @@
-"""Full fine-tuning recipe (recipes/finetune.py, eval/classifier_training.py) on a tiny task of generated tones; a tiny random-init encoder."""
+"""Full fine-tuning recipe (recipes/finetune.py, eval/classifier_training.py) on a tiny task of generated tones; a
+tiny random-init encoder."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import yaml
 import recipes.finetune as FT
 from encoder.data import tasks as T
 from eval import classifier_training as FN
-from mosaic_core.config import ConfigError, parse_config, load_recipe
+from mosaic_core.config import ConfigError, load_recipe, parse_config
 from mosaic_core.schedule import lr_factor
 
 SR = 16000

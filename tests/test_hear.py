@@ -2,7 +2,8 @@
 which needs TensorFlow and Python < 3.9) ported here, plus batch == one-at-a-time and frame-centred timestamps.
 
 Runs on a random-init tiny encoder saved to a temporary folder (short ``target_frames``, so 4 s of audio spans
-several chunks), on an imported release of the paper's pretrain class (the golden fixture's small model) and, when ``MOSAIC_ALM_HEAR_ENCODER`` names one, on a pipeline-trained encoder folder."""
+several chunks), on an imported release of the paper's pretrain class (the golden fixture's small model) and, when
+``MOSAIC_ALM_HEAR_ENCODER`` names one, on a pipeline-trained encoder folder."""
 from __future__ import annotations
 
 import importlib
@@ -39,8 +40,8 @@ def hear():
 def model(request, hear, tmp_path_factory):
     torch.set_num_threads(1)
     if request.param == "random-tiny":
-        from encoder.vit import AudioMosaicViT, EncoderConfig
         from encoder.pretraining import export_encoder
+        from encoder.vit import AudioMosaicViT, EncoderConfig
 
         torch.manual_seed(0)
         folder = tmp_path_factory.mktemp("hear") / "encoder"

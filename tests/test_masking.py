@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from encoder.masking import (freq_view_indices, indices_to_grid, kept_count, random_view_indices, time_view_indices)
+from encoder.masking import freq_view_indices, indices_to_grid, kept_count, random_view_indices, time_view_indices
 from encoder.vit import AudioMosaicViT, EncoderConfig
 
 

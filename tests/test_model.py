@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mosaic_core.config import ConfigError, apply_overrides, from_dict
 from encoder.loss import nt_xent
 from encoder.masking import freq_view_indices, time_view_indices
 from encoder.vit import AudioMosaicPretrainModel, AudioMosaicViT, EncoderConfig, PretrainProjectorConfig
+from mosaic_core.config import ConfigError, apply_overrides, from_dict
 
 
 def naive_nt_xent(z1, z2, tau):

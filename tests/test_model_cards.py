@@ -15,8 +15,8 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from encoder.vit import AudioMosaicViT, EncoderConfig
 from encoder.pretraining import PretrainConfig, export_encoder, training_facts
+from encoder.vit import AudioMosaicViT, EncoderConfig
 from mosaic_core.cards import add_card_results, read_card_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,8 @@ def test_encoder_card_says_what_the_folder_holds(encoder_folder):
     text = card.text
     for fact in ("embed_dim: 192", "depth: 2", "128 mel bins", "25 ms Hann window", "10 ms shift", "(-3.5)",
                  "4.5689974", "128 frames = 1.28 s", "steps: 7", "global batch: 16", "123 clips", "keywords/manifest",
-                 "AudioMosaic contrastive", "## Intended use and limits", "AutoModel.from_pretrained", "hear.load_model"):
+                 "AudioMosaic contrastive", "## Intended use and limits", "AutoModel.from_pretrained",
+                 "hear.load_model"):
         assert fact in text, fact
     assert "None recorded yet" in text and not read_card_results(encoder_folder)
 
@@ -133,8 +134,9 @@ print("auto ok")
 
 
 def test_encoder_and_alm_load_through_auto_classes_without_remote_code(encoder_folder, artifact):
-    out = subprocess.run([sys.executable, "-c", AUTO, str(encoder_folder), str(artifact)], capture_output=True, check=False,
-                         text=True, cwd=REPO, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run([sys.executable, "-c", AUTO, str(encoder_folder), str(artifact)], capture_output=True,
+                         check=False, text=True, cwd=REPO, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0 and "auto ok" in out.stdout, out.stderr[-3000:]
     assert "trust_remote_code" not in AUTO.replace("without trust_remote_code", "")
 

@@ -172,7 +172,8 @@ def test_two_node_deepspeed_launch_matches_single_process(embedded_root, tmp_pat
         rows.append((s + 1, got[s]["loss"], node0, full))
     print("\n[two-node] step, two-node rank-0 loss, single-process loss over the same anchors, single full loss")
     for step, two_node, same_anchors, full in rows:
-        print(f"[two-node] {step} {two_node:.7f} {same_anchors:.7f} {full:.7f}  diff {abs(two_node - same_anchors):.2e}")
+        print(f"[two-node] {step} {two_node:.7f} {same_anchors:.7f} {full:.7f}  "
+              f"diff {abs(two_node - same_anchors):.2e}")
     print(f"[two-node] launch {took:.1f} s")
     two = load_file(str(run / "encoder/model.safetensors"))
     one = load_file(str(tmp_path / "single/encoder/model.safetensors"))

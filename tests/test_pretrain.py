@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mosaic_core.config import parse_config, load_config
 from encoder.loss import nt_xent
 from encoder.masking import freq_view_indices, time_view_indices
-from encoder.vit import AudioMosaicPretrainModel, EncoderConfig, PretrainProjectorConfig
 from encoder.pretraining import PretrainConfig, contrastive_step
+from encoder.vit import AudioMosaicPretrainModel, EncoderConfig, PretrainProjectorConfig
+from mosaic_core.config import load_config, parse_config
 from recipes.pretrain import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +47,8 @@ def test_gradcache_equals_plain_step():
     b.load_state_dict(a.state_dict())
     views = torch.randn(8, 2, 64, 128)
     nullctx = torch.autocast("cpu", enabled=False)
-    out_a = contrastive_step(a, views, cfg_plain, 5, 0, lambda l: l.backward(), nullctx)
-    out_b = contrastive_step(b, views, cfg_cache, 5, 0, lambda l: l.backward(), nullctx)
+    out_a = contrastive_step(a, views, cfg_plain, 5, 0, lambda loss: loss.backward(), nullctx)
+    out_b = contrastive_step(b, views, cfg_cache, 5, 0, lambda loss: loss.backward(), nullctx)
     assert torch.allclose(out_a["loss"], out_b["loss"], atol=1e-6)
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert (p.grad is None) == (q.grad is None), name

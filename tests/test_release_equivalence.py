@@ -114,7 +114,7 @@ def test_release_matches_reference(name, form):
     assert isinstance(model, want_cls)
     _check(name, model, INPUTS[f"x{frames}"], gold)
     # another input length, as the reference's loaders build it: imported at that length, and resized at run time
-    for key, info_len in info["other_lengths"].items():
+    for key in info["other_lengths"]:
         other = int(key)
         if name.startswith("pretrained") and other == 512:
             # the pretrain loader cannot resize (it raises); its encoder at 512 through the classifier loader:

@@ -37,7 +37,7 @@ def test_alm_stage_with_an_imported_encoder(imported, embedded_instructions, tmp
         "train.warmup_ratio=0.0", "prompt.system=''", "train.ckpt_every=0", "data.qtypes=[keyword_word]"])
     torch.manual_seed(0)
     res = train_stage(cfg, quiet=True)
-    assert len(res["step_losses"]) == 2 and all(l == l and l > 0 for l in res["step_losses"])
+    assert len(res["step_losses"]) == 2 and all(v == v and v > 0 for v in res["step_losses"])
     assert any((tmp_path / "token-cache").rglob("*.safetensors")), "the imported encoder's tokens were not cached"
     art = tmp_path / "paper" / "stage1" / "artifact"
     enc_cfg = AudioMosaicConfig.from_pretrained(str(art / "encoder"))

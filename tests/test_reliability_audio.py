@@ -269,7 +269,7 @@ def test_path_with_spaces_and_non_ascii(tmp_path):
 def test_dataset_replaces_and_reports_every_bad_file(tmp_path):
     """All the refused inputs above, mixed with good clips, through PretrainDataset (decode + augmentation):
     every returned view is finite and every bad file is reported, with its reason."""
-    from encoder.data.dataset import WaveAugmentConfig, PretrainDataset, collate_views
+    from encoder.data.dataset import PretrainDataset, WaveAugmentConfig, collate_views
 
     rows, bad_ids = [], set()
     for i in range(6):

@@ -165,7 +165,7 @@ def test_kill_at_many_moments_then_resume_bit_identically(embedded_root, tmp_pat
             proc = _start(over)
             # wait until it trains (a new checkpoint), then kill at a random moment within the next 0.6 s, or of the
             # step after RANDOM_MAX_STEPS - 1 new checkpoints, whichever is first (bounded progress on any machine)
-            started = _wait_for(lambda: _steps_on_disk(ck) and _steps_on_disk(ck)[-1] > before, proc, 300)
+            started = _wait_for(lambda before=before: _steps_on_disk(ck) and _steps_on_disk(ck)[-1] > before, proc, 300)
             assert started, proc.communicate()[0][-3000:]
             t_first, deadline = time.time(), time.time() + rng.uniform(0.0, 0.6)
             while time.time() < deadline and _steps_on_disk(ck)[-1] < before + RANDOM_MAX_STEPS - 1:
@@ -176,7 +176,7 @@ def test_kill_at_many_moments_then_resume_bit_identically(embedded_root, tmp_pat
         else:
             stale = _pause_markers(ck)  # left in the previous kill's partial folder
             proc = _start(over, MOSAIC_ALM_CKPT_PAUSE=stage, MOSAIC_ALM_CKPT_PAUSE_SKIP=str(skip))
-            paused = _wait_for(lambda: bool(_pause_markers(ck) - stale), proc, 300)
+            paused = _wait_for(lambda stale=stale: bool(_pause_markers(ck) - stale), proc, 300)
             assert paused, proc.communicate()[0][-3000:]
             tally["paused_at"][stage] = tally["paused_at"].get(stage, 0) + 1
         out = _kill(proc)

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from encoder import checkpoint as ckpt
+from mosaic_core.config import ConfigError, load_config, parse_config, read_yaml
 from mosaic_core.io import sha256_file
-from mosaic_core.config import parse_config, ConfigError, load_config, read_yaml
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def test_pickle_planted_as_cached_features_is_refused_and_rebuilt(tmp_path, mark
         rows.append({"id": f"c{i}", "path": str(p)})
     cache = tmp_path / "cache" / "fbank_abc.safetensors"
     cache.parent.mkdir()
-    for kind, payload in _pickles(marker).items():
+    for payload in _pickles(marker).values():
         cache.write_bytes(payload)
         with caplog.at_level(logging.WARNING):
             feats = cache_features(rows, FbankConfig(target_frames=64), cache)
@@ -170,7 +170,8 @@ def test_config_names_come_from_allow_lists(tmp_path, marker):
 
 
 # -------------------------------------------------------------------------------------------- static scan
-SOURCES = [p for d in ("mosaic_core", "encoder", "mosaic_alm", "eval", "recipes", "bench", "scripts") for p in (REPO / d).rglob("*.py")]
+SOURCES = [p for d in ("mosaic_core", "encoder", "mosaic_alm", "eval", "recipes", "bench", "scripts")
+           for p in (REPO / d).rglob("*.py")]
 
 
 def _calls(tree):
@@ -203,8 +204,8 @@ def test_static_scan_no_unsafe_loading_anywhere():
                 problems.append(f"{where}: yaml.{name}")
             if owner == "yaml" and name == "load":
                 loader = kw.get("Loader")
-                if loader is None or not (isinstance(loader, ast.Name) and loader.id in ("_FloatSafeLoader", "SafeLoader",
-                                                                                           "CSafeLoader")):
+                safe = ("_FloatSafeLoader", "SafeLoader", "CSafeLoader")
+                if loader is None or not (isinstance(loader, ast.Name) and loader.id in safe):
                     problems.append(f"{where}: yaml.load without a safe loader")
             tr = kw.get("trust_remote_code")
             if tr is not None and not (isinstance(tr, ast.Constant) and tr.value is False):
@@ -224,8 +225,8 @@ def test_torch_load_sites_are_only_the_safe_one():
 
 def test_weights_written_by_the_kit_are_safetensors(tmp_path):
     """The writers: the exported encoder folder holds no pickle files (checkpoints: tests above)."""
-    from encoder.vit import AudioMosaicViT, EncoderConfig
     from encoder.pretraining import export_encoder
+    from encoder.vit import AudioMosaicViT, EncoderConfig
 
     export_encoder(AudioMosaicViT(EncoderConfig(size="tiny", depth=1, target_frames=64)), tmp_path / "enc")
     files = {p.name for p in (tmp_path / "enc").iterdir()}

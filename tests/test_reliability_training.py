@@ -14,7 +14,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,9 +25,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from mosaic_core.config import parse_config, load_config
 from encoder.data.manifest import ManifestError, read_manifest, write_manifest
 from encoder.pretraining import PretrainConfig, TrainingError
+from mosaic_core.config import load_config, parse_config
 from recipes.pretrain import train
 
 torch.set_num_threads(1)

@@ -79,8 +79,8 @@ def test_dataset_gives_each_cached_view_its_own_transforms():
 
 
 def test_finetuning_batches_take_the_same_view_transforms():
-    from eval.classifier_training import view_transform_batch
     from encoder.features import normalise
+    from eval.classifier_training import view_transform_batch
 
     x = normalise(torch.stack([_spec(128, seed=i) for i in range(4)]), -4.27, 4.57)
     cfg = ViewAugmentConfig(enabled=True)

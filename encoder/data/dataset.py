@@ -21,7 +21,6 @@ from torch.utils.data import Dataset, Sampler
 from mosaic_core.config import Probability
 from mosaic_core.io import atomic_write_with
 
-from .views import ViewAugmentConfig, augment_view
 from ..features import (
     AudioError,
     FbankConfig,
@@ -31,6 +30,7 @@ from ..features import (
     pad_or_crop,
     prepare_waveform,
 )
+from .views import ViewAugmentConfig, augment_view
 
 
 @dataclass

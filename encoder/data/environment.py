@@ -18,11 +18,11 @@ cross-domain test than the held-out engine (keywords) and soundfont (instruments
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import struct
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -31,8 +31,21 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from encoder.data.sources import (SILENCE_DB, SR, BuildError, cache_dir, item_rng, load, loudness_db, parallel,
-                                  require, trim, write_wav)
+from encoder.data.sources import (
+    SILENCE_DB,
+    SR,
+    BuildError,
+    cache_dir,
+    item_rng,
+    load,
+    loudness_db,
+    parallel,
+    require,
+    trim,
+    write_wav,
+)
+
+log = logging.getLogger(__name__)
 
 OAD_PACKAGE, OAD_VERSION = "0ad-data", "0.0.26-1"
 OAD_PREFIXES = ("audio/actor/", "audio/ambient/", "audio/attack/", "audio/resource/")
@@ -117,17 +130,17 @@ def ensure_0ad_audio(cache: Path | None = None) -> Path:
     if not found:
         require("apt-get", "apt")
         t0 = time.time()
-        print(f"downloading {OAD_PACKAGE} (~1.4 GB) with apt-get download into {debs} ...", file=sys.stderr)
+        log.info(f"downloading {OAD_PACKAGE} (~1.4 GB) with apt-get download into {debs} ...")
         res = subprocess.run(["apt-get", "download", OAD_PACKAGE], cwd=debs, capture_output=True, text=True)
         found = sorted(debs.glob(f"{OAD_PACKAGE}_*_all.deb"))
         if res.returncode != 0 or not found:
             raise BuildError(f"'apt-get download {OAD_PACKAGE}' failed: {res.stderr.strip()[-300:]} "
                              f"(needs Debian's apt archive; or place the .deb in {debs})")
-        print(f"downloaded in {time.time() - t0:.0f} s", file=sys.stderr)
+        log.info(f"downloaded in {time.time() - t0:.0f} s")
     require("dpkg-deb", "dpkg")
     tmp = Path(tempfile.mkdtemp(prefix=".0ad-", dir=cache))
     t0 = time.time()
-    print(f"extracting 0ad audio from {found[-1].name} ...", file=sys.stderr)
+    log.info(f"extracting 0ad audio from {found[-1].name} ...")
     proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(found[-1])], stdout=subprocess.PIPE)
     n = 0
     try:
@@ -159,7 +172,7 @@ def ensure_0ad_audio(cache: Path | None = None) -> Path:
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
-    print(f"extracted {n} files in {time.time() - t0:.0f} s", file=sys.stderr)
+    log.info(f"extracted {n} files in {time.time() - t0:.0f} s")
     return out
 
 

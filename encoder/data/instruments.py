@@ -19,8 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from encoder.data.sources import (SILENCE_DB, SR, BuildError, item_rng, load, loudness_db, parallel, require, run,
-                                  write_wav)
+from encoder.data.sources import (
+    SILENCE_DB,
+    SR,
+    BuildError,
+    item_rng,
+    load,
+    loudness_db,
+    parallel,
+    require,
+    run,
+    write_wav,
+)
 
 GM_FAMILIES = ("piano", "chromatic percussion", "organ", "guitar", "bass", "strings", "ensemble", "brass", "reed",
                "pipe", "synth lead", "synth pad", "synth effects", "ethnic", "percussive", "sound effects")
@@ -61,7 +71,8 @@ SOUNDFONTS = {  # name -> (path, Debian package)
 TEST_SOUNDFONT = "MuseScore_General"
 VELOCITIES = {"soft": 45, "loud": 110}
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-INSTRUMENT_PROFILES = {"small": {"programs_per_family": 2, "pitches": 2}, "full": {"programs_per_family": 8, "pitches": 4}}
+INSTRUMENT_PROFILES = {"small": {"programs_per_family": 2, "pitches": 2},
+                       "full": {"programs_per_family": 8, "pitches": 4}}
 NOTE_ON_S, CLIP_S, SLOT_S = 1.5, 2.0, 2.2
 
 
@@ -156,7 +167,7 @@ def _render_batch(args: tuple[str, list[dict[str, Any]], str]) -> list[dict[str,
 def build_instruments(task_dir: Path, profile: str, seed: int, jobs: int, limit: int | None) -> list[dict[str, Any]]:
     """Render the instrument notes into ``task_dir/clips``; returns the manifest rows."""
     require("fluidsynth", "fluidsynth")
-    for name, (path, pkg) in SOUNDFONTS.items():
+    for path, pkg in SOUNDFONTS.values():
         if not Path(path).exists():
             raise BuildError(f"soundfont {path} not found: install the Debian package '{pkg}'")
     specs = instrument_specs(profile, seed, limit)

@@ -215,7 +215,8 @@ def load_audiocaps(
     for line, r in enumerate(_read_csv(csv_path, ("audiocap_id", "youtube_id", "start_time", "caption")), start=2):
         key = (r["youtube_id"], r["start_time"])
         if key not in grouped:
-            candidates = [audio_dir / f"{r['youtube_id']}{ext}", audio_dir / f"{r['youtube_id']}_{r['start_time']}{ext}"]
+            candidates = [audio_dir / f"{r['youtube_id']}{ext}",
+                          audio_dir / f"{r['youtube_id']}_{r['start_time']}{ext}"]
             wav = next((c for c in candidates if c.is_file()), candidates[0])
             if check_files:
                 _check_audio(wav, csv_path, line)

@@ -6,7 +6,7 @@ plus the spectrogram cache and dataset that read it. Task types: ``single_label`
 from __future__ import annotations
 
 import copy
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,6 +19,8 @@ from mosaic_core.config import ConfigError, NonNegFloat, NonNegInt, read_yaml
 from ..features import AudioError, FbankConfig, load_audio, waveform_to_input
 from ..vit import EncoderConfig
 from .manifest import load_classes, read_manifest
+
+log = logging.getLogger(__name__)
 
 TASK_TYPES = ("single_label", "multi_label", "spoof")
 
@@ -185,7 +187,8 @@ def load_task(tc: TaskConfig, enc_cfg: EncoderConfig | None = None, seed: int = 
                 by_fold.setdefault(f, []).append(i)
         for f in tc.folds:
             if int(f) not in by_fold:
-                raise ConfigError(f"task {d['name']}: no clips in fold {f} (rows need a 'fold' field or split 'fold{f}')")
+                raise ConfigError(f"task {d['name']}: no clips in fold {f} "
+                                  f"(rows need a 'fold' field or split 'fold{f}')")
             folds[int(f)] = pick(by_fold[int(f)])
     else:
         if not role_split:
@@ -217,7 +220,7 @@ def cache_spectrograms(task: Task, tc: TaskConfig) -> None:
     used = torch.unique(torch.cat(list(task.splits.values()) + list(task.folds.values())))
     gb = len(used) * task.fbank.target_frames * task.fbank.num_mel_bins * 4 / 1e9
     if tc.cache == "never" or (tc.cache == "auto" and gb > tc.cache_max_gb):
-        print(f"[task] {task.name}: spectrograms computed per batch ({gb:.1f} GB would not be cached)", flush=True)
+        log.info(f"[task] {task.name}: spectrograms computed per batch ({gb:.1f} GB would not be cached)")
         return
     from tqdm import tqdm
 
@@ -231,8 +234,8 @@ def cache_spectrograms(task: Task, tc: TaskConfig) -> None:
             task.bad_clips.append({"id": task.rows[i]["id"], "error": str(exc)})
     task.specs = specs
     if task.bad_clips:
-        print(f"[task] {task.name}: skipping {len(task.bad_clips)} clip(s) that cannot be decoded, e.g. "
-              f"{task.bad_clips[0]['error']}", flush=True)
+        log.warning(f"[task] {task.name}: skipping {len(task.bad_clips)} clip(s) that cannot be decoded, e.g. "
+                    f"{task.bad_clips[0]['error']}")
         task.splits = {k: v[ok[v]] for k, v in task.splits.items()}
         task.folds = {k: v[ok[v]] for k, v in task.folds.items()}
 
@@ -288,6 +291,6 @@ class ClipSet(torch.utils.data.Dataset):
             try:
                 x = spectrogram(t.rows[i], t.fbank)
             except AudioError as exc:  # one broken file must not end a two-day AudioSet run
-                print(f"[task] warning: {exc}; using silence", file=sys.stderr, flush=True)
+                log.warning(f"[task] warning: {exc}; using silence")
                 x = torch.zeros(t.fbank.target_frames, t.fbank.num_mel_bins)
         return x, t.targets[i]

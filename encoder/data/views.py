@@ -108,7 +108,10 @@ def add_reverb(spec: torch.Tensor, rt60_s: float, frame_s: float = 0.01, wet_db:
 def limit_band(spec: torch.Tensor, cutoff_hz: float, sample_rate: int) -> torch.Tensor:
     """Bins whose mel centre lies above ``cutoff_hz`` drop to the floor (a low-pass channel)."""
     bins = spec.shape[1]
-    mel = lambda f: 1127.0 * math.log(1.0 + f / 700.0)
+
+    def mel(f: float) -> float:
+        return 1127.0 * math.log(1.0 + f / 700.0)
+
     top = mel(sample_rate / 2)
     keep = int(bins * mel(cutoff_hz) / top)
     out = spec.clone()

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The ALM ablation of the default pipeline with the default preset's ALM recipe (alignment + copy warm-up, read from
-# recipes.pipeline.PRESETS so it cannot drift), training seeds 1 and 2 side by side; seed 0 is the pipeline's own run.
-# Usage: bash results/alm_seeds_align/run.sh PIPELINE_OUT (e.g. runs/pipeline)
+# The ALM ablation of a default pipeline run with the ALM recipe of recipe.yaml (alignment + copy warm-up, balanced
+# question types, 1,500 stage-3 examples: what alm_qa_seed{0,1,2}.json recorded), training seeds 1 and 2 side by side;
+# seed 0 is the pipeline's own run. Usage: bash results/alm_seeds_align/run.sh PIPELINE_OUT (e.g. runs/pipeline)
 set -euo pipefail
+cd "$(dirname "$0")/../.."
 OUT=${1:-runs/pipeline}
-DATA=$(python3 -c "import json;print(json.load(open('$OUT/alm_qa.json'))['data'])")
-read -r -a RECIPE <<< "$(.venv/bin/python -c "from recipes.pipeline import PRESETS; print(' '.join(PRESETS['default']['alm_recipe']))")"
-EXAMPLES=$(.venv/bin/python -c "from recipes.pipeline import PRESETS; print(PRESETS['default']['alm_examples'])")
+RECIPE_FILE=results/alm_seeds_align/recipe.yaml
+DATA=$(.venv/bin/python -c "import json, sys; print(json.load(open(sys.argv[1]))['data'])" "$OUT/alm_qa.json")
+mapfile -t RECIPE < <(.venv/bin/python results/recipe_args.py "$RECIPE_FILE")
 for SEED in 1 2; do
   OMP_NUM_THREADS=1 .venv/bin/mosaic-alm alm-experiment --data "$DATA" --encoder "$OUT/pretrain-audiomosaic/encoder" \
-    --examples "$EXAMPLES" --max-test 120 --seed $SEED --variants pretrained,random,no_audio \
+    --seed $SEED --variants pretrained,random,no_audio \
     --output-dir "$OUT/alm-seed$SEED" --out "$OUT/alm_qa_seed$SEED.json" --reuse \
     "${RECIPE[@]}" > "$OUT/alm-seed$SEED.log" 2>&1 &
 done

@@ -4,6 +4,8 @@
 
 Reads ``RUN_DIR/finetune/<task>-<encoder>-seed<k>/finetune.json`` (written by ``run.sh``) and
 ``RUN_DIR/eval-encoder/encoder_eval.json`` (the pipeline's encoder evaluation: fair linear and attentive probes).
+Writes the tables through ``eval.results.write_results`` (``numbers``: ``tables``, ``train_seconds``; ``config``:
+the run folder; commit, versions, machine and command line).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, installed or not
 
 ENCODERS = ("audiomosaic", "mae", "random")
 
@@ -30,6 +34,8 @@ def main(argv=None) -> int:
     p.add_argument("run")
     p.add_argument("--json", default="results/finetune_lpft/summary.json")
     args = p.parse_args(argv)
+    from eval.results import write_results
+
     run = Path(args.run)
     finetuned: dict = defaultdict(list)  # (task, encoder, split) -> accuracies over seeds
     seconds: dict = defaultdict(list)
@@ -58,9 +64,9 @@ def main(argv=None) -> int:
                       for enc in ENCODERS]
     lines.append("\nfine-tuning seconds (one thread, two runs side by side): " + ", ".join(
         f"{t}/{e} {np.mean(s):.0f}" for (t, e), s in sorted(seconds.items())))
-    Path(args.json).write_text(json.dumps({"run": str(run), "tables": out,
-                                           "train_seconds": {f"{t}/{e}": s for (t, e), s in seconds.items()}},
-                                          indent=1) + "\n")
+    write_results(Path(args.json).parent, Path(args.json).stem,
+                  {"tables": out, "train_seconds": {f"{t}/{e}": s for (t, e), s in seconds.items()}},
+                  {"run": str(run)}, seed=None)
     print("\n".join(lines).lstrip())
     return 0
 

@@ -8,7 +8,9 @@ For each embedded task the features of every clip are computed once per encoder 
 pipeline's linear probe reads; MFCC: 40 coefficients, mean + std). For k labelled clips per class (0 = the whole
 train split) and each draw seed, k training clips of each class are drawn, the fair read-out (standardised logistic
 regression, C chosen on the whole valid split) is fitted on them and scored on every test split; mean ± std over
-the draws. Random init: ``random:tiny`` after ``torch.manual_seed(0)``, as the pipeline's.
+the draws. Random init: ``random:tiny`` after ``torch.manual_seed(0)``, as the pipeline's. The JSON is written
+through ``eval.results.write_results`` (``numbers``: ``tasks``, ``seconds``; ``config``: the run, data, draws, k
+values, encoders and task recipe files; commit, versions, machine and command line).
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ def main(argv=None) -> int:
     from eval.embeddings import extract_features, split_waves
     from eval.mfcc import mfcc_features
     from eval.probes import fit_logreg
+    from eval.results import write_results
     from mosaic_core.runtime import use_bf16
 
     torch.set_num_threads(1)
@@ -83,11 +86,10 @@ def main(argv=None) -> int:
                                    if len(a) > 1 else 0.0} for role, a in accs.items()}
             print(json.dumps({"task": name, "k": k, **{e: {r: v["mean"] for r, v in m.items()}
                                                       for e, m in row.items()}}), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"run": args.run, "data": args.data, "draws": args.draws,
-                                          "seconds": round(time.time() - t0), "tasks": results,
-                                          "command": "python results/label_efficiency/label_efficiency.py " +
-                                          " ".join(argv if argv is not None else sys.argv[1:])}, indent=1) + "\n")
+    config = {"run": args.run, "data": args.data, "draws": args.draws, "ks": ks, "encoders": encoders,
+              "task_configs": [f"configs/data/embedded_{name}.yaml" for name in TASKS]}
+    write_results(Path(args.out).parent, Path(args.out).stem, {"seconds": round(time.time() - t0), "tasks": results},
+                  config, seed=None)
     return 0
 
 

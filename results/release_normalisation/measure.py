@@ -22,13 +22,15 @@ the fair read-out (``eval.probes.fit_logreg``: standardised logistic regression,
 The logistic regression (lbfgs) is deterministic, so the read-out seeds are run to show it (``deterministic``).
 On every test clip it also reports the cosine between the pooled features under the two normalisations (last layer
 and every layer), the relative L2 change of the last-layer tokens ||t_std - t_2std|| / ||t_2std||, and, as a noise
-floor, the same two numbers between bf16 and fp32 features under the trained normalisation.
+floor, the same two numbers between bf16 and fp32 features under the trained normalisation. The JSON is written
+through ``eval.results.write_results``: the measurements under ``numbers``, the encoder, data, seeds, conditions and
+task recipe files under ``config`` (with the commit at the start of the run; ``git`` is read at its end), versions,
+machine and command line.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -75,6 +77,7 @@ def main(argv=None) -> int:
     from encoder.hf import resolve_encoder
     from eval.embeddings import extract_features, spectrogram_inputs, split_waves
     from eval.probes import fit_logreg
+    from eval.results import write_results
     from mosaic_core.runtime import precision_note, use_bf16
 
     torch.set_num_threads(1)
@@ -85,7 +88,8 @@ def main(argv=None) -> int:
         encoders["random"] = "random:tiny"
     t0 = time.time()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()  # at start
-    out: dict = {"encoder": args.encoder, "data": args.data, "seeds": seeds, "precision": precision_note(bf16, torch.device("cpu")),
+    out: dict = {"encoder": args.encoder, "data": args.data, "seeds": seeds,
+                 "precision": precision_note(bf16, torch.device("cpu")),
                  "conditions": {k: {"fit_and_valid": v[0], "test": v[1]} for k, v in CONDITIONS.items()},
                  "identity": "(x-mean)/std == 2 * (x-mean)/(2 std): released input = 2 x kit input", "tasks": {}}
     for name in TASKS:
@@ -144,15 +148,13 @@ def main(argv=None) -> int:
                               **{c: {r: v["mean"] for r, v in a.items() if r != "C"} for c, a in acc.items()},
                               "cos": {r: g["pooled_cosine_last"]["mean"] for r, g in geometry.items()}}), flush=True)
     out["seconds"] = round(time.time() - t0)
-    out["commit"] = commit
-    cpu = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-           if ln.startswith("model name")]
-    out["machine"] = {"cpu": cpu[0] if cpu else platform.processor(), "threads": torch.get_num_threads(),
-                      "python": platform.python_version(), "torch": torch.__version__}
-    out["command"] = "python results/release_normalisation/measure.py " + " ".join(
-        argv if argv is not None else sys.argv[1:])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    out["threads"] = torch.get_num_threads()
+    config = {"encoder": out.pop("encoder"), "data": out.pop("data"), "seeds": out.pop("seeds"),
+              "random_control": args.random_control, "batch_size": args.batch_size,
+              "max_per_split": args.max_per_split, "conditions": out.pop("conditions"),
+              "task_configs": [f"configs/data/embedded_{name}.yaml" for name in TASKS],
+              "commit_at_start": commit}  # git.commit is read when the JSON is written, at the end
+    write_results(Path(args.out).parent, Path(args.out).stem, out, config, seed=None)
     return 0
 
 

@@ -6,7 +6,8 @@
 On the keywords test split (espeak-ng voices none of the encoders trained on; each voice says each word twice, in
 two accents), the fair linear read-out (standardised logistic regression, C chosen on a held-out quarter) is fitted
 on the first repetition and scored on the second, once predicting the word (20 classes) and once the voice
-(the espeak-ng variant). Same features as the pipeline's probes: last layer, pooled, bf16.
+(the espeak-ng variant). Same features as the pipeline's probes: last layer, pooled, bf16. The JSON is written
+through ``eval.results.write_results`` (commit, versions, machine, command line).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def main(argv=None) -> int:
     from encoder.hf import resolve_encoder
     from eval.embeddings import extract_features, load_waves
     from eval.probes import fit_logreg
+    from eval.results import write_results
     from mosaic_core.runtime import use_bf16
 
     torch.set_num_threads(1)
@@ -63,8 +65,9 @@ def main(argv=None) -> int:
             r = fit_logreg(x[train], y[train], x[valid], y[valid])
             out["accuracy"][name][target] = round(r.evaluate(x[test], y[test])["accuracy"], 4)
         print(name, out["accuracy"][name], flush=True)
-    out["command"] = "python results/speaker_shortcut/probe.py " + " ".join(argv or sys.argv[1:])
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    config = {"run": args.run, "data": args.data, "encoders": encoders, "task": "keywords test split",
+              "features": "last layer, pooled, bf16 where native"}
+    write_results(Path(args.out).parent, Path(args.out).stem, out, config, seed=0)
     return 0
 
 
