@@ -28,6 +28,7 @@ from pathlib import Path
 
 from mosaic_core.config import ConfigError
 from mosaic_core.io import atomic_write_json
+from mosaic_core.run_layout import final_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("pretrained", "random", "no_audio")
@@ -107,21 +108,6 @@ PRESETS = {
              "alm_examples": "4800,1600,3200,960", "alm_test": 360, "alm_eval": "200,60,40", "alm_steps": None,
              "alm_recipe": []},
 }
-
-
-def final_artifact(result_json: Path) -> Path | None:
-    """The artifact of the last stage a variant trained, as its ``alm-experiment`` result names it (a folder glob
-    would also find the stage-4 artifact of an earlier run with another budget)."""
-    result_json = Path(result_json)
-    if not result_json.is_file():
-        return None
-    variants = json.loads(result_json.read_text()).get("variants", {})
-    if not variants:
-        return None
-    variant, res = next(iter(variants.items()))
-    stages = res.get("stages") or []
-    # {out}/alm_qa_{variant}.json names {out}/alm/{variant}/stage{N}/artifact (resolved here, whatever the cwd)
-    return result_json.parent / "alm" / variant / f"stage{stages[-1]['stage']}" / "artifact" if stages else None
 
 
 def main(argv=None) -> int:
@@ -313,7 +299,7 @@ def main(argv=None) -> int:
         if art is not None and (out / "alm_qa.json").is_file():
             record_qa_results(out / "alm_qa.json", art, f"mosaic-alm pipeline {out}")
     log.save(finished=True)
-    from .report import build_report
+    from eval.run_report import build_report
 
     print(f"== report: {build_report(out, root, seed=args.seed)}", flush=True)
     print(f"== done: {out} ({log.doc['total_seconds']:.0f} s; ran {log.doc['ran_seconds']:.0f} s, skipped "
