@@ -45,6 +45,7 @@ from encoder import checkpoint as ckpt
 from encoder.data.shards import ShardError
 from mosaic_alm.align import AnswerSlots, align_projector, copy_weight
 from mosaic_alm.artifact import build_from, module_state, save_artifact
+from mosaic_alm.audio_lm import format_parameter_counts
 from mosaic_alm.data import (
     Collator,
     InstructionDataConfig,
@@ -285,7 +286,9 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
         train_recs = balance_records(train_recs, dcfg.balance, seed)
     model = build_from(cfg, init_from=init, device=device, llm_and_tokenizer=llm_and_tokenizer)
     model.train()
-    counts = model.apply_trainable(verbose=rank == 0 and not quiet)
+    counts = model.apply_trainable(verbose=False)
+    if rank == 0 and not quiet:
+        print(format_parameter_counts(counts))
     fmt = PromptFormatter.for_model(model)
     featurizer = AudioFeaturizer.for_model(model)
     eval_recs, from_shards = None, None
