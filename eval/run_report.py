@@ -25,7 +25,13 @@ from eval.results import (
     plot_training_curves,
     write_report,
 )
-from mosaic_core.run_layout import ALONGSIDE, PRETRAIN_RUNS, RECORD_FILES, RunLayout, final_artifact
+from mosaic_core.run_layout import (
+    ALONGSIDE,
+    PRETRAIN_RUNS,
+    RECORD_FILES,
+    RunLayout,
+    final_artifact,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 GALLERY_SECONDS = 10.0  # a clip's audio and views in the report are cut to this length

@@ -30,7 +30,12 @@ from eval.metrics import confusion_matrix
 from eval.mfcc import mfcc_logreg_baseline
 from eval.probe_tables import accuracy_rows, format_table
 from eval.probes import fit_logreg
-from eval.results import plot_confusion_matrix, plot_probe_by_layer, write_report, write_results
+from eval.results import (
+    plot_confusion_matrix,
+    plot_probe_by_layer,
+    write_report,
+    write_results,
+)
 from mosaic_core.config import load_recipe, to_plain
 from mosaic_core.progress import progress_bar
 from mosaic_core.runtime import precision_note, set_threads, use_bf16
