@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from mosaic_core.io import atomic_write_json
     from mosaic_core.provenance import provenance
     from mosaic_core.runtime import cpu_bf16_isa
-    from recipes.train_alm import STAGES
+    from mosaic_alm.stage_config import STAGES
 
     torch.manual_seed(0)
     stage = STAGES[1] if args.lora else STAGES[0]

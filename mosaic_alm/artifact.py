@@ -9,6 +9,7 @@ Layout (written to a temporary sibling folder, then renamed into place)::
       encoder/                the AudioMosaic encoder used (an encoder folder with its own card), if audio is on
       meta.json               stage, seed, versions, parameter counts, time, the encoder's preprocessing constants
       config.json             ``ALMArtifactConfig`` (model_type mosaic-alm): AutoConfig / AutoModel load the folder
+                              once :func:`register_alm_auto_classes` ran (loading or saving an artifact runs it)
       README.md               the model card (components, preprocessing, training, measured results, use, limits)
 
 The base LLM is referenced by ``llm.name_or_path`` (it is frozen; only the adapter changes). The encoder is copied
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModel
 
 from encoder.checkpoint import CheckpointError, require_safetensors
 from encoder.hf import (
@@ -72,6 +74,7 @@ def module_state(module: torch.nn.Module, only=lambda name: True) -> dict[str, t
 
 def save_artifact(model: AudioLanguageModel, path: str | os.PathLike, run_cfg: dict, meta: dict | None = None) -> Path:
     """Write ``model`` as an artifact at ``path`` (atomically: temp folder + rename). Collective under ZeRO-3."""
+    register_alm_auto_classes()
     path = Path(path)
     proj = module_state(model.projector) if model.projector is not None else None
     lora = None
@@ -158,10 +161,11 @@ mosaic-alm ask --artifact {name} --audio clip.wav --question "What do you hear?"
 mosaic-alm caption --artifact {name} --audio clip.wav
 ```
 ```python
-import mosaic_alm.audio_lm  # registers model_type mosaic-alm with transformers' AutoConfig / AutoModel
 from transformers import AutoModel
+from mosaic_alm.artifact import register_alm_auto_classes
 from mosaic_alm.generation import ask
 
+register_alm_auto_classes()  # model_type mosaic-alm for transformers' AutoConfig / AutoModel
 alm = AutoModel.from_pretrained("{name}")   # = mosaic_alm.artifact.load_alm("{name}"); no trust_remote_code
 print(ask(alm, "clip.wav", "What do you hear?"))
 ```"""
@@ -298,6 +302,7 @@ def check_artifact(path: str | os.PathLike) -> Path:
 
 def load_alm(path: str | os.PathLike, device="cpu") -> AudioLanguageModel:
     """Load a stage artifact in one call: encoder, projector, LLM + adapter; eval mode, nothing trainable."""
+    register_alm_auto_classes()
     path = check_artifact(path)
     cfg = read_yaml(path / CONFIG_NAME)
     model = build_from(cfg, init_from=path, device=device)
@@ -307,5 +312,21 @@ def load_alm(path: str | os.PathLike, device="cpu") -> AudioLanguageModel:
     return model.eval()
 
 
-__all__ = ["CONFIG_NAME", "build_from", "check_artifact", "gathered", "load_alm", "module_state", "save_artifact",
-           "write_alm_card"]
+class ALMAutoLoader(AudioLanguageModel):
+    """What transformers' ``AutoModel`` holds for ``model_type: mosaic-alm``: ``AutoModel.from_pretrained(artifact)``
+    is :func:`load_alm` (the LLM is a separate Hugging Face model with a peft adapter), which returns a plain
+    :class:`~mosaic_alm.audio_lm.AudioLanguageModel`."""
+
+    @classmethod
+    def from_pretrained(cls, path, *_, device="cpu", **__) -> AudioLanguageModel:
+        return load_alm(path, device)
+
+
+def register_alm_auto_classes() -> None:
+    """Register ``model_type: mosaic-alm`` with transformers' ``AutoConfig`` / ``AutoModel`` (idempotent)."""
+    AutoConfig.register(ALMArtifactConfig.model_type, ALMArtifactConfig, exist_ok=True)
+    AutoModel.register(ALMArtifactConfig, ALMAutoLoader, exist_ok=True)
+
+
+__all__ = ["ALMAutoLoader", "CONFIG_NAME", "build_from", "check_artifact", "gathered", "load_alm", "module_state",
+           "register_alm_auto_classes", "save_artifact", "write_alm_card"]

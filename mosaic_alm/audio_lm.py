@@ -11,18 +11,21 @@ by :class:`mosaic_alm.featurizer.AudioFeaturizer` on the data side.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers import PretrainedConfig
 
 from encoder.hf import resolve_encoder
 from mosaic_core.config import ConfigError, NonNegInt, from_dict
 
 from .llm import LLMConfig, LoRAConfig, add_lora, load_llm
 from .projector import AudioProjector, AudioProjectorConfig, num_audio_tokens
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,7 +84,8 @@ def alm_config_from_dict(cfg: dict) -> ALMConfig:
 
 class ALMArtifactConfig(PretrainedConfig):
     """The ``config.json`` of an ALM artifact, so that transformers' ``AutoConfig`` / ``AutoModel`` recognise the
-    folder (``model_type: mosaic-alm``, registered when this module is imported; no ``trust_remote_code``). It
+    folder (``model_type: mosaic-alm``, registered by ``register_alm_auto_classes``, which loading and saving a
+    folder call; no ``trust_remote_code``). It
     records the model sections, the encoder's preprocessing constants and the audio token count; the loader reads
     the artifact's ``alm_config.yaml``."""
 
@@ -96,14 +100,6 @@ class ALMArtifactConfig(PretrainedConfig):
 
 class AudioLanguageModel(nn.Module):
     config_class = ALMArtifactConfig  # what AutoModel.register checks
-
-    @classmethod
-    def from_pretrained(cls, path, *_, device="cpu", **__) -> "AudioLanguageModel":
-        """Load an artifact: what ``AutoModel.from_pretrained(artifact)`` calls (the LLM is a separate Hugging Face
-        model with a peft adapter, so the kit's loader :func:`mosaic_alm.artifact.load_alm` builds it)."""
-        from .artifact import load_alm
-
-        return load_alm(path, device)
 
     def __init__(self, cfg: ALMConfig, llm, tokenizer, encoder=None):
         super().__init__()
@@ -159,7 +155,8 @@ class AudioLanguageModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------- trainability
     def apply_trainable(self, verbose: bool = True) -> dict:
-        """Set ``requires_grad`` from ``cfg.trainable`` (checked), return and print counts per module."""
+        """Set ``requires_grad`` from ``cfg.trainable`` (checked), return the counts per module (logged at INFO
+        with ``verbose``; :func:`format_parameter_counts` renders them)."""
         t = self.cfg.trainable
         if not self.cfg.audio.enabled and (t.projector or t.encoder):
             raise ConfigError("trainable.projector/encoder must be false when audio.enabled is false")
@@ -184,9 +181,7 @@ class AudioLanguageModel(nn.Module):
         if self.encoder is not None:
             self.encoder.train(t.encoder and self.training)
         if verbose:
-            print("trainable parameters:")
-            for name, c in counts.items():
-                print(f"  {name:<10} {c['trainable']:>12,} / {c['total']:>12,}")
+            log.info("%s", format_parameter_counts(counts))
         return counts
 
     def parameter_counts(self) -> dict:
@@ -288,8 +283,10 @@ class AudioLanguageModel(nn.Module):
         return sorted(i for i in ids if i is not None)
 
 
-AutoConfig.register(ALMArtifactConfig.model_type, ALMArtifactConfig, exist_ok=True)
-AutoModel.register(ALMArtifactConfig, AudioLanguageModel, exist_ok=True)
+def format_parameter_counts(counts: dict) -> str:
+    """``apply_trainable``'s counts as lines: ``trainable parameters:`` then ``  module  trainable / total``."""
+    return "\n".join(["trainable parameters:"] + [f"  {name:<10} {c['trainable']:>12,} / {c['total']:>12,}"
+                                                   for name, c in counts.items()])
 
 __all__ = ["ALMArtifactConfig", "ALMConfig", "AudioConfig", "TrainableConfig", "PromptConfig", "AudioLanguageModel",
-           "alm_config_from_dict", "MODEL_SECTIONS"]
+           "alm_config_from_dict", "format_parameter_counts", "MODEL_SECTIONS"]

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch
 
 from mosaic_core.config import ConfigError, PositiveInt, Ratio
 from mosaic_core.io import atomic_replace_dir
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LLM = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -80,7 +83,7 @@ def ensure_smollm2(cache: str | os.PathLike | None = None) -> Path:
 
     gguf = smollm2_gguf_path()
     out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"mosaic-alm: converting {gguf.name} to safetensors in {out} (once)", flush=True)
+    log.warning("mosaic-alm: converting %s to safetensors in %s (once)", gguf.name, out)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The GGUF loader de-quantises into float weights but leaves a quantizer behind; drop it so save_pretrained

@@ -7,15 +7,16 @@ probes are fitted on the train split, selected on valid, scored on every test sp
 the last layer and on every layer (standardised logistic regression, C chosen on valid: the MAE/AudioMAE
 linear-probing protocol without an optimisation budget that could underfit), a learned weighted sum of layers and
 an attentive probe. The MFCC baseline is read out by the same logistic regression on the same splits. Writes ``encoder_eval.json`` and a Markdown/HTML report.
+
+The job reads top to bottom: :func:`evaluate` sets up the encoders, runs :func:`evaluate_task` per task
+(load the clips, the MFCC baseline, then :func:`probe_encoder` per encoder) and saves with :func:`save_results`.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -24,53 +25,20 @@ from encoder.data.tasks import TaskConfig, load_task
 from encoder.hf import resolve_encoder
 from eval import probes as P
 from eval.embeddings import extract_features, load_waves, make_probe, spectrogram_inputs
+from eval.encoder_eval_config import EncoderEvalConfig, ProbeFitConfig  # noqa: F401 -- the job's config types
 from eval.metrics import confusion_matrix
 from eval.mfcc import mfcc_logreg_baseline
+from eval.probe_tables import accuracy_rows, format_table
 from eval.probes import fit_logreg
 from eval.results import (
-    mean_std,
     plot_confusion_matrix,
     plot_probe_by_layer,
     write_report,
     write_results,
 )
-from mosaic_core.config import (
-    NonNegInt,
-    PositiveFloat,
-    PositiveInt,
-    load_recipe,
-    to_plain,
-)
+from mosaic_core.config import load_recipe, to_plain
 from mosaic_core.progress import progress_bar
 from mosaic_core.runtime import precision_note, set_threads, use_bf16
-from mosaic_core.tables import markdown_table
-
-
-@dataclass
-class ProbeFitConfig:
-    epochs: PositiveInt = 60
-    lr: PositiveFloat = 1e-3
-    weight_decay: float = 0.05
-    batch_size: PositiveInt = 256
-
-
-@dataclass
-class EncoderEvalConfig:
-    seed: int = 0
-    run_dir: str = "runs/eval-encoder"
-    data_root: str = "data/embedded-full"
-    tasks: list[str] = field(default_factory=list)  # data recipes (configs/data/*.yaml)
-    encoders: dict[str, str] = field(default_factory=dict)  # name -> folder, "random" or "random:<size>"
-    mfcc_baseline: bool = True
-    probes: list[Literal["linear", "weighted", "attentive"]] = field(default_factory=lambda: ["linear"])
-    layer_sweep: bool = True  # linear probe on every layer (probe accuracy by layer)
-    probe: ProbeFitConfig = field(default_factory=ProbeFitConfig)
-    probe_seeds: list[int] = field(default_factory=lambda: [0])
-    max_clips_per_split: NonNegInt = 0  # > 0 subsamples each split (quick runs)
-    batch_size: PositiveInt = 64
-    threads: NonNegInt = 0  # torch threads (tiny probes run fastest on one thread; 0 = default)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # feature extraction and probe fits; auto: bf16 where the
-    #                                                      CPU/GPU computes it natively
 
 
 def _splits(task) -> dict[str, list[dict]]:
@@ -82,132 +50,169 @@ def _mean_std(xs):
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "runs": [float(v) for v in a]}
 
 
-def evaluate(cfg: EncoderEvalConfig) -> dict:
-    set_threads(cfg.threads)
-    run = Path(cfg.run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    seed = cfg.seed
+class _Tally:
+    """What the evaluation gathers across tasks: the numbers, layer curves, figures, unreadable clips."""
+
+    def __init__(self):
+        self.numbers, self.layer_curves, self.figures, self.bad_clips = {}, {}, [], []
+
+
+# ------------------------------------------------------------------------------------------------------ setup
+def setup_encoders(cfg: EncoderEvalConfig) -> dict:
+    """Every encoder to evaluate, in eval mode (a random one seeded, with the first folder's architecture)."""
     folders = [v for v in cfg.encoders.values() if not v.startswith("random")]
     reference = folders[0] if folders else None
-    pk = to_plain(cfg.probe)
-    numbers, layer_curves, figures, bad_clips = {}, {}, [], []
-    t0 = time.time()
-    bf16 = use_bf16(cfg.precision, torch.device("cpu"))
-    print(f"[eval-encoder] feature extraction and probe fits: {precision_note(bf16, torch.device('cpu'))}", flush=True)
     encoders = {}
     for name, spec in cfg.encoders.items():
-        torch.manual_seed(seed)  # a random encoder's weights
+        torch.manual_seed(cfg.seed)  # a random encoder's weights
         encoders[name] = resolve_encoder(spec, reference=reference).eval()
-    # one bar over every probe fit (task x encoder x probe x seed); ETA from the fits so far
-    fits = sum(1 if p == "linear" else len(cfg.probe_seeds) for p in cfg.probes)
-    bar = progress_bar(total=len(cfg.tasks) * len(encoders) * fits, desc="eval-encoder probes", unit="fit")
-    for task_path in cfg.tasks:
-        task = load_task(TaskConfig(config=task_path, data_root=cfg.data_root,
-                                    max_clips_per_split=cfg.max_clips_per_split, cache="never"), seed=seed)
-        name, classes, n_cls = task.name, task.classes, len(task.classes)
-        splits = _splits(task)
-        print(f"[eval-encoder] {name}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()), flush=True)
-        waves, labels = {}, {}
-        for role, rows in splits.items():
-            w, bad = load_waves(rows)
-            bad_clips += bad
-            keep = [i for i, x in enumerate(w) if x is not None]
-            waves[role] = [w[i] for i in keep]
-            labels[role] = torch.tensor([classes.index(rows[i]["label"]) for i in keep])
-        res = numbers.setdefault(name, {})
-        test_roles = [r for r in waves if r.startswith("test")]
-        if cfg.mfcc_baseline:
-            numpy_waves = {role: [w.numpy() for w in ws] for role, ws in waves.items()}
-            for role in test_roles:
-                out = mfcc_logreg_baseline(numpy_waves["train"], labels["train"].numpy(), numpy_waves[role],
-                                           labels[role].numpy(), valid_wavs=numpy_waves.get("valid"),
-                                           valid_y=labels["valid"].numpy() if "valid" in labels else None, seed=seed)
-                res.setdefault("mfcc_logreg", {})[role] = {"accuracy": _mean_std([out["accuracy"]]), "C": out["C"]}
-        inputs = {}  # spectrograms per preprocessing, shared by the encoders that use it
-        for enc_name, model in encoders.items():
-            fb = model.config.fbank_config(task.fbank.target_frames)
-            key = repr(fb)
-            if key not in inputs:
-                inputs = {key: {role: spectrogram_inputs(w, fb) for role, w in waves.items()}}
-            feats = {role: extract_features(model, x, fb, cfg.batch_size, bf16=bf16)
-                     for role, x in inputs[key].items()}
-            valid = feats.get("valid")
-            r_enc = res.setdefault(enc_name, {})
-            for probe_name in cfg.probes:
-                if probe_name == "linear":  # the fair read-out: convex, so one fit (probe seeds cannot change it)
-                    readout = fit_logreg(feats["train"]["last"], labels["train"],
-                                         None if valid is None else valid["last"], labels.get("valid"), seed=seed)
-                    for role in test_roles:
-                        acc = readout.evaluate(feats[role]["last"], labels[role])["accuracy"]
-                        r_enc.setdefault("linear", {})[role] = {"accuracy": _mean_std([acc]), "C": readout.C}
-                    if enc_name == next(iter(encoders)):
-                        pred = readout.predict(feats["test"]["last"])
-                        cm = confusion_matrix(labels["test"].numpy(), pred, n_cls)
-                        figures.append((f"{name}: confusion matrix ({enc_name}, linear read-out, test)",
-                                        plot_confusion_matrix(cm, classes)))
-                    bar.update(1)
-                    continue
-                scores = {role: [] for role in test_roles}
-                last_probe = None
-                for s in cfg.probe_seeds:
-                    bar.set_postfix_str(f"{name} {enc_name} {probe_name} seed {s}", refresh=False)
-                    probe, key = make_probe(probe_name, feats["train"], n_cls)
-                    P.fit_probe(probe, feats["train"][key], labels["train"],
-                                valid[key] if valid is not None else None,
-                                labels["valid"] if valid is not None else None, seed=int(s), bf16=bf16, **pk)
-                    for role in test_roles:
-                        scores[role].append(P.evaluate_probe(probe, feats[role][key], labels[role])["accuracy"])
-                    last_probe = (probe, key)
-                    bar.update(1)
-                for role in test_roles:
-                    r_enc.setdefault(probe_name, {})[role] = {"accuracy": _mean_std(scores[role])}
-                if probe_name == "weighted" and last_probe is not None:
-                    r_enc["weighted"]["layer_weights"] = [float(v) for v in last_probe[0].layer_weights()]
-            if cfg.layer_sweep:
-                curve = P.linear_probe_by_layer(feats["train"]["layers"], labels["train"], feats["test"]["layers"],
-                                                labels["test"], valid_x=None if valid is None else valid["layers"],
-                                                valid_y=labels.get("valid"), seed=seed)
-                r_enc["linear_by_layer_test"] = [float(v) for v in curve]
-                layer_curves.setdefault(name, {})[enc_name] = curve
-            print(f"[eval-encoder] {name} {enc_name}: " + ", ".join(
-                f"{p} {r_enc[p]['test']['accuracy']['mean']:.3f}" for p in cfg.probes), flush=True)
-    bar.close()
-    seconds = time.time() - t0
-    results = {"tasks": numbers, "seconds": seconds, "bad_clips": bad_clips,
+    return encoders
+
+
+def _load_clips(task, tally: _Tally) -> tuple[dict, dict]:
+    """The task's waves and label tensors per split (unreadable clips left out and tallied)."""
+    splits = _splits(task)
+    print(f"[eval-encoder] {task.name}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()), flush=True)
+    waves, labels = {}, {}
+    for role, rows in splits.items():
+        w, bad = load_waves(rows)
+        tally.bad_clips += bad
+        keep = [i for i, x in enumerate(w) if x is not None]
+        waves[role] = [w[i] for i in keep]
+        labels[role] = torch.tensor([task.classes.index(rows[i]["label"]) for i in keep])
+    return waves, labels
+
+
+def _mfcc_baseline(waves: dict, labels: dict, test_roles: list[str], seed: int) -> dict:
+    numpy_waves = {role: [w.numpy() for w in ws] for role, ws in waves.items()}
+    out_by_role = {}
+    for role in test_roles:
+        out = mfcc_logreg_baseline(numpy_waves["train"], labels["train"].numpy(), numpy_waves[role],
+                                   labels[role].numpy(), valid_wavs=numpy_waves.get("valid"),
+                                   valid_y=labels["valid"].numpy() if "valid" in labels else None, seed=seed)
+        out_by_role[role] = {"accuracy": _mean_std([out["accuracy"]]), "C": out["C"]}
+    return out_by_role
+
+
+# ------------------------------------------------------------------------------------------------------- loop
+def _linear_readout(feats, labels, test_roles, seed: int) -> tuple[dict, object]:
+    """The fair read-out: convex, so one fit (probe seeds cannot change it)."""
+    valid = feats.get("valid")
+    readout = fit_logreg(feats["train"]["last"], labels["train"], None if valid is None else valid["last"],
+                         labels.get("valid"), seed=seed)
+    by_role = {}
+    for role in test_roles:
+        acc = readout.evaluate(feats[role]["last"], labels[role])["accuracy"]
+        by_role[role] = {"accuracy": _mean_std([acc]), "C": readout.C}
+    return by_role, readout
+
+
+def _trained_probe(cfg, probe_name, feats, labels, test_roles, n_cls, bf16, bar, where: str) -> dict:
+    """One probe kind fitted once per probe seed: accuracy mean ± std per test split (and a weighted probe's
+    layer weights)."""
+    valid = feats.get("valid")
+    scores = {role: [] for role in test_roles}
+    last_probe = None
+    for s in cfg.probe_seeds:
+        bar.set_postfix_str(f"{where} {probe_name} seed {s}", refresh=False)
+        probe, key = make_probe(probe_name, feats["train"], n_cls)
+        P.fit_probe(probe, feats["train"][key], labels["train"], valid[key] if valid is not None else None,
+                    labels["valid"] if valid is not None else None, seed=int(s), bf16=bf16, **to_plain(cfg.probe))
+        for role in test_roles:
+            scores[role].append(P.evaluate_probe(probe, feats[role][key], labels[role])["accuracy"])
+        last_probe = probe
+        bar.update(1)
+    out = {role: {"accuracy": _mean_std(scores[role])} for role in test_roles}
+    if probe_name == "weighted" and last_probe is not None:
+        out["layer_weights"] = [float(v) for v in last_probe.layer_weights()]
+    return out
+
+
+def probe_encoder(cfg: EncoderEvalConfig, task, enc_name: str, feats: dict, labels: dict, bf16: bool, bar,
+                  tally: _Tally, first: bool) -> dict:
+    """Every configured probe (and the layer sweep) on one encoder's features of one task."""
+    test_roles = [r for r in feats if r.startswith("test")]
+    r_enc = {}
+    for probe_name in cfg.probes:
+        if probe_name == "linear":
+            r_enc["linear"], readout = _linear_readout(feats, labels, test_roles, cfg.seed)
+            if first:
+                cm = confusion_matrix(labels["test"].numpy(), readout.predict(feats["test"]["last"]),
+                                      len(task.classes))
+                tally.figures.append((f"{task.name}: confusion matrix ({enc_name}, linear read-out, test)",
+                                      plot_confusion_matrix(cm, task.classes)))
+            bar.update(1)
+        else:
+            r_enc[probe_name] = _trained_probe(cfg, probe_name, feats, labels, test_roles, len(task.classes), bf16,
+                                               bar, f"{task.name} {enc_name}")
+    if cfg.layer_sweep:
+        valid = feats.get("valid")
+        curve = P.linear_probe_by_layer(feats["train"]["layers"], labels["train"], feats["test"]["layers"],
+                                        labels["test"], valid_x=None if valid is None else valid["layers"],
+                                        valid_y=labels.get("valid"), seed=cfg.seed)
+        r_enc["linear_by_layer_test"] = [float(v) for v in curve]
+        tally.layer_curves.setdefault(task.name, {})[enc_name] = curve
+    print(f"[eval-encoder] {task.name} {enc_name}: " + ", ".join(
+        f"{p} {r_enc[p]['test']['accuracy']['mean']:.3f}" for p in cfg.probes), flush=True)
+    return r_enc
+
+
+def evaluate_task(cfg: EncoderEvalConfig, task_path: str, encoders: dict, bf16: bool, bar, tally: _Tally) -> None:
+    """One task: its clips, the MFCC baseline, then every encoder's features and probes."""
+    task = load_task(TaskConfig(config=task_path, data_root=cfg.data_root,
+                                max_clips_per_split=cfg.max_clips_per_split, cache="never"), seed=cfg.seed)
+    waves, labels = _load_clips(task, tally)
+    res = tally.numbers.setdefault(task.name, {})
+    mfcc = _mfcc_baseline(waves, labels, [r for r in waves if r.startswith("test")], cfg.seed) \
+        if cfg.mfcc_baseline else {}
+    if mfcc:
+        res["mfcc_logreg"] = mfcc
+    inputs = {}  # spectrograms per preprocessing, shared by the encoders that use it
+    for enc_name, model in encoders.items():
+        fb = model.config.fbank_config(task.fbank.target_frames)
+        key = repr(fb)
+        if key not in inputs:
+            inputs = {key: {role: spectrogram_inputs(w, fb) for role, w in waves.items()}}
+        feats = {role: extract_features(model, x, fb, cfg.batch_size, bf16=bf16) for role, x in inputs[key].items()}
+        res[enc_name] = probe_encoder(cfg, task, enc_name, feats, labels, bf16, bar, tally,
+                                      first=enc_name == next(iter(encoders)))
+
+
+# ------------------------------------------------------------------------------------------------------- save
+def save_results(cfg: EncoderEvalConfig, tally: _Tally, seconds: float) -> dict:
+    """``encoder_eval.json`` and the Markdown/HTML report in the run folder; returns the results."""
+    run = Path(cfg.run_dir)
+    results = {"tasks": tally.numbers, "seconds": seconds, "bad_clips": tally.bad_clips,
                "encoders": dict(cfg.encoders)}
-    write_results(run, "encoder_eval", results, to_plain(cfg), seed)
+    write_results(run, "encoder_eval", results, to_plain(cfg), cfg.seed)
     summary = ("Accuracy on held-out splits. linear: the fair read-out (standardised logistic regression, C chosen "
                "on valid; convex, so one fit); the MFCC baseline is read out the same way; weighted / attentive: "
                f"probe seeds {cfg.probe_seeds}, mean ± std (n) where more than one ran. {seconds:.0f} s in all.")
-    sections = [("Summary", [summary]), ("Accuracy", [accuracy_rows(numbers)])]
-    for task_name, curves in layer_curves.items():
+    sections = [("Summary", [summary]), ("Accuracy", [accuracy_rows(tally.numbers)])]
+    for task_name, curves in tally.layer_curves.items():
         sections.append((f"{task_name}: linear probe accuracy by layer", [plot_probe_by_layer(curves)]))
-    sections += [(title, [fig]) for title, fig in figures]
+    sections += [(title, [fig]) for title, fig in tally.figures]
     write_report(run, "Encoder evaluation", sections, name="encoder_eval")
-    print(format_table(numbers))
+    print(format_table(tally.numbers))
     return results
 
 
-def accuracy_rows(numbers: dict) -> dict:
-    """{"encoder / probe": {"task split": "mean ± std (n=k)" or "mean (1 seed)"}} (:func:`eval.results.mean_std`: no
-    spread is claimed for one run); the MFCC baseline has no probe level."""
-    rows = {}
-    for task, by_enc in numbers.items():
-        for enc, by_probe in by_enc.items():
-            items = [("logreg", by_probe)] if enc == "mfcc_logreg" else by_probe.items()
-            for probe, by_role in items:
-                if not isinstance(by_role, dict):
-                    continue
-                for role, m in by_role.items():
-                    if isinstance(m, dict) and "accuracy" in m:
-                        rows.setdefault(f"{enc} / {probe}", {})[f"{task} {role}"] = mean_std(m["accuracy"])
-    return rows
-
-
-def format_table(numbers: dict) -> str:
-    rows = accuracy_rows(numbers)
-    cols = sorted({c for r in rows.values() for c in r})
-    return markdown_table(["encoder / probe", *cols], [[name, *(r.get(c, "") for c in cols)] for name, r in rows.items()])
+def evaluate(cfg: EncoderEvalConfig) -> dict:
+    """Setup (threads, run folder, encoders), the loop over tasks, save."""
+    set_threads(cfg.threads)
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    bf16 = use_bf16(cfg.precision, torch.device("cpu"))
+    print(f"[eval-encoder] feature extraction and probe fits: {precision_note(bf16, torch.device('cpu'))}", flush=True)
+    encoders = setup_encoders(cfg)
+    # one bar over every probe fit (task x encoder x probe x seed); ETA from the fits so far
+    fits = sum(1 if p == "linear" else len(cfg.probe_seeds) for p in cfg.probes)
+    bar = progress_bar(total=len(cfg.tasks) * len(encoders) * fits, desc="eval-encoder probes", unit="fit")
+    tally = _Tally()
+    for task_path in cfg.tasks:
+        evaluate_task(cfg, task_path, encoders, bf16, bar, tally)
+    bar.close()
+    return save_results(cfg, tally, time.time() - t0)
 
 
 def main(argv=None) -> int:

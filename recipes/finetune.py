@@ -122,137 +122,205 @@ def _resume(ckdir: Path, cfg: FinetuneConfig, model, opt, shards: ShardDataset |
     return tensors, state
 
 
-def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, train_idx: torch.Tensor | ShardDataset,
-                   valid_idx: torch.Tensor | None, tests: dict[str, torch.Tensor], run: Path,
-                   tag: str = "") -> dict[str, Any]:
-    """Fine-tune a fresh model on ``train_idx`` (row indices, or a :class:`ShardDataset` of training clips);
-    select on ``valid_idx``; score every test split. With ``ckpt_every`` it resumes from its newest checkpoint."""
-    oc, ac, ec = cfg.optim, cfg.augment, cfg.eval
+@dataclass
+class _Loop:
+    """The training loop's state; a checkpoint saves it and a resumed run continues from it."""
+    history: dict
+    best: float | None = None
+    best_state: dict | None = None
+    best_epoch: int = 0
+    step: int = 0
+    start_epoch: int = 1
+    done: int = 0  # batches of the current epoch already trained
+    losses: list = field(default_factory=list)
+    lr: float = 0.0
+
+
+@dataclass
+class _Setup:
+    """What the loop reads, built once: generators, the training clips' sampler, the schedule, where it writes."""
+    gen: torch.Generator  # augmentations
+    sgen: torch.Generator  # shuffling / sampling
+    shards: ShardDataset | None
+    sampler: Any
+    n_train: int
+    steps_per_epoch: int
+    total: int
+    warmup: int
+    writer: Any
+    ckdir: Path
+    amp: Any
+
+
+def _setup_sampler(cfg: FinetuneConfig, task: Task, train_idx, sgen: torch.Generator):
+    """(shards, sampler, clips, clips per epoch) of the training split."""
+    oc = cfg.optim
+    shards = train_idx if isinstance(train_idx, ShardDataset) else None
+    if shards is not None:  # one pass over the shards per epoch (clip counts from their index)
+        shard_steps_per_epoch(shards, oc.batch_size, drop_last=False)  # refuses shards without an index
+        n_train = per_epoch = shards.clips_per_rank()[0]
+        return shards, None, n_train, per_epoch
+    n_train = len(train_idx)
+    per_epoch = oc.samples_per_epoch or n_train
+    if oc.balanced_sampler:
+        y = task.targets[train_idx]
+        if task.task_type != "multi_label":
+            y = F.one_hot(y, task.num_outputs)
+        sampler = torch.utils.data.WeightedRandomSampler(class_balanced_weights(y), per_epoch, replacement=True,
+                                                         generator=sgen)
+    else:
+        sampler = torch.utils.data.RandomSampler(ClipSet(task, train_idx), num_samples=per_epoch, generator=sgen)
+    return None, sampler, n_train, per_epoch
+
+
+def _build(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, tag: str):
+    """A fresh seeded model, its optimizer and the autocast context."""
     seed_everything(cfg.seed)
     model = build_finetune_model(cfg.model, enc_cfg, task.num_outputs)
     counts = trainable_summary(model)
     print(f"[finetune] {task.name}{tag}: trainable parameters " + ", ".join(
         f"{k} {v['trainable']:,}/{v['total']:,}" for k, v in counts.items()), flush=True)
-    opt = build_optimizer(model, oc)
+    opt = build_optimizer(model, cfg.optim)
     cpu = torch.device("cpu")
     bf16 = use_bf16(cfg.precision, cpu)
     print(f"[finetune] precision: {precision_note(bf16, cpu)}", flush=True)
-    amp = lambda: autocast(bf16, cpu)  # noqa: E731
+    return model, opt, counts, lambda: autocast(bf16, cpu)
 
+
+def _setup_loop(cfg: FinetuneConfig, task: Task, train_idx, run: Path, tag: str, amp) -> _Setup:
+    oc = cfg.optim
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # augmentations
     sgen = torch.Generator().manual_seed(cfg.seed + 2)  # shuffling / sampling
-    shards = train_idx if isinstance(train_idx, ShardDataset) else None
-    if shards is not None:  # one pass over the shards per epoch (clip counts from their index)
-        shard_steps_per_epoch(shards, oc.batch_size, drop_last=False)  # refuses shards without an index
-        n_train = per_epoch = shards.clips_per_rank()[0]
-        sampler = None
-    else:
-        n_train = len(train_idx)
-        per_epoch = oc.samples_per_epoch or n_train
-        if oc.balanced_sampler:
-            y = task.targets[train_idx]
-            if task.task_type != "multi_label":
-                y = F.one_hot(y, task.num_outputs)
-            sampler = torch.utils.data.WeightedRandomSampler(class_balanced_weights(y), per_epoch, replacement=True,
-                                                             generator=sgen)
-        else:
-            sampler = torch.utils.data.RandomSampler(ClipSet(task, train_idx), num_samples=per_epoch,
-                                                     generator=sgen)
-    eval_loader = lambda idx: _loader(task, idx, ec.batch_size, oc.num_workers)  # noqa: E731
+    shards, sampler, n_train, per_epoch = _setup_sampler(cfg, task, train_idx, sgen)
     steps_per_epoch = math.ceil(per_epoch / oc.batch_size)
-    total, warmup = oc.epochs * steps_per_epoch, int(round(oc.warmup_epochs * steps_per_epoch))
-
     writer = None
     if cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run / "tb" / (tag.strip(" /") or "run")))
+    return _Setup(gen, sgen, shards, sampler, n_train, steps_per_epoch, oc.epochs * steps_per_epoch,
+                  int(round(oc.warmup_epochs * steps_per_epoch)), writer,
+                  run / "checkpoints" / (tag.strip(" /") or "run"), amp)
+
+
+def _start(cfg: FinetuneConfig, su: _Setup, model, opt, history: dict, task, train_idx, valid_idx) -> _Loop:
+    """The loop's state: from the newest checkpoint (bit-identical continuation: generators, global RNG and the
+    epoch's position), else fresh, the head from the frozen probe where ``model.head_init=probe``."""
+    loop = _Loop(history=history, best_epoch=cfg.optim.epochs, lr=cfg.optim.lr)
+    resumed = _resume(su.ckdir, cfg, model, opt, su.shards) if cfg.ckpt_every > 0 else None
+    if resumed is not None:
+        tensors, st = resumed
+        su.gen.set_state(tensors["rng"]["gen"])
+        su.sgen.set_state(tensors["rng"]["sgen_epoch"])  # the epoch's order is drawn again from its start state
+        torch.set_rng_state(tensors["rng"]["torch"])
+        loop.best_state = tensors.get("best")
+        loop.best, loop.best_epoch, loop.history, loop.step = st["best"], st["best_epoch"], st["history"], st["step"]
+        loop.start_epoch, loop.done, loop.losses, loop.lr = st["epoch"], st["batches"], st["losses"], st["lr"]
+    elif cfg.model.head_init == "probe":  # a resumed run has the head (and its statistics) from its checkpoint
+        init_head_from_probe(model, task, train_idx, valid_idx, cfg, su.amp)
+    return loop
+
+
+def _epoch_batches(cfg: FinetuneConfig, task: Task, train_idx, su: _Setup, loop: _Loop, epoch: int):
+    oc = cfg.optim
+    if su.shards is None:  # the epoch's order drawn up front, so a resume can skip the batches already trained
+        order = list(su.sampler)[loop.done * oc.batch_size:]
+        return _loader(task, train_idx, oc.batch_size, oc.num_workers, order,
+                       torch.Generator().manual_seed(cfg.seed + 3))
+    su.shards.set_epoch(epoch)
+    return ((b["input"], b["target"]) for b in shard_epoch(su.shards, oc.batch_size, drop_last=False,
+                                                          num_workers=oc.num_workers))
+
+
+def _train_epoch(cfg: FinetuneConfig, task: Task, train_idx, model, opt, su: _Setup, loop: _Loop, epoch: int,
+                 tag: str) -> None:
+    """One epoch of optimizer steps (checkpointing every ``ckpt_every`` steps), then its mean loss and lr."""
+    from tqdm import tqdm
+
+    oc = cfg.optim
+    model.train()
+    if epoch != loop.start_epoch:
+        loop.done, loop.losses = 0, []
+    sgen_epoch = su.sgen.get_state()
+    batches = _epoch_batches(cfg, task, train_idx, su, loop, epoch)
+    for x, y in tqdm(batches, desc=f"{task.name}{tag} epoch {epoch}/{oc.epochs}", leave=False,
+                     total=su.steps_per_epoch - loop.done, dynamic_ncols=True, mininterval=5.0, disable=None):
+        loop.lr = lr = oc.lr * lr_factor(loop.step, su.total, su.warmup, oc.min_lr / oc.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_scale"]
+        x, soft = augment_batch(x, y, cfg.augment, task, su.gen)
+        with su.amp():
+            logits = model(x)
+        loss = loss_fn(logits.float(), soft, task.task_type)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if oc.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip)
+        opt.step()
+        loop.losses.append(loss.item())
+        loop.step, loop.done = loop.step + 1, loop.done + 1
+        if cfg.ckpt_every > 0 and loop.step % cfg.ckpt_every == 0:
+            _save(su.ckdir, cfg, model, opt, {"gen": su.gen.get_state(), "sgen_epoch": sgen_epoch,
+                                              "torch": torch.get_rng_state()}, loop.best_state,
+                  {"step": loop.step, "epoch": epoch, "batches": loop.done, "losses": loop.losses, "lr": loop.lr,
+                   "history": loop.history, "best": loop.best, "best_epoch": loop.best_epoch}, su.shards)
+    loop.history["train_loss"].append(float(np.mean(loop.losses)))
+    loop.history["lr"].append(loop.lr)
+    if su.writer:
+        su.writer.add_scalar("train/loss", loop.history["train_loss"][-1], epoch)
+        su.writer.add_scalar("train/lr", loop.lr, epoch)
+
+
+def _eval_epoch(cfg: FinetuneConfig, task: Task, model, su: _Setup, loop: _Loop, epoch: int, tag: str, curve_on,
+                curve_name: str, select: bool) -> None:
+    """The epoch's curve point (valid, else the first test split); keeps the best model when selecting on valid."""
+    metric = MAIN_METRIC[task.task_type]
+    with su.amp():
+        m = score(*predict_batches(model, _loader(task, curve_on, cfg.eval.batch_size, cfg.optim.num_workers)), task)
+    loop.history[f"{curve_name}_loss"].append(m["loss"])
+    loop.history[f"{curve_name}_{metric}"].append(m[metric])
+    if su.writer:
+        for k, v in m.items():
+            su.writer.add_scalar(f"{curve_name}/{k}", v, epoch)
+    print(f"[finetune] {task.name}{tag} epoch {epoch}: train loss {loop.history['train_loss'][-1]:.4f}, "
+          f"{curve_name} {metric} {m[metric]:.4f}", flush=True)
+    if select and cfg.eval.select == "best_valid" and is_better(m[metric], loop.best, metric):
+        loop.best, loop.best_epoch = m[metric], epoch
+        loop.best_state = copy.deepcopy(model.state_dict())
+
+
+def train_and_test(cfg: FinetuneConfig, task: Task, enc_cfg: EncoderConfig, train_idx: torch.Tensor | ShardDataset,
+                   valid_idx: torch.Tensor | None, tests: dict[str, torch.Tensor], run: Path,
+                   tag: str = "") -> dict[str, Any]:
+    """Fine-tune a fresh model on ``train_idx`` (row indices, or a :class:`ShardDataset` of training clips);
+    select on ``valid_idx``; score every test split. With ``ckpt_every`` it resumes from its newest checkpoint."""
+    oc = cfg.optim
+    model, opt, counts, amp = _build(cfg, task, enc_cfg, tag)
+    su = _setup_loop(cfg, task, train_idx, run, tag, amp)
     metric = MAIN_METRIC[task.task_type]
     select_on = valid_idx if valid_idx is not None and len(valid_idx) else None
     curve_on, curve_name = (select_on, "valid") if select_on is not None else (next(iter(tests.values())),
                                                                                next(iter(tests)))
     history: dict[str, list] = {"train_loss": [], f"{curve_name}_loss": [], f"{curve_name}_{metric}": [], "lr": []}
-    best, best_state, best_epoch, step = None, None, oc.epochs, 0
-    start_epoch, done, losses, lr = 1, 0, [], oc.lr
-    ckdir = run / "checkpoints" / (tag.strip(" /") or "run")
-    resumed = _resume(ckdir, cfg, model, opt, shards) if cfg.ckpt_every > 0 else None
-    if resumed is not None:  # bit-identical continuation: generators, global RNG and the epoch's position
-        tensors, st = resumed
-        gen.set_state(tensors["rng"]["gen"])
-        sgen.set_state(tensors["rng"]["sgen_epoch"])  # the epoch's order is drawn again from its start state
-        torch.set_rng_state(tensors["rng"]["torch"])
-        best_state = tensors.get("best")
-        best, best_epoch, history, step = st["best"], st["best_epoch"], st["history"], st["step"]
-        start_epoch, done, losses, lr = st["epoch"], st["batches"], st["losses"], st["lr"]
-    elif cfg.model.head_init == "probe":  # a resumed run has the head (and its statistics) from its checkpoint
-        init_head_from_probe(model, task, train_idx, valid_idx, cfg, amp)
-    from tqdm import tqdm
-
+    loop = _start(cfg, su, model, opt, history, task, train_idx, valid_idx)
     t0 = time.time()
-    for epoch in range(start_epoch, oc.epochs + 1):
-        model.train()
-        if epoch != start_epoch:
-            done, losses = 0, []
-        sgen_epoch = sgen.get_state()
-        if shards is None:  # the epoch's order drawn up front, so a resume can skip the batches already trained
-            order = list(sampler)[done * oc.batch_size:]
-            batches = _loader(task, train_idx, oc.batch_size, oc.num_workers, order,
-                              torch.Generator().manual_seed(cfg.seed + 3))
-        else:
-            shards.set_epoch(epoch)
-            batches = ((b["input"], b["target"]) for b in shard_epoch(shards, oc.batch_size, drop_last=False,
-                                                                      num_workers=oc.num_workers))
-        for x, y in tqdm(batches, desc=f"{task.name}{tag} epoch {epoch}/{oc.epochs}", leave=False,
-                         total=steps_per_epoch - done, dynamic_ncols=True, mininterval=5.0, disable=None):
-            lr = oc.lr * lr_factor(step, total, warmup, oc.min_lr / oc.lr)
-            for g in opt.param_groups:
-                g["lr"] = lr * g["lr_scale"]
-            x, soft = augment_batch(x, y, ac, task, gen)
-            with amp():
-                logits = model(x)
-            loss = loss_fn(logits.float(), soft, task.task_type)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if oc.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip)
-            opt.step()
-            losses.append(loss.item())
-            step, done = step + 1, done + 1
-            if cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0:
-                _save(ckdir, cfg, model, opt, {"gen": gen.get_state(), "sgen_epoch": sgen_epoch,
-                                               "torch": torch.get_rng_state()}, best_state,
-                      {"step": step, "epoch": epoch, "batches": done, "losses": losses, "lr": lr,
-                       "history": history, "best": best, "best_epoch": best_epoch}, shards)
-        history["train_loss"].append(float(np.mean(losses)))
-        history["lr"].append(lr)
-        if writer:
-            writer.add_scalar("train/loss", history["train_loss"][-1], epoch)
-            writer.add_scalar("train/lr", lr, epoch)
-        if epoch % ec.every == 0 or epoch == oc.epochs:
-            with amp():
-                m = score(*predict_batches(model, eval_loader(curve_on)), task)
-            history[f"{curve_name}_loss"].append(m["loss"])
-            history[f"{curve_name}_{metric}"].append(m[metric])
-            if writer:
-                for k, v in m.items():
-                    writer.add_scalar(f"{curve_name}/{k}", v, epoch)
-            print(f"[finetune] {task.name}{tag} epoch {epoch}: train loss {history['train_loss'][-1]:.4f}, "
-                  f"{curve_name} {metric} {m[metric]:.4f}", flush=True)
-            if select_on is not None and ec.select == "best_valid" and is_better(m[metric], best, metric):
-                best, best_epoch = m[metric], epoch
-                best_state = copy.deepcopy(model.state_dict())
-    if writer:
-        writer.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    for epoch in range(loop.start_epoch, oc.epochs + 1):
+        _train_epoch(cfg, task, train_idx, model, opt, su, loop, epoch, tag)
+        if epoch % cfg.eval.every == 0 or epoch == oc.epochs:
+            _eval_epoch(cfg, task, model, su, loop, epoch, tag, curve_on, curve_name, select_on is not None)
+    if su.writer:
+        su.writer.close()
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
     with amp():
-        results = {role: score(*predict_batches(model, eval_loader(idx)), task) for role, idx in tests.items()}
-    out = {"test": results, "selected_epoch": best_epoch if best_state is not None else oc.epochs,
-           "history": history, "train_seconds": time.time() - t0, "n_train": n_train,
+        results = {role: score(*predict_batches(model, _loader(task, idx, cfg.eval.batch_size, oc.num_workers)),
+                               task) for role, idx in tests.items()}
+    out = {"test": results, "selected_epoch": loop.best_epoch if loop.best_state is not None else oc.epochs,
+           "history": loop.history, "train_seconds": time.time() - t0, "n_train": su.n_train,
            "n_valid": 0 if select_on is None else len(select_on), "n_test": {k: len(v) for k, v in tests.items()},
            "trainable_parameters": counts}
-    if select_on is not None and best is not None:
-        out[f"valid_{metric}"] = best
+    if select_on is not None and loop.best is not None:
+        out[f"valid_{metric}"] = loop.best
     if cfg.save_model:
         save_finetuned(model, task, run / (tag.strip(" /") or ".") / "model.safetensors")
     return out

@@ -1,36 +1,194 @@
 """Recipe: the whole pipeline at tiny scale on the embedded default, one command:
 
-    mosaic-alm pipeline [--profile full|small] [--out runs/pipeline] [--alm-examples 4800,1600,3200,960]
+    mosaic-alm pipeline [--preset default|long] [--profile full|small] [--out runs/pipeline] [--alm-examples 4800,1600,3200,960]
 
 1. build the offline benchmark from Debian packages (cached) and its instruction data;
 2. pretrain the tiny AudioMosaic encoder (contrastive) and, same data/steps/batch, the MAE baseline;
 3. probe both, a random encoder and MFCC on the three tasks (results JSON + Markdown/HTML report);
-4. train the audio-language model's four stages with (a) the pretrained encoder, (b) a random encoder, (c) no audio,
+4. train the audio-language model's stages with (a) the pretrained encoder, (b) a random encoder, (c) no audio,
    report closed-ended QA accuracy per question type, then evaluate (a)'s artifact (QA, captions, classify by
    generation);
-5. write ``report.html``, one self-contained page of all of it with a gallery of test clips (``mosaic-alm report``).
+5. write ``report.html``, one self-contained page of all of it with a gallery of test clips (:mod:`eval.run_report`).
 
-The work shares the cores (``--jobs``): the MAE baseline pretrains beside the contrastive run; the ALM variants
+The settings are one YAML file, ``configs/pipeline/<preset>.yaml`` (``default``: under 30 minutes on 2 CPU cores;
+``long``: a few hours), read once into the checked :class:`PipelineConfig`; a command-line option overrides its
+value there, and the checked config is saved in ``{out}/pipeline.json``. The run folder's layout is
+:mod:`mosaic_core.run_layout`'s. The jobs are run by command name (``recipes.cli.run_job``: ``pretrain``,
+``eval-encoder``; ``alm-experiment`` in its own processes), never by importing another recipe.
+
+The work shares the cores (``jobs``): the MAE baseline pretrains beside the contrastive run; the ALM variants
 that need no pretrained encoder (no audio, random) start as soon as a core is free, the pretrained one as soon as
 its encoder is trained, each beside the encoder evaluation; the ALM evaluation runs as soon as the pretrained
 variant is done. Every stage shows a progress bar with an ETA. Run again, the pipeline skips every stage that
 finished with the same settings (data, each pretraining, the encoder evaluation, each ALM variant's stages and
-evaluation, the ALM evaluation) and resumes the one that was interrupted. ``{out}/pipeline.json`` is rewritten after every stage: each
-stage's wall time and whether it ran or was skipped, plus totals, so a killed run still shows what finished.
+evaluation, the ALM evaluation) and resumes the one that was interrupted. ``{out}/pipeline.json`` is rewritten
+after every stage: each stage's wall time and whether it ran or was skipped, plus totals, so a killed run still
+shows what finished.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from mosaic_core.config import ConfigError
+from mosaic_core.config import (
+    ConfigError,
+    NonNegInt,
+    PositiveInt,
+    parse_config,
+    read_yaml,
+    to_plain,
+)
 from mosaic_core.io import atomic_write_json
+from mosaic_core.run_layout import RunLayout, final_artifact
 
 REPO = Path(__file__).resolve().parents[1]
+PRESET_DIR = REPO / "configs" / "pipeline"
 VARIANTS = ("pretrained", "random", "no_audio")
+PRETRAIN_RECIPE = REPO / "configs" / "pretrain" / "tiny.yaml"
+EVAL_RECIPE = REPO / "configs" / "eval" / "encoder_embedded.yaml"
+EVAL_TASKS = ("keywords", "instruments", "environment")
+
+
+@dataclass
+class AlmEvalSizes:
+    closed: NonNegInt = 60  # closed-ended questions
+    captions: NonNegInt = 20  # captioned clips
+    classify: NonNegInt = 20  # clips per task classified by generation
+
+
+@dataclass
+class PipelineConfig:
+    """configs/pipeline/*.yaml, checked; the command line's options override it (:func:`load_pipeline_config`)."""
+    preset: str = "default"
+    profile: Literal["small", "full"] = "full"
+    data_root: str | None = None  # None: data/embedded-<profile>
+    out: str = "runs/pipeline"
+    seed: int = 0
+    jobs: PositiveInt = 2
+    pretrain_steps: PositiveInt = 150
+    probes: list[Literal["linear", "weighted", "attentive"]] = field(default_factory=lambda: ["linear"])
+    probe_seeds: list[int] = field(default_factory=lambda: [0])
+    probe_epochs: PositiveInt = 15
+    max_clips: NonNegInt = 0
+    skip_alm: bool = False
+    alm_variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    alm_examples: list[NonNegInt] | None = None
+    alm_steps: list[NonNegInt] | None = None
+    alm_test: PositiveInt = 120
+    alm_eval: AlmEvalSizes = field(default_factory=AlmEvalSizes)
+    alm_recipe: list[str] = field(default_factory=list)  # key=value overrides of every ALM stage
+    alm_overrides: list[str] = field(default_factory=list)  # the command line's, after alm_recipe
+
+    def __post_init__(self):
+        if unknown := sorted(set(self.alm_variants) - set(VARIANTS)):
+            raise ValueError(f"alm_variants: unknown {unknown}; choose from {','.join(VARIANTS)}")
+        for key in ("alm_examples", "alm_steps"):
+            if getattr(self, key) is not None and len(getattr(self, key)) != 4:
+                raise ValueError(f"{key} needs four numbers (stages 1-4), got {getattr(self, key)}")
+        if not self.skip_alm and self.alm_examples is None and self.alm_steps is None:
+            raise ValueError("alm_examples or alm_steps must give the ALM stages' budget")
+
+    @property
+    def alm_stage_overrides(self) -> list[str]:
+        return [*self.alm_recipe, *self.alm_overrides]  # the user's overrides come last and win
+
+    def alm_budget(self) -> tuple[str, list[int]]:
+        """(the stage config key, the four stages' values): examples where given, else steps."""
+        return ("train.examples", self.alm_examples) if self.alm_examples else ("train.max_steps", self.alm_steps)
+
+
+# ------------------------------------------------------------------------------------------------------ config
+def _parse_args(argv) -> argparse.Namespace:
+    presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    p = argparse.ArgumentParser(prog="mosaic-alm pipeline", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=presets, default="default",
+                   help="configs/pipeline/<preset>.yaml: default: under 30 minutes on 2 CPU cores; long: more probe "
+                        "seeds and epochs, a bigger ALM budget and test set (a few hours); any option below "
+                        "overrides the preset")
+    p.add_argument("--profile", choices=["small", "full"], default=None, help="embedded data profile")
+    p.add_argument("--data-root", default=None, help="default data/embedded-<profile>")
+    p.add_argument("--out", default=None, help="run folder (default runs/pipeline)")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="steps of each pretraining (contrastive, MAE)")
+    p.add_argument("--probe-seeds", default=None, help="probe seeds of the attentive/weighted probes, e.g. 0,1,2")
+    p.add_argument("--probes", default=None, help="probes besides the fair linear read-out, e.g. linear,attentive")
+    p.add_argument("--probe-epochs", type=int, default=None, help="epochs of the trained probes")
+    p.add_argument("--max-clips", type=int, default=None, help="> 0: at most this many clips per split in the "
+                                                                "encoder evaluation (a quick look)")
+    p.add_argument("--alm-steps", default=None, help="optimizer steps of ALM stages 1-4 (instead of --alm-examples)")
+    p.add_argument("--alm-examples", default=None, help="training examples of ALM stages 1-4, e.g. 4800,1600,3200,960")
+    p.add_argument("--alm-test", type=int, default=None, help="closed-ended test questions per variant")
+    p.add_argument("--alm-eval", default=None, help="ALM evaluation sizes: closed-QA questions, captioned "
+                                                     "clips, clips per task classified by generation")
+    p.add_argument("--alm-variants", default=None, help="ALM ablation variants to run (default: all three)")
+    p.add_argument("--skip-alm", action="store_true", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=None, help="processes at a time for the MAE baseline and the ALM "
+                                                          "variants (one torch thread each)")
+    p.add_argument("alm_overrides", nargs="*", help="key=value overrides for every ALM stage (e.g. train.precision=fp32)")
+    return p.parse_args(sys.argv[1:] if argv is None else argv)
+
+
+def _comma_list(text: str, flag: str, cast=str) -> list:
+    try:
+        return [cast(x) for x in text.split(",") if x]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _cli_values(args: argparse.Namespace) -> dict:
+    """The command line's options as config values (only those given)."""
+    from eval.alm_variants import stage_budget
+
+    out = {k: getattr(args, k) for k in ("profile", "data_root", "out", "pretrain_steps", "probe_epochs",
+                                         "max_clips", "alm_test", "skip_alm", "seed", "jobs")
+           if getattr(args, k) is not None}
+    if args.probe_seeds is not None:
+        out["probe_seeds"] = _comma_list(args.probe_seeds, "--probe-seeds", int)
+    if args.probes is not None:
+        out["probes"] = _comma_list(args.probes, "--probes")
+    if args.alm_variants is not None:
+        out["alm_variants"] = _comma_list(args.alm_variants, "--alm-variants")
+        if unknown := sorted(set(out["alm_variants"]) - set(VARIANTS)):
+            raise ConfigError(f"--alm-variants: unknown {unknown}; choose from {','.join(VARIANTS)}")
+    if args.alm_eval is not None:
+        try:
+            sizes = [int(x) for x in args.alm_eval.split(",")]
+        except ValueError:
+            sizes = []
+        if len(sizes) != 3:
+            raise ConfigError(f"--alm-eval needs three comma-separated numbers, got {args.alm_eval!r}")
+        out["alm_eval"] = dict(zip(("closed", "captions", "classify"), sizes))
+    if args.alm_examples is not None:
+        out["alm_examples"] = stage_budget(args.alm_examples, "--alm-examples")
+    if args.alm_steps is not None:
+        out["alm_steps"] = stage_budget(args.alm_steps, "--alm-steps")
+        out.setdefault("alm_examples", None)  # steps given: the preset's example budget does not apply
+    out["alm_overrides"] = list(args.alm_overrides)
+    return out
+
+
+def load_pipeline_config(argv=None) -> PipelineConfig:
+    """configs/pipeline/<--preset>.yaml with the command line's options over it, checked."""
+    args = _parse_args(argv)
+    path = PRESET_DIR / f"{args.preset}.yaml"
+    return parse_config(PipelineConfig, {**read_yaml(path), **_cli_values(args)}, f"pipeline config {path}")
+
+
+def check_alm_settings(cfg: PipelineConfig) -> None:
+    """Every ALM stage's config with the pipeline's overrides and budget, checked now, not after the hour before
+    stage 4."""
+    from mosaic_alm.stage_config import STAGES, check_stage_config
+    from mosaic_core.config import load_config
+
+    key, budget = cfg.alm_budget()
+    for path, n in zip(STAGES, budget):
+        check_stage_config(load_config(path, [*cfg.alm_stage_overrides, f"{key}={n}"]))
 
 
 class StageLog:
@@ -38,13 +196,13 @@ class StageLog:
     stage keeps the wall time of the run that made it (``seconds_when_ran``, from the previous pipeline.json), so
     ``total_seconds_when_ran`` is the whole pipeline's time even when it finished over several runs."""
 
-    def __init__(self, path: Path, args: dict):
+    def __init__(self, path: Path, config: dict):
         self.path, self.t0 = path, time.time()
         try:
             self.before = json.loads(path.read_text()).get("stages", {})
         except (OSError, ValueError, AttributeError):
             self.before = {}
-        self.doc = {"args": args, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished": False, "stages": {},
+        self.doc = {"config": config, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished": False, "stages": {},
                     "timings": {}}
 
     def run(self, name: str, title: str, done, work, within: str | None = None) -> None:
@@ -81,243 +239,221 @@ class StageLog:
         atomic_write_json(self.path, self.doc, indent=1)
 
 
-# what the two presets run; measured wall times are in README.md and results/
-# default: the ALM skips the projector-only stage 1 and the 3-type stage 2 and trains projector + LoRA together on
-# every closed question type from the start (stage 3, lr 3e-4, projector 1e-3), then a short stage 4 with open
-# questions and captions. At 800 examples this reached 0.35 closed-QA exact match where the 4-stage curriculum at
-# 880 examples reached 0.18 (results/alm_recipe_probe/summary.json); the default trains 1,000, the budget of the
-# 3-seed ablation in results/alm_seeds/ (800 fits the 30 minutes too but lost the ordering: results/pipeline_800ex/).
-# That recipe left the 16-20-way question types at chance; the default now first aligns a fresh attentive projector
-# to the answers' word embeddings on every training clip (no LLM, ~2-3 minutes) and teaches the LLM to read its slots
-# with the copy warm-up (mosaic_alm/align.py), the projector then at a low lr so it keeps what it learnt: in the
-# same 1,000 examples keywords went from 0.07 to 0.73 and the overall from 0.35 to 0.53 (results/alm_align/). The
-# short open-question/caption stage 4 (160 examples) is no longer run by default: after it the closed-QA exact match
-# fell from 0.50 to 0.375 (pretrained) and from 0.55 to 0.42 (random) in the same pipeline run
-# (results/pipeline_align_stage4/); the long preset keeps all four stages. Sound events are 3% of the embedded
-# closed questions (~30 of 1,000 examples, two per class): the stage now draws every question type equally often
-# (data.balance=qtype) and trains 1,500 examples; sound events went from 0.20 to 0.93 and the overall from 0.50 to
-# 0.63 on the same 120 questions (results/alm_balance/).
-PRESETS = {
-    "default": {"pretrain_steps": 150, "probe_seeds": "0", "probes": "linear,attentive", "probe_epochs": 15,
-                "alm_examples": "0,0,1500,0", "alm_test": 120, "alm_eval": "60,20,20", "alm_steps": None,
-                "alm_recipe": ["train.lr=3e-4", "train.projector_lr=1e-4", "projector.kind=attentive",
-                               "train.align_steps=1000", "train.align_batch=128", "train.copy_warmup=0.5",
-                               "data.balance=qtype"]},
-    "long": {"pretrain_steps": 600, "probe_seeds": "0,1,2", "probes": "linear,weighted,attentive", "probe_epochs": 60,
-             "alm_examples": "4800,1600,3200,960", "alm_test": 360, "alm_eval": "200,60,40", "alm_steps": None,
-             "alm_recipe": []},
-}
+# ------------------------------------------------------------------------------------------------------- setup
+class PipelineRun:
+    """One pipeline run: its checked config, run folder, data root, stage log, and who holds the cores (the main
+    process: pretraining, then the encoder evaluation; the MAE process while it trains; the ALM variants take what
+    is left as soon as they can start)."""
+
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg, self.out = cfg, RunLayout(cfg.out)
+        self.root = Path(cfg.data_root or REPO / "data" / f"embedded-{cfg.profile}")
+        self.n_steps = 3 if cfg.skip_alm else 4
+        self.encoders = {name: str(self.out.encoder(name)) for name in ("audiomosaic", "mae")}
+        self.state = {"main_busy": True, "encoder_ready": False}
+        self.side = None  # the MAE baseline's process, when it trains beside the contrastive run
+        self.alm: VariantRunner | None = None
+        self.log = StageLog(self.out.pipeline_json, to_plain(cfg))
+
+    def pretrain_overrides(self, name: str, objective: str) -> list[str]:
+        return [f"data.root={self.root}", f"run_dir={self.out.pretrain(name)}",
+                f"train.max_steps={self.cfg.pretrain_steps}", f"seed={self.cfg.seed}", f"objective={objective}"]
+
+    def free_cores(self) -> int:
+        return self.cfg.jobs - self.state["main_busy"] - (self.side is not None and self.side.poll() is None)
 
 
-def final_artifact(result_json: Path) -> Path | None:
-    """The artifact of the last stage a variant trained, as its ``alm-experiment`` result names it (a folder glob
-    would also find the stage-4 artifact of an earlier run with another budget)."""
-    result_json = Path(result_json)
-    if not result_json.is_file():
-        return None
-    variants = json.loads(result_json.read_text()).get("variants", {})
-    if not variants:
-        return None
-    variant, res = next(iter(variants.items()))
-    stages = res.get("stages") or []
-    # {out}/alm_qa_{variant}.json names {out}/alm/{variant}/stage{N}/artifact (resolved here, whatever the cwd)
-    return result_json.parent / "alm" / variant / f"stage{stages[-1]['stage']}" / "artifact" if stages else None
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="mosaic-alm pipeline", description=__doc__.split("\n\n")[0])
-    p.add_argument("--profile", choices=["small", "full"], default="full", help="embedded data profile")
-    p.add_argument("--data-root", default=None, help="default data/embedded-<profile>")
-    p.add_argument("--out", default="runs/pipeline")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="default: under 30 minutes on 2 CPU cores; long: more probe seeds and epochs, a bigger ALM "
-                        "budget and test set (a few hours); any option below overrides the preset")
-    p.add_argument("--pretrain-steps", type=int, default=None, help="steps of each pretraining (contrastive, MAE)")
-    p.add_argument("--probe-seeds", default=None, help="probe seeds of the attentive/weighted probes, e.g. 0,1,2")
-    p.add_argument("--probes", default=None, help="probes besides the fair linear read-out, e.g. linear,attentive")
-    p.add_argument("--probe-epochs", type=int, default=None, help="epochs of the trained probes")
-    p.add_argument("--max-clips", type=int, default=0, help="> 0: at most this many clips per split in the encoder "
-                                                              "evaluation (a quick look)")
-    p.add_argument("--alm-steps", default=None, help="optimizer steps of ALM stages 1-4 (instead of --alm-examples)")
-    p.add_argument("--alm-examples", default=None, help="training examples of ALM stages 1-4, e.g. 4800,1600,3200,960")
-    p.add_argument("--alm-test", type=int, default=None, help="closed-ended test questions per variant")
-    p.add_argument("--alm-eval", default=None, help="ALM evaluation sizes: closed-QA questions, captioned "
-                                                     "clips, clips per task classified by generation")
-    p.add_argument("--alm-variants", default=",".join(VARIANTS), help="ALM ablation variants to run")
-    p.add_argument("--skip-alm", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, default=2, help="processes at a time for the MAE baseline and the ALM variants "
-                                                      "(one torch thread each)")
-    p.add_argument("alm_overrides", nargs="*", help="key=value overrides for every ALM stage (e.g. train.precision=fp32)")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    preset = PRESETS[args.preset]
-    if args.alm_steps is not None and args.alm_examples is None:
-        args.alm_examples = ""  # steps given: the preset's example budget does not apply
-    args.alm_overrides = [*preset["alm_recipe"], *args.alm_overrides]  # the user's overrides come last and win
-    for key, value in preset.items():
-        if key != "alm_recipe" and getattr(args, key) is None:
-            setattr(args, key, value)
-    args.alm_examples = args.alm_examples or None
-    variants = [v for v in args.alm_variants.split(",") if v]
-    if unknown := sorted(set(variants) - set(VARIANTS)):
-        raise ConfigError(f"--alm-variants: unknown {unknown}; choose from {','.join(VARIANTS)}")
-    try:
-        sizes = [int(x) for x in args.alm_eval.split(",")]
-    except ValueError:
-        sizes = []
-    if len(sizes) != 3:
-        raise ConfigError(f"--alm-eval needs three comma-separated numbers, got {args.alm_eval!r}")
-    if not args.skip_alm:  # the ALM settings are checked now, not after the hour before stage 4
-        from mosaic_core.config import load_config
-
-        from .alm_experiment import stage_budget
-        from .train_alm import STAGES, check_stage_config
-
-        budget = stage_budget(args.alm_examples, "--alm-examples") if args.alm_examples else \
-            stage_budget(args.alm_steps, "--alm-steps")
-        key = "train.examples" if args.alm_examples else "train.max_steps"
-        for path, n in zip(STAGES, budget):
-            check_stage_config(load_config(path, [*args.alm_overrides, f"{key}={n}"]))
-
+def setup(cfg: PipelineConfig) -> PipelineRun:
+    """Threads, logging, the run folder and pipeline.json's header (precision, commit, machine, expected time)."""
     from transformers.utils import logging as hf_logging
 
-    from encoder.data.embedded import TASKS, build
-    from encoder.pretraining import PretrainConfig
-    from mosaic_alm.instructions import generate
-    from mosaic_core.config import load_config, load_recipe, parse_config
-    from mosaic_core.progress import progress_bar
+    from mosaic_core.provenance import git_commit, machine_info
 
-    from .pretrain import train
-
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     hf_logging.disable_progress_bar()  # weight loading / shard writing bars: the stages' own bars are enough
-    if args.jobs > 1:  # one compute thread per job, this process's BLAS pools included (they spin beside the others)
+    if cfg.jobs > 1:  # one compute thread per job, this process's BLAS pools included (they spin beside the others)
         from mosaic_core.runtime import set_threads
 
         set_threads(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    root = Path(args.data_root or REPO / "data" / f"embedded-{args.profile}")
-    log = StageLog(out / "pipeline.json", vars(args))
-    log.doc["precision"] = _precision()
-    from mosaic_core.provenance import git_commit, machine_info
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    run = PipelineRun(cfg)
+    doc = run.log.doc
+    doc["data_root"] = str(run.root)
+    doc["precision"] = _precision()
+    doc["git"], doc["machine"] = git_commit(), machine_info()  # the report's header reads them here
+    print(f"== precision: {doc['precision']}", flush=True)
+    if cfg.preset == "default" and not cfg.skip_alm:
+        doc["expected"] = _expected_duration()
+        print(f"== expected duration on this machine: {doc['expected']['note']}", flush=True)
+    return run
 
-    log.doc["git"], log.doc["machine"] = git_commit(), machine_info()  # the report's header reads them here
-    print(f"== precision: {log.doc['precision']}", flush=True)
-    if args.preset == "default" and not args.skip_alm:
-        log.doc["expected"] = _expected_duration()
-        print(f"== expected duration on this machine: {log.doc['expected']['note']}", flush=True)
-    n_steps = 3 if args.skip_alm else 4
 
+def start_side_jobs(run: PipelineRun) -> None:
+    """The MAE baseline in a second process (when a second core is there), and the ALM variants' runner, which
+    starts each variant as soon as it is ready and a core is free (the random and no-audio variants need no
+    pretrained encoder)."""
+    from encoder.pretraining import PretrainConfig
+    from mosaic_core.config import load_config
+
+    cfg, out = run.cfg, run.out
+    if not _pretrained(out.pretrain("mae"), cfg.pretrain_steps) and cfg.jobs > 1:
+        run.side = _spawn(["-m", "recipes.pretrain", "--config", str(PRETRAIN_RECIPE),
+                           *run.pretrain_overrides("mae", "mae"), "train.progress=false"],
+                          out.pretrain("mae") / "pretrain.log")
+    if cfg.skip_alm:
+        return
+    pre = parse_config(PretrainConfig, load_config(PRETRAIN_RECIPE, run.pretrain_overrides("audiomosaic",
+                                                                                            "contrastive")),
+                       "pretraining config")
+    key, values = cfg.alm_budget()
+    budget = ["--examples" if key == "train.examples" else "--steps", ",".join(map(str, values))]
+    run.alm = VariantRunner(cfg.alm_variants, lambda v, res: _spawn(
+        ["-m", "recipes.cli", "alm-experiment", "--data", str(run.root), "--encoder", run.encoders["audiomosaic"],
+         *budget, "--random-size", str(pre.model.size), "--max-test", str(cfg.alm_test), "--seed", str(cfg.seed),
+         "--variants", v, "--output-dir", str(out.alm), "--out", str(res), "--reuse", *cfg.alm_stage_overrides],
+        out.alm_log(v)), out.root, free=run.free_cores, ready=lambda v: v != "pretrained" or run.state["encoder_ready"])
+
+
+# -------------------------------------------------------------------------------------------------------- jobs
+def build_data_stage(run: PipelineRun) -> None:
     def build_data():
+        from encoder.data.embedded import TASKS, build
+        from mosaic_alm.instructions import generate
+        from mosaic_core.progress import progress_bar
+
         for task in progress_bar(TASKS, desc="data: tasks", unit="task", mininterval=0):
-            build(root, profile=args.profile, seed=args.seed, tasks=[task])
-        generate(root, seed=args.seed)
+            build(run.root, profile=run.cfg.profile, seed=run.cfg.seed, tasks=[task])
+        generate(run.root, seed=run.cfg.seed)
 
-    log.run("data", f"1/{n_steps} data: {root} ({args.profile})", lambda: _data_ready(root, args.profile, args.seed),
-            build_data)
+    run.log.run("data", f"1/{run.n_steps} data: {run.root} ({run.cfg.profile})",
+                lambda: _data_ready(run.root, run.cfg.profile, run.cfg.seed), build_data)
 
-    # the two pretrainings are one thread each: the MAE baseline trains in a second process alongside
-    encoders, over = {}, {}
-    for name, objective in (("audiomosaic", "contrastive"), ("mae", "mae")):
-        over[name] = [f"data.root={root}", f"run_dir={out / f'pretrain-{name}'}",
-                      f"train.max_steps={args.pretrain_steps}", f"seed={args.seed}", f"objective={objective}"]
-        encoders[name] = str(out / f"pretrain-{name}" / "encoder")
-    mae_run = out / "pretrain-mae"
-    side = None
-    if not _pretrained(mae_run, args.pretrain_steps) and args.jobs > 1:
-        side = _spawn(["-m", "recipes.pretrain", "--config", str(REPO / "configs/pretrain/tiny.yaml"),
-                       *over["mae"], "train.progress=false"], mae_run / "pretrain.log")
-    raw = load_config(REPO / "configs/pretrain/tiny.yaml", over["audiomosaic"])
 
-    # the cores (--jobs) are shared: the main process (pretraining, then the encoder evaluation) holds one, the MAE
-    # process one while it trains, and the ALM variants take what is left as soon as they can start: the random and
-    # no-audio variants need no pretrained encoder, so they start when the MAE baseline is done
-    state = {"main_busy": True, "encoder_ready": False}
-    alm = None
-    if not args.skip_alm:
-        budget = ["--examples", args.alm_examples] if args.alm_examples else ["--steps", args.alm_steps]
-        size = str(raw.get("model", {}).get("size", "tiny"))
-        alm = VariantRunner(variants, lambda v, res: _spawn(
-            ["-m", "recipes.cli", "alm-experiment", "--data", str(root), "--encoder", encoders["audiomosaic"], *budget,
-             "--random-size", size, "--max-test", str(args.alm_test), "--seed", str(args.seed), "--variants", v,
-             "--output-dir", str(out / "alm"), "--out", str(res), "--reuse", *args.alm_overrides],
-            out / "alm" / f"{v}.log"), out,
-            free=lambda: args.jobs - state["main_busy"] - (side is not None and side.poll() is None),
-            ready=lambda v: v != "pretrained" or state["encoder_ready"])
+def _run_pretraining(run: PipelineRun, name: str, objective: str) -> None:
+    from recipes.cli import run_job
 
-    def encoder_side() -> None:  # pretraining (the MAE baseline alongside), then the encoder evaluation
-        log.run("pretrain_audiomosaic", f"2/{n_steps} pretrain audiomosaic (contrastive) -> "
-                f"{out / 'pretrain-audiomosaic'}" + (" (the MAE baseline trains alongside)" if side else ""),
-                lambda: _pretrained(out / "pretrain-audiomosaic", args.pretrain_steps),
-                lambda: train(parse_config(PretrainConfig, raw, "pretraining config"), raw))
-        state["encoder_ready"] = True
-        raw_mae = load_config(REPO / "configs/pretrain/tiny.yaml", over["mae"])
-        log.run("pretrain_mae", f"2/{n_steps} pretrain mae (same data, steps and batch) -> {mae_run}",
-                lambda: None if side else _pretrained(mae_run, args.pretrain_steps),
-                lambda: _wait(side, "the MAE pretraining") if side else
-                train(parse_config(PretrainConfig, raw_mae, "pretraining config"), raw_mae))
-        if side:  # its stage time above is only the wait after the contrastive run; this is its own training loop's
-            hist = json.loads((mae_run / "history.json").read_text())
-            log.doc["stages"]["pretrain_mae"]["seconds_alongside"] = hist[-1].get("elapsed_s") if hist else None
-            log.save()
+    code = run_job("pretrain", ["--config", str(PRETRAIN_RECIPE), *run.pretrain_overrides(name, objective)])
+    if code:
+        from encoder.pretraining import TrainingError
 
-        from .eval_encoder import EncoderEvalConfig, evaluate
+        raise TrainingError(f"the {name} pretraining failed (exit {code}; its error is above)")
 
-        seeds = "[" + args.probe_seeds + "]"
-        cfg, _ = load_recipe(EncoderEvalConfig, REPO / "configs/eval/encoder_embedded.yaml", [
-            f"data_root={root}", f"run_dir={out / 'eval-encoder'}", f"seed={args.seed}", f"probe_seeds={seeds}",
-            f"max_clips_per_split={args.max_clips}",
-            f"probe.epochs={args.probe_epochs}", f"probes=[{args.probes}]",
-            f"encoders={{audiomosaic: {encoders['audiomosaic']}, mae: {encoders['mae']}, random: random}}",
-            "tasks=[" + ", ".join(str(REPO / f"configs/data/embedded_{t}.yaml") for t in
-                                  ("keywords", "instruments", "environment")) + "]"])
-        log.run("eval_encoder", f"3/{n_steps} encoder evaluation", lambda: _encoder_eval_done(cfg, encoders),
-                lambda: record_probe_results(evaluate(cfg), encoders,
-                                             f"mosaic-alm pipeline {out}, seeds {args.probe_seeds}"))
 
-    try:
-        encoder_side()
-    except BaseException:  # nothing is left running
-        if alm is not None:
-            alm.stop()
-        raise
+def pretrain_stages(run: PipelineRun) -> None:
+    """The contrastive pretraining here, then the MAE baseline: waited for when it trains alongside, else here."""
+    cfg, out, side = run.cfg, run.out, run.side
+    run.log.run("pretrain_audiomosaic", f"2/{run.n_steps} pretrain audiomosaic (contrastive) -> "
+                f"{out.pretrain('audiomosaic')}" + (" (the MAE baseline trains alongside)" if side else ""),
+                lambda: _pretrained(out.pretrain("audiomosaic"), cfg.pretrain_steps),
+                lambda: _run_pretraining(run, "audiomosaic", "contrastive"))
+    run.state["encoder_ready"] = True
+    mae_run = out.pretrain("mae")
+    run.log.run("pretrain_mae", f"2/{run.n_steps} pretrain mae (same data, steps and batch) -> {mae_run}",
+                lambda: None if side else _pretrained(mae_run, cfg.pretrain_steps),
+                lambda: _wait(side, "the MAE pretraining") if side else _run_pretraining(run, "mae", "mae"))
+    if side:  # its stage time above is only the wait after the contrastive run; this is its own training loop's
+        hist = json.loads((mae_run / "history.json").read_text())
+        run.log.doc["stages"]["pretrain_mae"]["seconds_alongside"] = hist[-1].get("elapsed_s") if hist else None
+        run.log.save()
 
-    if not args.skip_alm:
-        from .alm_experiment import combine_results
 
-        def evaluate_pretrained() -> None:  # the pretrained variant's artifact, while the other variants finish
-            art = final_artifact(alm.files["pretrained"])
-            if art is None:
-                return
-            from eval.alm_benchmark import evaluate_alm
+def encoder_eval_overrides(run: PipelineRun) -> list[str]:
+    cfg, enc = run.cfg, run.encoders
+    return [f"data_root={run.root}", f"run_dir={run.out.eval_encoder}", f"seed={cfg.seed}",
+            f"probe_seeds=[{','.join(map(str, cfg.probe_seeds))}]", f"max_clips_per_split={cfg.max_clips}",
+            f"probe.epochs={cfg.probe_epochs}", f"probes=[{','.join(cfg.probes)}]",
+            f"encoders={{audiomosaic: {enc['audiomosaic']}, mae: {enc['mae']}, random: random}}",
+            "tasks=[" + ", ".join(str(REPO / f"configs/data/embedded_{t}.yaml") for t in EVAL_TASKS) + "]"]
 
-            ev = out / "eval-alm"
-            state["main_busy"] = True
-            # the caption baselines, scored by the same harness: the no-audio variant (it starts first, so it is
-            # done by now when it runs) and retrieval by the pretrained encoder's pooled features
-            silent = final_artifact(alm.files["no_audio"]) if "no_audio" in alm.files else None
-            base = {"no_audio_artifact": str(silent) if silent else None,
-                    "retrieval_encoder": encoders["audiomosaic"]}
-            log.run("eval_alm", f"ALM evaluation of {art} (QA, captions with their baselines, classify-by-generation)",
-                    lambda: _alm_eval_done(ev, art, root, args.seed, sizes, base),
-                    lambda: evaluate_alm(str(art), str(root), str(ev), max_closed=sizes[0], max_captions=sizes[1],
-                                         max_classify=sizes[2], seed=args.seed, **base), within="alm")
-            state["main_busy"] = False
 
-        state["main_busy"] = False  # the ALM variants may now use every core
-        log.run("alm", f"4/4 audio-language model: variants {', '.join(variants)} (stages 1-4, closed-QA "
-                       f"evaluation; logs in {out / 'alm'})", lambda: None,
-                lambda: alm.wait(log, after="pretrained", then=evaluate_pretrained))
-        combine_results([alm.files[v] for v in variants], out / "alm_qa.json")
-        art = final_artifact(alm.files["pretrained"]) if "pretrained" in alm.files else None
-        if art is not None and (out / "alm_qa.json").is_file():
-            record_qa_results(out / "alm_qa.json", art, f"mosaic-alm pipeline {out}")
+def encoder_eval_stage(run: PipelineRun) -> None:
+    """The encoder evaluation (``eval-encoder``), its probe accuracies then put into the encoders' model cards."""
+    from eval.encoder_eval_config import EncoderEvalConfig
+    from mosaic_core.config import load_recipe
+    from recipes.cli import run_job
+
+    over = encoder_eval_overrides(run)
+    ecfg, _ = load_recipe(EncoderEvalConfig, EVAL_RECIPE, over)
+
+    def evaluate() -> None:
+        run_job("eval-encoder", ["--config", str(EVAL_RECIPE), *over])
+        results = json.loads(run.out.encoder_eval_json.read_text())["numbers"]
+        record_probe_results(results, run.encoders, f"mosaic-alm pipeline {run.out.root}, seeds "
+                                                    f"{','.join(map(str, run.cfg.probe_seeds))}")
+
+    run.log.run("eval_encoder", f"3/{run.n_steps} encoder evaluation", lambda: _encoder_eval_done(ecfg, run.encoders),
+                evaluate)
+
+
+def evaluate_pretrained(run: PipelineRun) -> None:
+    """The pretrained variant's artifact (QA, captions with their baselines, classify by generation), while the
+    other variants finish."""
+    art = final_artifact(run.alm.files["pretrained"])
+    if art is None:
+        return
+    from eval.alm_benchmark import evaluate_alm
+
+    cfg, sizes = run.cfg, run.cfg.alm_eval
+    run.state["main_busy"] = True
+    # the caption baselines, scored by the same harness: the no-audio variant (it starts first, so it is done by now
+    # when it runs) and retrieval by the pretrained encoder's pooled features
+    silent = final_artifact(run.alm.files["no_audio"]) if "no_audio" in run.alm.files else None
+    base = {"no_audio_artifact": str(silent) if silent else None, "retrieval_encoder": run.encoders["audiomosaic"]}
+    ev = run.out.eval_alm
+    run.log.run("eval_alm", f"ALM evaluation of {art} (QA, captions with their baselines, classify-by-generation)",
+                lambda: _alm_eval_done(run.out.alm_eval_json, art, run.root, cfg.seed, [sizes.closed, sizes.captions, sizes.classify],
+                                       base),
+                lambda: evaluate_alm(str(art), str(run.root), str(ev), max_closed=sizes.closed,
+                                     max_captions=sizes.captions, max_classify=sizes.classify, seed=cfg.seed,
+                                     **base), within="alm")
+    run.state["main_busy"] = False
+
+
+def alm_stage(run: PipelineRun) -> None:
+    """The ALM variants (their processes started as soon as they could), the ALM evaluation inside, then the
+    variants' results combined in alm_qa.json and the pretrained one's accuracy put into its card."""
+    from eval.alm_variants import combine_results
+
+    alm, out = run.alm, run.out
+    run.state["main_busy"] = False  # the ALM variants may now use every core
+    run.log.run("alm", f"4/4 audio-language model: variants {', '.join(run.cfg.alm_variants)} (stages 1-4, "
+                       f"closed-QA evaluation; logs in {out.alm})", lambda: None,
+                lambda: alm.wait(run.log, after="pretrained", then=lambda: evaluate_pretrained(run)))
+    combine_results([alm.files[v] for v in run.cfg.alm_variants], out.alm_qa)
+    art = final_artifact(alm.files["pretrained"]) if "pretrained" in alm.files else None
+    if art is not None and out.alm_qa.is_file():
+        record_qa_results(out.alm_qa, art, f"mosaic-alm pipeline {out.root}")
+
+
+# -------------------------------------------------------------------------------------------------------- save
+def finish(run: PipelineRun) -> None:
+    """pipeline.json marked finished, then the report."""
+    from eval.run_report import build_report
+
+    log = run.log
     log.save(finished=True)
-    from .report import build_report
+    print(f"== report: {build_report(run.out.root, run.root, seed=run.cfg.seed)}", flush=True)
+    print(f"== done: {run.out.root} ({log.doc['total_seconds']:.0f} s; ran {log.doc['ran_seconds']:.0f} s, skipped "
+          f"{log.doc['skipped'] or 'nothing'}); stage times in {run.out.pipeline_json}", flush=True)
 
-    print(f"== report: {build_report(out, root, seed=args.seed)}", flush=True)
-    print(f"== done: {out} ({log.doc['total_seconds']:.0f} s; ran {log.doc['ran_seconds']:.0f} s, skipped "
-          f"{log.doc['skipped'] or 'nothing'}); stage times in {out / 'pipeline.json'}", flush=True)
+
+def main(argv=None) -> int:
+    cfg = load_pipeline_config(argv)
+    if not cfg.skip_alm:  # the ALM settings are checked now, not after the hour before stage 4
+        check_alm_settings(cfg)
+    run = setup(cfg)
+    build_data_stage(run)
+    start_side_jobs(run)
+    try:  # pretraining (the MAE baseline alongside), then the encoder evaluation
+        pretrain_stages(run)
+        encoder_eval_stage(run)
+    except BaseException:  # nothing is left running
+        if run.alm is not None:
+            run.alm.stop()
+        raise
+    if not cfg.skip_alm:
+        alm_stage(run)
+    finish(run)
     return 0
 
 
@@ -529,18 +665,18 @@ def _encoder_eval_done(cfg, encoders: dict[str, str]) -> str | None:
     return f"{path} holds this evaluation"
 
 
-def _alm_eval_done(ev: Path, artifact: Path, root: Path, seed: int, sizes: list[int],
+def _alm_eval_done(path: Path, artifact: Path, root: Path, seed: int, sizes: list[int],
                    baselines: dict | None = None) -> str | None:
-    path = ev / "alm_eval.json"
+    """Skip when ``path`` (alm_eval.json) holds this artifact's evaluation with these settings."""
     try:
         res = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     meta = artifact / "meta.json"
-    cfg = res.get("config", {})
+    recorded = res.get("config", {})  # the settings alm_eval.json was written with
     want = {"artifact": str(artifact), "data": str(root), "max_closed": sizes[0], "max_captions": sizes[1],
             "max_classify": sizes[2], **(baselines or {})}
-    if any(cfg.get(k) != v for k, v in want.items()) or res.get("seed") != seed or not meta.is_file() \
+    if any(recorded.get(k) != v for k, v in want.items()) or res.get("seed") != seed or not meta.is_file() \
             or meta.stat().st_mtime > path.stat().st_mtime:
         return None
     return f"{path} holds the evaluation of this artifact"

@@ -32,14 +32,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -48,6 +45,7 @@ from encoder import checkpoint as ckpt
 from encoder.data.shards import ShardError
 from mosaic_alm.align import AnswerSlots, align_projector, copy_weight
 from mosaic_alm.artifact import build_from, module_state, save_artifact
+from mosaic_alm.audio_lm import format_parameter_counts
 from mosaic_alm.data import (
     Collator,
     InstructionDataConfig,
@@ -57,18 +55,17 @@ from mosaic_alm.data import (
     load_records,
 )
 from mosaic_alm.featurizer import AudioFeaturizer
-from mosaic_alm.audio_lm import ALMConfig
-from mosaic_core.config import (
-    ConfigError,
-    NonNegInt,
-    PositiveFloat,
-    PositiveInt,
-    Probability,
-    load_config,
-    parse_config,
-    save_yaml,
+from mosaic_alm.stage_config import (
+    STAGES,
+    StageTrainConfig,
+    check_stage_config,
+    resolve_init,
+    run_dir,
+    stage_sources,
+    trajectory_config,
 )
-from mosaic_core.io import atomic_write_json, sha256_file
+from mosaic_core.config import ConfigError, load_config, save_yaml
+from mosaic_core.io import atomic_write_json
 from mosaic_core.progress import progress_bar
 from mosaic_core.runtime import (
     deepspeed_cpu_workaround,
@@ -80,98 +77,6 @@ from mosaic_core.runtime import (
     use_bf16,
 )
 from mosaic_core.schedule import cosine_schedule
-
-REPO = Path(__file__).resolve().parents[1]
-STAGES = [REPO / "configs" / "alm" / f"stage{i}.yaml" for i in (1, 2, 3, 4)]
-
-
-@dataclass
-class StageTrainConfig:
-    init_from: str | None = None  # None | "previous" | an artifact folder
-    lr: PositiveFloat = 1e-3
-    projector_lr: PositiveFloat | None = None  # the projector's own lr (LLaVA's mm_projector_lr); None: ``lr``
-    weight_decay: float = 0.0
-    epochs: PositiveFloat = 1.0
-    max_steps: NonNegInt = 0  # > 0: exactly this many optimizer steps (epochs is then ignored)
-    examples: NonNegInt = 0  # > 0: this many training examples in all: ceil(examples / global batch) steps
-    batch_size: PositiveInt = 8
-    grad_accum: PositiveInt = 1
-    warmup_ratio: Probability = 0.05
-    max_grad_norm: float = 1.0
-    log_every: PositiveInt = 10
-    eval_batches: NonNegInt = 4  # batches of the eval split for a held-out loss at the end (0: none)
-    device: str = "auto"  # auto | cpu | cuda
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the GPU/CPU computes it natively
-    deepspeed: str | None = None  # a DeepSpeed JSON (ZeRO 2/3)
-    num_workers: NonNegInt = 0
-    ckpt_every: NonNegInt = 0  # > 0: a resumable checkpoint every N optimizer steps in {run}/checkpoints (0: none)
-    keep_last: PositiveInt = 2  # checkpoints kept (older ones are deleted)
-    # teaching the LLM to read its slots (mosaic_alm.align); both are skipped for a model without audio
-    align_steps: NonNegInt = 0  # > 0: the projector alone first, fitted to the closed answers' word embeddings
-    align_batch: PositiveInt = 256
-    align_lr: PositiveFloat = 1e-3
-    align_tau: PositiveFloat = 0.07
-    align_pool: Literal["mean", "max"] = "mean"  # a clip's slots vs an option: the mean slot, or the best slot
-    copy_warmup: Probability = 0.0  # first fraction of the steps: slots = alpha e(answer) + (1-alpha) audio, alpha 1 -> 0
-
-    def __post_init__(self):
-        if self.examples > 0 and self.max_steps > 0:
-            raise ValueError(f"give train.examples ({self.examples}) or train.max_steps ({self.max_steps}), not both")
-        if self.copy_warmup >= 1:
-            raise ValueError(f"train.copy_warmup must be below 1 (the last steps read plain audio), got {self.copy_warmup}")
-
-    def total_steps(self, steps_per_epoch: int, world: int = 1) -> int:
-        """Optimizer steps of the stage: ``examples`` over the global batch (batch x accumulation x ranks), else
-        ``max_steps``, else ``epochs`` of the data."""
-        if self.examples > 0:
-            return math.ceil(self.examples / (self.batch_size * self.grad_accum * world))
-        if self.max_steps > 0:
-            return self.max_steps
-        return int(math.ceil(self.epochs * steps_per_epoch))
-
-
-@dataclass
-class StageConfig(ALMConfig):
-    """One ALM stage: run identity, instruction data and the loop, on top of the model sections of ALMConfig."""
-
-    seed: int = 0
-    name: str = "alm"
-    stage: PositiveInt = 1
-    output_dir: str = "runs/alm"
-    data: InstructionDataConfig = field(default_factory=InstructionDataConfig)
-    train: StageTrainConfig = field(default_factory=StageTrainConfig)
-
-
-def check_stage_config(cfg: dict) -> StageConfig:
-    return parse_config(StageConfig, cfg, f"ALM stage {cfg.get('stage', '?')} config")
-
-
-def run_dir(cfg: dict) -> Path:
-    return Path(cfg.get("output_dir", "runs/alm")) / str(cfg.get("name", "alm")) / f"stage{cfg.get('stage', 1)}"
-
-
-def resolve_init(cfg: dict, tcfg: StageTrainConfig) -> Path | None:
-    if tcfg.init_from in (None, "", "none"):
-        return None
-    if tcfg.init_from == "previous":
-        prev = dict(cfg, stage=int(cfg.get("stage", 1)) - 1)
-        return run_dir(prev) / "artifact"
-    return Path(tcfg.init_from)
-
-
-def stage_sources(cfg: dict) -> dict:
-    """What a stage starts from beyond its config, as checksums (recorded in ``summary.json``, so a finished stage
-    is reused only while they hold): the encoder folder's model.safetensors (a stage without ``init_from``; None
-    for a random encoder or no audio) and the ``init_from`` artifact's meta.json (rewritten whenever it trains)."""
-    audio, init_from = cfg.get("audio", {}), cfg.get("train", {}).get("init_from")
-    if init_from in (None, "", "none"):
-        weights = Path(str(audio.get("encoder", ""))) / "model.safetensors"
-        enc = sha256_file(weights) if audio.get("enabled", True) and weights.is_file() else None
-        return {"encoder_sha256": enc, "init_meta_sha256": None}
-    init = run_dir(dict(cfg, stage=int(cfg.get("stage", 1)) - 1)) / "artifact" if init_from == "previous" \
-        else Path(init_from)
-    meta = init / "meta.json"
-    return {"encoder_sha256": None, "init_meta_sha256": sha256_file(meta) if meta.is_file() else None}
 
 
 def _ds_config(path: str, tcfg: StageTrainConfig, world: int, device: torch.device) -> dict:
@@ -202,8 +107,6 @@ def alm_param_groups(model, tcfg: StageTrainConfig) -> list[dict]:
 
 log = logging.getLogger(__name__)
 
-# train.* keys that do not change what a step computes: a run may resume with other values for them
-RESUME_FREE_KEYS = ("ckpt_every", "keep_last", "log_every", "num_workers", "eval_batches")
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
@@ -232,13 +135,6 @@ def planned_records(n: int, batch_size: int, seed: int, micro_batches: int, worl
     return read
 
 
-def trajectory_config(cfg: dict) -> dict:
-    """The resolved config less the keys in RESUME_FREE_KEYS, JSON-normalised: what must match to resume."""
-    c = json.loads(json.dumps(cfg, default=str))
-    c.pop("output_dir", None)  # the checkpoints live in the run folder: a moved folder still resumes
-    for k in RESUME_FREE_KEYS:
-        c.get("train", {}).pop(k, None)
-    return c
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
@@ -390,7 +286,9 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
         train_recs = balance_records(train_recs, dcfg.balance, seed)
     model = build_from(cfg, init_from=init, device=device, llm_and_tokenizer=llm_and_tokenizer)
     model.train()
-    counts = model.apply_trainable(verbose=rank == 0 and not quiet)
+    counts = model.apply_trainable(verbose=False)
+    if rank == 0 and not quiet:
+        print(format_parameter_counts(counts))
     fmt = PromptFormatter.for_model(model)
     featurizer = AudioFeaturizer.for_model(model)
     eval_recs, from_shards = None, None

@@ -158,7 +158,7 @@ def test_stage_with_alignment_and_copy_warmup(toy, tmp_path):
 
 def test_copy_warmup_of_one_is_refused(toy):
     from mosaic_core.config import ConfigError, load_config
-    from recipes.train_alm import check_stage_config
+    from mosaic_alm.stage_config import check_stage_config
 
     with pytest.raises(ConfigError, match="copy_warmup"):
         check_stage_config(load_config(f"{REPO_CONFIGS}/stage2.yaml", ["train.copy_warmup=1.0"]))
@@ -170,7 +170,8 @@ def test_stage_draws_question_types_evenly_with_balance(tmp_path):
     import json
 
     from mosaic_core.config import ConfigError, load_config
-    from recipes.train_alm import check_stage_config, train_stage
+    from mosaic_alm.stage_config import check_stage_config
+    from recipes.train_alm import train_stage
 
     root = make_toy_data(tmp_path / "toy", per_class={"train": 6, "valid": 1, "test": 1})
     path = root / "instructions" / "train.json"

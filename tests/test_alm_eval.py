@@ -37,7 +37,7 @@ def test_seeds_summary_means_stds_and_pooled_pairs(tmp_path):
 
     import pytest
 
-    from recipes.alm_experiment import summarise_seeds
+    from eval.alm_variants import summarise_seeds
 
     def result(seed, right):  # right[v] = how many of the 4 keyword questions variant v answers correctly
         variants = {}

@@ -182,7 +182,7 @@ def test_experiment_reuses_finished_stages_and_combines_variants(toy, tmp_path, 
 
 def test_stage_length_in_examples_or_steps():
     from mosaic_core.config import ConfigError, load_config
-    from recipes.train_alm import STAGES, StageTrainConfig, check_stage_config
+    from mosaic_alm.stage_config import STAGES, StageTrainConfig, check_stage_config
 
     assert StageTrainConfig(examples=4800, batch_size=16).total_steps(1000) == 300
     assert StageTrainConfig(examples=100, batch_size=8, grad_accum=2).total_steps(1000, world=2) == 4  # ceil(100/32)
@@ -196,7 +196,7 @@ def test_stage_length_in_examples_or_steps():
 
 def test_paired_comparison_of_variants():
     from eval.stats import paired_comparison
-    from recipes.alm_experiment import compare_variants
+    from eval.alm_variants import compare_variants
 
     def res(flags):
         return {"questions": [{"id": f"q{i}", "qtype": "t", "exact": f, "loglik": f} for i, f in enumerate(flags)]}
@@ -216,7 +216,8 @@ def test_paired_comparison_of_variants():
 
 
 def test_projector_gets_its_own_learning_rate():
-    from recipes.train_alm import StageTrainConfig, alm_param_groups
+    from mosaic_alm.stage_config import StageTrainConfig
+    from recipes.train_alm import alm_param_groups
 
     class M(torch.nn.Module):
         def __init__(self):

@@ -113,9 +113,10 @@ try:
     raise SystemExit("loaded before registration")
 except ValueError:
     pass
-import encoder.hf, mosaic_alm.audio_lm  # registration
+import encoder.hf  # registration (an encoder's classes: on import)
 from encoder.hf import AudioMosaicModel, resolve_encoder
-from mosaic_alm.artifact import load_alm
+from mosaic_alm.artifact import load_alm, register_alm_auto_classes
+register_alm_auto_classes()  # an ALM's: called explicitly (importing the model module registers nothing)
 from mosaic_alm.audio_lm import ALMArtifactConfig, AudioLanguageModel
 m = AutoModel.from_pretrained(enc)
 assert type(m) is AudioMosaicModel and type(AutoConfig.from_pretrained(enc)).__name__ == "AudioMosaicConfig"

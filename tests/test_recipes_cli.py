@@ -261,7 +261,7 @@ def test_variant_runner_shares_the_cores_and_starts_what_is_ready(tmp_path):
 
 def test_final_artifact_is_the_one_the_variant_trained_last(tmp_path):
     """Not a folder glob: a stage-4 artifact left by an earlier run with a longer budget must not be evaluated."""
-    from recipes.pipeline import final_artifact
+    from mosaic_core.run_layout import final_artifact
 
     (tmp_path / "alm" / "pretrained" / "stage4" / "artifact").mkdir(parents=True)  # stale, from an earlier budget
     res = tmp_path / "alm_qa_pretrained.json"

@@ -102,7 +102,7 @@ def test_report_with_the_alm_evaluation(run_folder, embedded_root, tmp_path):
 
 
 def test_report_of_an_empty_folder_names_what_is_missing(tmp_path):
-    from recipes.report import build_report
+    from eval.run_report import build_report
 
     page = build_report(tmp_path)
     text = page.read_text()
@@ -150,7 +150,7 @@ def recorded_run(tmp_path) -> Path:
 
 
 def test_report_shows_only_what_was_measured(recorded_run):
-    from recipes.report import build_report
+    from eval.run_report import build_report
 
     text = _visible(build_report(recorded_run, data=recorded_run / "no-data", use_model=False).read_text())
     # one seed: no spread of zero; several: mean ± std with n
@@ -164,7 +164,7 @@ def test_report_shows_only_what_was_measured(recorded_run):
 
 
 def test_report_counts_an_alongside_stage_once(recorded_run):
-    from recipes.report import build_report
+    from eval.run_report import build_report
 
     text = _visible(build_report(recorded_run, data=recorded_run / "no-data", use_model=False).read_text())
     rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in text.splitlines() if " | " in line}
@@ -179,7 +179,7 @@ def test_report_counts_an_alongside_stage_once(recorded_run):
 
 
 def test_report_header_names_commit_machine_precision_and_wall_time(recorded_run):
-    from recipes.report import build_report
+    from eval.run_report import build_report
 
     text = _visible(build_report(recorded_run, data=recorded_run / "no-data", use_model=False).read_text())
     header = text.split("Pretraining loss curves")[0]
@@ -193,7 +193,7 @@ def test_report_header_names_commit_machine_precision_and_wall_time(recorded_run
 def test_report_of_a_committed_results_folder_says_what_it_lacks(tmp_path):
     """A committed results folder keeps the JSONs flat and predates the precision and machine fields: the report
     reads them, and says "not recorded" where the run recorded nothing."""
-    from recipes.report import build_report
+    from eval.run_report import build_report
 
     for f in (REPO / "results" / "pipeline_fp32").glob("*.json"):
         shutil.copy(f, tmp_path / f.name)
