@@ -14,9 +14,14 @@ instructions name by ``audio_id`` (the manifest id), then training runs the same
 
 Several configs run in sequence; ``train.init_from: previous`` starts a stage from the artifact of the stage before it
 (``{output_dir}/{name}/stage{N-1}/artifact``); overrides apply to every stage. Each stage writes its run folder
-``{output_dir}/{name}/stage{N}/`` with ``config.yaml`` (resolved), TensorBoard events, ``summary.json`` and
-``artifact/`` (see :mod:`mosaic_alm.artifact`). The whole config is checked (types, ranges, choices, unknown keys)
-before anything loads.
+``{output_dir}/{name}/stage{N}/`` with ``config.yaml`` (the checked config, every default filled in), TensorBoard
+events, ``summary.json`` and ``artifact/`` (see :mod:`mosaic_alm.artifact`). The whole config is checked (types,
+ranges, choices, unknown keys; :mod:`mosaic_alm.stage_config`) before anything loads.
+
+:func:`train_stage` is the job: setup (run folder, training records, model, the audio tokens the batches will read,
+a fresh projector's feature statistics and alignment, the optimizer, resume), the loop (optimizer steps over
+micro-batches in a seeded order, :mod:`mosaic_alm.stage_data`; checkpoints, :mod:`mosaic_alm.stage_state`), save
+(held-out loss, ``summary.json``, the artifact).
 
 With ``train.deepspeed: configs/deepspeed/alm_zero2.json`` (or zero3) the step runs through a DeepSpeed engine; launch
 with ``deepspeed --num_gpus N -m recipes.train_alm --config ...`` or torchrun. lr, batch size, accumulation and
