@@ -15,13 +15,14 @@ from mosaic_core.config import ConfigError
 from mosaic_core.io import atomic_write_json
 from mosaic_core.tables import markdown_table
 
+# each variant's stage overrides, given the pretrained encoder folder
 VARIANTS = {
     "pretrained": lambda enc: [f"audio.encoder={enc}"],
     "random": lambda enc: ["audio.encoder=random:tiny"],
     "no_audio": lambda enc: ["audio.enabled=false", "trainable.projector=false"],
 }
 
-
+# the results' keys that make two results files one experiment (so they may be merged or pooled)
 SAME_EXPERIMENT = ("data", "seed", "steps_per_stage", "examples_per_stage", "test_questions", "test_qtypes",
                    "overrides", "random_encoder_size")
 

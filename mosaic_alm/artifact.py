@@ -3,7 +3,7 @@
 Layout (written to a temporary sibling folder, then renamed into place)::
 
     artifact/
-      alm_config.yaml         the resolved run config (model sections, data, train, seed, stage)
+      alm_config.yaml         the run config (model sections, data, train, seed, stage; checked, defaults filled in)
       projector.safetensors   feature statistics + LayerNorm + Linear (absent for the no-audio baseline)
       adapter/                peft LoRA adapter (adapter_config.json + adapter_model.safetensors), if LoRA is on
       encoder/                the AudioMosaic encoder used (an encoder folder with its own card), if audio is on

@@ -13,11 +13,13 @@ from typing import Literal
 from mosaic_alm.audio_lm import ALMConfig
 from mosaic_alm.data import InstructionDataConfig
 from mosaic_core.config import (
+    ConfigError,
     NonNegInt,
     PositiveFloat,
     PositiveInt,
     Probability,
     parse_config,
+    to_plain,
 )
 from mosaic_core.io import sha256_file
 
@@ -85,33 +87,49 @@ class StageConfig(ALMConfig):
 
 
 def check_stage_config(cfg: dict) -> StageConfig:
-    return parse_config(StageConfig, cfg, f"ALM stage {cfg.get('stage', '?')} config")
+    """The typed stage config from a resolved config dict: every key, type, range and choice, and the combinations
+    a stage cannot run; a ConfigError (one line) otherwise."""
+    checked = parse_config(StageConfig, cfg, f"ALM stage {cfg.get('stage', '?')} config")
+    audio, trainable = checked.audio, checked.trainable
+    if checked.data.shards and audio.enabled and (trainable.encoder or not audio.cache_features):
+        raise ConfigError("data.shards: clips from shards reach the model through the frozen-encoder token cache; "
+                          "set trainable.encoder=false and audio.cache_features=true, or data.shards=null")
+    if checked.train.align_steps and audio.enabled and trainable.encoder:
+        raise ConfigError("train.align_steps fits the projector on cached frozen-encoder tokens; set "
+                          "trainable.encoder=false or train.align_steps=0")
+    return checked
 
 
-def run_dir(cfg: dict) -> Path:
-    return Path(cfg.get("output_dir", "runs/alm")) / str(cfg.get("name", "alm")) / f"stage{cfg.get('stage', 1)}"
+def stage_config_dict(checked: StageConfig) -> dict:
+    """The checked config as a plain JSON-like dict, every default filled in: what a run folder's ``config.yaml``, its
+    checkpoints and its artifact record, so that a default changed in code shows as another config."""
+    return json.loads(json.dumps(to_plain(checked), default=str))
 
 
-def resolve_init(cfg: dict, tcfg: StageTrainConfig) -> Path | None:
-    if tcfg.init_from in (None, "", "none"):
+def run_dir(cfg: StageConfig) -> Path:
+    """``{output_dir}/{name}/stage{N}``: the stage's run folder."""
+    return Path(cfg.output_dir) / cfg.name / f"stage{cfg.stage}"
+
+
+def resolve_init(cfg: StageConfig) -> Path | None:
+    """The artifact folder ``train.init_from`` names (``previous``: stage N-1's artifact of this run), or None."""
+    init_from = cfg.train.init_from
+    if init_from in (None, "", "none"):
         return None
-    if tcfg.init_from == "previous":
-        prev = dict(cfg, stage=int(cfg.get("stage", 1)) - 1)
-        return run_dir(prev) / "artifact"
-    return Path(tcfg.init_from)
+    if init_from == "previous":
+        return Path(cfg.output_dir) / cfg.name / f"stage{cfg.stage - 1}" / "artifact"
+    return Path(init_from)
 
 
-def stage_sources(cfg: dict) -> dict:
+def stage_sources(cfg: StageConfig) -> dict:
     """What a stage starts from beyond its config, as checksums (recorded in ``summary.json``, so a finished stage
     is reused only while they hold): the encoder folder's model.safetensors (a stage without ``init_from``; None
     for a random encoder or no audio) and the ``init_from`` artifact's meta.json (rewritten whenever it trains)."""
-    audio, init_from = cfg.get("audio", {}), cfg.get("train", {}).get("init_from")
-    if init_from in (None, "", "none"):
-        weights = Path(str(audio.get("encoder", ""))) / "model.safetensors"
-        enc = sha256_file(weights) if audio.get("enabled", True) and weights.is_file() else None
+    init = resolve_init(cfg)
+    if init is None:
+        weights = Path(str(cfg.audio.encoder)) / "model.safetensors"
+        enc = sha256_file(weights) if cfg.audio.enabled and weights.is_file() else None
         return {"encoder_sha256": enc, "init_meta_sha256": None}
-    init = run_dir(dict(cfg, stage=int(cfg.get("stage", 1)) - 1)) / "artifact" if init_from == "previous" \
-        else Path(init_from)
     meta = init / "meta.json"
     return {"encoder_sha256": None, "init_meta_sha256": sha256_file(meta) if meta.is_file() else None}
 
@@ -120,9 +138,11 @@ def stage_sources(cfg: dict) -> dict:
 RESUME_FREE_KEYS = ("ckpt_every", "keep_last", "log_every", "num_workers", "eval_batches")
 
 
-def trajectory_config(cfg: dict) -> dict:
-    """The resolved config less the keys in RESUME_FREE_KEYS, JSON-normalised: what must match to resume."""
-    c = json.loads(json.dumps(cfg, default=str))
+def trajectory_config(cfg: StageConfig | dict) -> dict:
+    """A checked config (typed, or as :func:`stage_config_dict` wrote it) less the keys in RESUME_FREE_KEYS,
+    JSON-normalised: what must match to resume. Compared as written, not checked again, so a checkpoint written
+    under another default (or before the config was saved checked) does not match."""
+    c = json.loads(json.dumps(to_plain(cfg), default=str))
     c.pop("output_dir", None)  # the checkpoints live in the run folder: a moved folder still resumes
     for k in RESUME_FREE_KEYS:
         c.get("train", {}).pop(k, None)

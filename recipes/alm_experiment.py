@@ -38,19 +38,26 @@ from eval.alm_variants import (
 )
 from mosaic_alm.artifact import load_alm
 from mosaic_alm.data import load_records
-from mosaic_alm.stage_config import STAGES, run_dir, stage_sources
+from mosaic_alm.stage_config import (
+    STAGES,
+    StageConfig,
+    check_stage_config,
+    run_dir,
+    stage_config_dict,
+    stage_sources,
+)
 from mosaic_alm.toy import make_toy_data
 from mosaic_core.config import load_config
 from mosaic_core.io import atomic_write_json
 from mosaic_core.provenance import provenance
 
-from .train_alm import train_stage
+from .cli import run_job
 
 
-def finished_stage(cfg: dict) -> dict | None:
-    """The summary of an earlier run of exactly this resolved stage config (same folder, config and artifact, and
-    for a first stage the same encoder weights in the encoder folder), or None. Used by ``--reuse`` so a longer
-    curriculum can continue from stages that already ran, and a re-run skips them."""
+def finished_stage(cfg: StageConfig) -> dict | None:
+    """The summary of an earlier run of exactly this checked stage config (same folder, config with every default,
+    and artifact, and for a first stage the same encoder weights in the encoder folder), or None. Used by
+    ``--reuse`` so a longer curriculum can continue from stages that already ran, and a re-run skips them."""
     import yaml
 
     d = run_dir(cfg)
@@ -59,7 +66,7 @@ def finished_stage(cfg: dict) -> dict | None:
         summary = json.loads((d / "summary.json").read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return None
-    if old_cfg != json.loads(json.dumps(cfg)) or not (d / "artifact" / "meta.json").is_file():
+    if old_cfg != stage_config_dict(cfg) or not (d / "artifact" / "meta.json").is_file():
         return None
     if any(summary.get(k) != v for k, v in stage_sources(cfg).items()):  # encoder pretrained again, stage N-1
         return None                                                        # trained anew, ...
@@ -84,27 +91,27 @@ def run_variant(variant: str, encoder: str, data_root: str, steps: Sequence[int]
     first, upstream_fresh = True, False
     budgets = [("examples", n) for n in examples] if examples else [("steps", n) for n in steps]
     for path, (unit, n_steps) in zip(STAGES, budgets):
-        budget = [f"train.examples={n_steps}", "train.max_steps=0"] if unit == "examples" else \
-            [f"train.max_steps={n_steps}"]
-        cfg = load_config(path, over + budget)
-        if variant == "no_audio":
-            if cfg["stage"] == 1:
-                continue  # nothing to train without a projector
-            cfg["trainable"]["projector"] = False
+        stage_over = over + ([f"train.examples={n_steps}", "train.max_steps=0"] if unit == "examples" else
+                             [f"train.max_steps={n_steps}"])
+        if variant == "no_audio" and load_config(path, stage_over)["stage"] == 1:
+            continue  # nothing to train without a projector
         if n_steps <= 0:
             continue  # a stage with no budget is skipped; the next one that trains starts fresh if it is the first
         if first:
-            cfg["train"]["init_from"] = None
+            stage_over.append("train.init_from=null")
             first = False
+        cfg = check_stage_config(load_config(path, stage_over))
         summary = finished_stage(cfg) if reuse and not upstream_fresh else None
         if summary is not None:
-            print(f"== {variant}: stage {cfg['stage']} ({n_steps} {unit}) already ran with this config; skip, "
+            print(f"== {variant}: stage {cfg.stage} ({n_steps} {unit}) already ran with this config; skip, "
                   f"reusing {summary['artifact']}", flush=True)
             summary["reused"] = True
         else:
-            print(f"== {variant}: stage {cfg['stage']} ({n_steps} {unit})", flush=True)
+            print(f"== {variant}: stage {cfg.stage} ({n_steps} {unit})", flush=True)
             t0 = time.perf_counter()
-            summary = train_stage(cfg, quiet=False)
+            if run_job("train-alm", ["--config", str(path), *stage_over]) != 0:
+                raise SystemExit(f"alm-experiment: train-alm failed for {variant}, stage {cfg.stage}")
+            summary = json.loads((run_dir(cfg) / "summary.json").read_text())
             summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
             upstream_fresh = True
         stages.append(summary)
@@ -139,11 +146,7 @@ def evaluate_stage(results_path: str | Path, stage: int, variants: Sequence[str]
     return done
 
 
-
-
-
-
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mosaic-alm alm-experiment", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="data/embedded-small")
     ap.add_argument("--encoder", default="runs/pretrain-tiny/encoder", help="the pretrained AudioMosaic folder")
@@ -174,22 +177,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--markdown", action="store_true", help="print --out's per-question-type table as Markdown, exit")
     ap.add_argument("--smoke", action="store_true", help="toy data, random encoders, 3 steps per stage")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every stage (e.g. train.batch_size=4)")
-    args = ap.parse_args(argv)
+    return ap
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.combine:
         combine_results(args.combine, args.out)
-        return 0
-    if args.seeds_summary:
+    elif args.seeds_summary:
         summarise_seeds(args.seeds_summary, args.out)
-        return 0
-    if args.markdown:
+    elif args.markdown:
         print(variants_table(json.loads(Path(args.out).read_text())))
-        return 0
-    if args.eval_stage:
+    elif args.eval_stage:
         evaluate_stage(args.out, args.eval_stage, args.variants.split(","),
                        args.eval_out or str(Path(args.out).with_name(f"{Path(args.out).stem}_stage{args.eval_stage}.json")),
                        args.eval_batch)
-        return 0
+    else:
+        run_experiment(args)
+    return 0
+
+
+def run_experiment(args: argparse.Namespace) -> dict:
+    """Every asked-for variant trained and evaluated in turn, the results file rewritten after each (kept variants
+    first with ``--merge``), then the paired comparisons."""
     common = list(args.overrides)
     if args.smoke:
         args.data = str(make_toy_data(Path(args.output_dir) / "toy-data"))
@@ -234,15 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     atomic_write_json(out, results)
     print(f"wrote {out}")
     print_variants_summary(results)
-    return 0
-
-
-
-
-
-
-
-
+    return results
 
 
 if __name__ == "__main__":

@@ -154,7 +154,8 @@ def test_grad_accum_equals_large_batch(toy, tmp_path):
     from mosaic_alm.data import InstructionDataset, PromptFormatter, collate, load_records
     from mosaic_alm.llm import LLMConfig, load_llm
     from mosaic_core.config import load_config
-    from recipes.train_alm import epoch_batches, train_stage
+    from mosaic_alm.stage_data import epoch_batches
+    from recipes.train_alm import train_stage
 
     llm = load_llm(LLMConfig())  # stage 1: the LLM is frozen, both runs share it
     common = _overrides(toy, tmp_path, steps=3) + ["data.qtypes=null", "data.kind=all", "projector.standardize=false"]
@@ -384,7 +385,7 @@ def test_grad_accum_under_deepspeed_equals_large_batch(toy, tmp_path):
 
 def test_deepspeed_checkpoints_of_another_config_move_aside_with_the_kit_checkpoints(ds_run, tmp_path):
     """Another config's checkpoints go aside with their DeepSpeed tags (a fresh run then never sees stale tags)."""
-    from recipes.train_alm import resume_stage
+    from mosaic_alm.stage_state import resume_stage
 
     run = tmp_path / "t" / "stage1"
     shutil.copytree(ds_run[0] / "t" / "stage1", run)

@@ -141,7 +141,7 @@ def _pass_on_rank(rank, world, rendezvous, shards, cache, out):
 
     from encoder.hf import resolve_encoder
     from mosaic_alm.featurizer import AudioFeaturizer
-    from recipes.train_alm import _all_gather
+    from mosaic_alm.stage_data import _all_gather
 
     os.environ["MOSAIC_ALM_PRECISION"] = "fp32"
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)

@@ -217,7 +217,7 @@ def test_paired_comparison_of_variants():
 
 def test_projector_gets_its_own_learning_rate():
     from mosaic_alm.stage_config import StageTrainConfig
-    from recipes.train_alm import alm_param_groups
+    from mosaic_alm.stage_optim import alm_param_groups
 
     class M(torch.nn.Module):
         def __init__(self):
@@ -244,7 +244,8 @@ def test_budgeted_stage_encodes_only_the_clips_it_reads(toy, tmp_path, monkeypat
     clip; a budget longer than an epoch reads (and encodes) every record."""
     from mosaic_alm.data import load_records
     from mosaic_core.config import load_config
-    from recipes.train_alm import epoch_batches, planned_records, train_stage
+    from mosaic_alm.stage_data import epoch_batches, planned_records
+    from recipes.train_alm import train_stage
 
     monkeypatch.setenv("MOSAIC_ALM_TOKEN_CACHE", str(tmp_path / "cache"))
     over = _overrides(toy, tmp_path, steps=2) + ["train.eval_batches=0", "projector.standardize=false",
