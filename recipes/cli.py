@@ -18,7 +18,8 @@ COMMANDS = {
     "make-instructions": ("recipes.make_instructions", "main", "generate ALM instruction data from the manifests"),
     "pretrain": ("recipes.pretrain", "main", "contrastive AudioMosaic pretraining (python or the deepspeed launcher)"),
     "pretrain-mae": ("recipes.pretrain", "main_mae", "same-budget masked-reconstruction (MAE) baseline pretraining"),
-    "eval-encoder": ("recipes.eval_encoder", "main", "probe an encoder checkpoint on the embedded tasks with baselines"),
+    "eval-encoder": ("recipes.eval_encoder", "main",
+                     "probe an encoder checkpoint on the embedded tasks with baselines"),
     "finetune": ("recipes.finetune", "main", "fine-tune an encoder on a task (mixup, SpecAugment, LLRD, folds)"),
     "train-alm": ("recipes.train_alm", "main", "train one stage (or all four) of the audio-language model"),
     "ask": ("recipes.infer", "main_ask", "ask a question about an audio file"),
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"mosaic-alm: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    # the kit's library modules report through logging (one line each, as the recipes' own prints read)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not debug:
         quiet_libraries()
     module, func, _ = COMMANDS[name]
