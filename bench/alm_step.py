@@ -46,11 +46,11 @@ def main(argv=None) -> int:
         load_records,
     )
     from mosaic_alm.featurizer import AudioFeaturizer
+    from mosaic_alm.stage_config import STAGES
     from mosaic_core.config import load_config
     from mosaic_core.io import atomic_write_json
     from mosaic_core.provenance import provenance
     from mosaic_core.runtime import cpu_bf16_isa
-    from mosaic_alm.stage_config import STAGES
 
     torch.manual_seed(0)
     stage = STAGES[1] if args.lora else STAGES[0]

@@ -121,8 +121,8 @@ def summarise_seeds(paths: Sequence[str | Path], out: str | Path) -> dict:
     print(markdown_table(["question type", *variants], rows))
     for name, by_q in comparisons.items():
         c = by_q["overall"]
-        print(f"{name}: {c['difference']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], McNemar p {c['mcnemar_p']:.3g}"
-              f" ({c['questions']} questions)")
+        print(f"{name}: {c['difference']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], "
+              f"McNemar p {c['mcnemar_p']:.3g} ({c['questions']} questions)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, summary)

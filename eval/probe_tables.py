@@ -25,4 +25,5 @@ def accuracy_rows(numbers: dict) -> dict:
 def format_table(numbers: dict) -> str:
     rows = accuracy_rows(numbers)
     cols = sorted({c for r in rows.values() for c in r})
-    return markdown_table(["encoder / probe", *cols], [[name, *(r.get(c, "") for c in cols)] for name, r in rows.items()])
+    return markdown_table(["encoder / probe", *cols],
+                          [[name, *(r.get(c, "") for c in cols)] for name, r in rows.items()])

@@ -43,8 +43,8 @@ from mosaic_core.config import ConfigError, read_yaml, save_yaml
 from mosaic_core.io import atomic_replace_dir
 from mosaic_core.runtime import rank_world
 
-from .llm import DEFAULT_LLM, load_llm
 from .audio_lm import ALMArtifactConfig, AudioLanguageModel, alm_config_from_dict
+from .llm import DEFAULT_LLM, load_llm
 
 CONFIG_NAME = "alm_config.yaml"
 
@@ -144,7 +144,8 @@ def write_alm_card(folder: str | os.PathLike, model: AudioLanguageModel, run_cfg
     training = {
         "stage": info.get("stage"), "started from": train.get("init_from") or "scratch (new projector / adapter)",
         "instruction data": f"{data.get('root')}: split {data.get('train_split', 'train')}, {data.get('kind')} "
-                            f"questions, tasks {data.get('tasks') or 'all'}, question types {data.get('qtypes') or 'all'}"
+                            f"questions, tasks {data.get('tasks') or 'all'}, "
+                            f"question types {data.get('qtypes') or 'all'}"
                             if data else None,
         "records": summ.get("train_records"), "optimizer steps": summ.get("steps"),
         "batch": f"{train.get('batch_size')} x {train.get('grad_accum', 1)} accumulation" if train else None,

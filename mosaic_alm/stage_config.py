@@ -56,13 +56,15 @@ class StageTrainConfig:
     align_lr: PositiveFloat = 1e-3
     align_tau: PositiveFloat = 0.07
     align_pool: Literal["mean", "max"] = "mean"  # a clip's slots vs an option: the mean slot, or the best slot
-    copy_warmup: Probability = 0.0  # first fraction of the steps: slots = alpha e(answer) + (1-alpha) audio, alpha 1 -> 0
+    # first fraction of the steps: slots = alpha e(answer) + (1-alpha) audio, alpha 1 -> 0
+    copy_warmup: Probability = 0.0
 
     def __post_init__(self):
         if self.examples > 0 and self.max_steps > 0:
             raise ValueError(f"give train.examples ({self.examples}) or train.max_steps ({self.max_steps}), not both")
         if self.copy_warmup >= 1:
-            raise ValueError(f"train.copy_warmup must be below 1 (the last steps read plain audio), got {self.copy_warmup}")
+            raise ValueError(f"train.copy_warmup must be below 1 (the last steps read plain audio), "
+                             f"got {self.copy_warmup}")
 
     def total_steps(self, steps_per_epoch: int, world: int = 1) -> int:
         """Optimizer steps of the stage: ``examples`` over the global batch (batch x accumulation x ranks), else

@@ -149,9 +149,9 @@ def micro_batches(ds, collate, batch_size: int, num_workers: int, seed: int, pos
         plan = epoch_batches(len(ds), batch_size, seed, epoch, rank, world)
         # its own generator: a DataLoader iterator otherwise draws its base seed from the global torch RNG,
         # one draw more in a resumed run than in an uninterrupted one (LoRA dropout would then differ)
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
         loader = torch.utils.data.DataLoader(ds, batch_sampler=plan[start:], collate_fn=collate,
-                                             num_workers=num_workers,
-                                             generator=torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63))
+                                             num_workers=num_workers, generator=generator)
         for i, batch in enumerate(loader, start + 1):
             yield epoch, i, batch
         epoch, start = epoch + 1, 0

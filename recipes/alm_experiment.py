@@ -189,8 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.markdown:
         print(variants_table(json.loads(Path(args.out).read_text())))
     elif args.eval_stage:
-        evaluate_stage(args.out, args.eval_stage, args.variants.split(","),
-                       args.eval_out or str(Path(args.out).with_name(f"{Path(args.out).stem}_stage{args.eval_stage}.json")),
+        default_out = Path(args.out).with_name(f"{Path(args.out).stem}_stage{args.eval_stage}.json")
+        evaluate_stage(args.out, args.eval_stage, args.variants.split(","), args.eval_out or str(default_out),
                        args.eval_batch)
     else:
         run_experiment(args)
@@ -205,7 +205,8 @@ def run_experiment(args: argparse.Namespace) -> dict:
         args.data = str(make_toy_data(Path(args.output_dir) / "toy-data"))
         args.encoder, args.steps, args.max_test = "random:tiny", "3,3,3,3", 9
         common += ["data.qtypes=null", "prompt.system=''"]
-    steps, examples = stage_budget(args.steps, "--steps"), stage_budget(args.examples, "--examples") if args.examples else None
+    steps = stage_budget(args.steps, "--steps")
+    examples = stage_budget(args.examples, "--examples") if args.examples else None
     if examples:
         steps = None
     random_size = args.random_size

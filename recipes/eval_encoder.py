@@ -6,7 +6,8 @@ features are extracted once (per-layer mean-pooled patch tokens, CLS excluded, a
 probes are fitted on the train split, selected on valid, scored on every test split: the fair linear read-out on
 the last layer and on every layer (standardised logistic regression, C chosen on valid: the MAE/AudioMAE
 linear-probing protocol without an optimisation budget that could underfit), a learned weighted sum of layers and
-an attentive probe. The MFCC baseline is read out by the same logistic regression on the same splits. Writes ``encoder_eval.json`` and a Markdown/HTML report.
+an attentive probe. The MFCC baseline is read out by the same logistic regression on the same splits. Writes
+``encoder_eval.json`` and a Markdown/HTML report.
 
 The job reads top to bottom: :func:`evaluate` sets up the encoders, runs :func:`evaluate_task` per task
 (load the clips, the MFCC baseline, then :func:`probe_encoder` per encoder) and saves with :func:`save_results`.

@@ -5,7 +5,8 @@
 What it does, top to bottom:
 
 1. **Config** — a YAML recipe (``configs/finetune/*.yaml``) plus dotted ``key=value`` overrides, turned into the
-   checked :class:`FinetuneConfig` dataclasses; an unknown key or a bad value anywhere (recipe, override or data recipe) is an error.
+   checked :class:`FinetuneConfig` dataclasses; an unknown key or a bad value anywhere (recipe, override or data
+   recipe) is an error.
 2. **Task** — a data recipe (``configs/data/*.yaml``, optionally patched by ``task.data``) names the clips: a JSON-lines
    manifest (``format: manifest``, the default), AudioSet JSON, ESC-50 or Speech Commands (see
    :mod:`encoder.data.tasks`). Each task has its own ``target_frames``. Task types: ``single_label`` (accuracy),
@@ -15,8 +16,8 @@ What it does, top to bottom:
    init, plus a linear head on the pooled output (fc_norm of the mean over patch tokens, CLS excluded).
 4. **Training** — train-time augmentations on spectrogram batches (roll-and-magnitude, mixup, SpecAugment; each can
    be switched off), AdamW with layer-wise lr decay (:func:`eval.augment.layerwise_lr_groups`) and a per-step
-   linear-warmup + cosine schedule, an optional class-balanced ``WeightedRandomSampler`` (AudioSet-2M). Loss: soft-target
-   cross-entropy (single-label, spoof) or BCE (multi-label).
+   linear-warmup + cosine schedule, an optional class-balanced ``WeightedRandomSampler`` (AudioSet-2M). Loss:
+   soft-target cross-entropy (single-label, spoof) or BCE (multi-label).
 5. **Evaluation** — every ``eval.every`` epochs on ``valid`` (the model with the best valid metric is kept when
    ``eval.select: best_valid``), finally on every ``test*`` split. ``task.folds`` runs cross-validation (ESC-50: five
    folds, each held out once, no valid split, last epoch scored) and averages.

@@ -1,6 +1,7 @@
 """Recipe: the whole pipeline at tiny scale on the embedded default, one command:
 
-    mosaic-alm pipeline [--preset default|long] [--profile full|small] [--out runs/pipeline] [--alm-examples 4800,1600,3200,960]
+    mosaic-alm pipeline [--preset default|long] [--profile full|small] [--out runs/pipeline]
+                        [--alm-examples 4800,1600,3200,960]
 
 1. build the offline benchmark from Debian packages (cached) and its instruction data;
 2. pretrain the tiny AudioMosaic encoder (contrastive) and, same data/steps/batch, the MAE baseline;
@@ -130,7 +131,8 @@ def _parse_args(argv) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--jobs", type=int, default=None, help="processes at a time for the MAE baseline and the ALM "
                                                           "variants (one torch thread each)")
-    p.add_argument("alm_overrides", nargs="*", help="key=value overrides for every ALM stage (e.g. train.precision=fp32)")
+    p.add_argument("alm_overrides", nargs="*",
+                   help="key=value overrides for every ALM stage (e.g. train.precision=fp32)")
     return p.parse_args(sys.argv[1:] if argv is None else argv)
 
 
@@ -401,8 +403,8 @@ def evaluate_pretrained(run: PipelineRun) -> None:
     base = {"no_audio_artifact": str(silent) if silent else None, "retrieval_encoder": run.encoders["audiomosaic"]}
     ev = run.out.eval_alm
     run.log.run("eval_alm", f"ALM evaluation of {art} (QA, captions with their baselines, classify-by-generation)",
-                lambda: _alm_eval_done(run.out.alm_eval_json, art, run.root, cfg.seed, [sizes.closed, sizes.captions, sizes.classify],
-                                       base),
+                lambda: _alm_eval_done(run.out.alm_eval_json, art, run.root, cfg.seed,
+                                       [sizes.closed, sizes.captions, sizes.classify], base),
                 lambda: evaluate_alm(str(art), str(run.root), str(ev), max_closed=sizes.closed,
                                      max_captions=sizes.captions, max_classify=sizes.classify, seed=cfg.seed,
                                      **base), within="alm")

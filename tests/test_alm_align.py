@@ -17,8 +17,8 @@ def toy(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built_model(toy):
-    from mosaic_core.config import load_config
     from mosaic_alm.artifact import build_from
+    from mosaic_core.config import load_config
 
     torch.manual_seed(0)
     cfg = load_config(f"{REPO_CONFIGS}/stage1.yaml", [f"data.root={toy}", "audio.encoder=random:tiny"])
@@ -157,8 +157,8 @@ def test_stage_with_alignment_and_copy_warmup(toy, tmp_path):
 
 
 def test_copy_warmup_of_one_is_refused(toy):
-    from mosaic_core.config import ConfigError, load_config
     from mosaic_alm.stage_config import check_stage_config
+    from mosaic_core.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="copy_warmup"):
         check_stage_config(load_config(f"{REPO_CONFIGS}/stage2.yaml", ["train.copy_warmup=1.0"]))
@@ -169,8 +169,8 @@ def test_stage_draws_question_types_evenly_with_balance(tmp_path):
     against 18 sound questions: 36 records), and the alignment still sees each clip's closed question."""
     import json
 
-    from mosaic_core.config import ConfigError, load_config
     from mosaic_alm.stage_config import check_stage_config
+    from mosaic_core.config import ConfigError, load_config
     from recipes.train_alm import train_stage
 
     root = make_toy_data(tmp_path / "toy", per_class={"train": 6, "valid": 1, "test": 1})

@@ -1,6 +1,5 @@
 """Chat-template formatting, answer-only labels, audio slot positions, padding (real SmolLM2 tokenizer)."""
 import pytest
-import torch
 
 from mosaic_alm.data import IGNORE, PromptFormatter, collate
 
@@ -17,7 +16,7 @@ def test_labels_cover_exactly_the_answer(tok):
     e = fmt.encode("Which word is spoken?", "seven")
     ids, labels = e["input_ids"], e["labels"]
     assert len(ids) == len(labels) == len(e["audio_mask"])
-    answer_pos = [i for i, l in enumerate(labels) if l != IGNORE]
+    answer_pos = [i for i, label in enumerate(labels) if label != IGNORE]
     assert answer_pos == list(range(e["prompt_len"], len(ids)))
     # the supervised text is the assistant turn as the chat template renders it, end-of-turn included
     msgs = [{"role": "user", "content": "<audio>\nWhich word is spoken?"}]
@@ -29,8 +28,8 @@ def test_labels_cover_exactly_the_answer(tok):
 
 def test_loss_on_all_masks_only_audio(tok):
     e = PromptFormatter(tok, n_audio=8, loss_on="all").encode("Which word?", "seven")
-    for i, (l, a) in enumerate(zip(e["labels"], e["audio_mask"])):
-        assert (l == IGNORE) == bool(a), i
+    for i, (label, a) in enumerate(zip(e["labels"], e["audio_mask"])):
+        assert (label == IGNORE) == bool(a), i
 
 
 def test_audio_slots_sit_at_the_placeholder(tok):
@@ -71,7 +70,7 @@ def test_collate_left_and_right(tok):
     # answer labels survive padding unchanged
     b = collate(items, tok.pad_token_id, "left")
     lab = b["labels"][0][b["labels"][0] != IGNORE].tolist()
-    assert lab == [l for l in items[0]["labels"] if l != IGNORE]
+    assert lab == [label for label in items[0]["labels"] if label != IGNORE]
 
 
 def test_balance_cycles_every_group_to_the_largest():
@@ -89,8 +88,8 @@ def test_balance_cycles_every_group_to_the_largest():
 
 
 def test_balance_names_a_record_without_the_field():
-    from mosaic_core.config import ConfigError
     from mosaic_alm.data import balance_records
+    from mosaic_core.config import ConfigError
 
     with pytest.raises(ConfigError, match="'x1'.*'task'"):
         balance_records([{"id": "x0", "task": "a"}, {"id": "x1"}], "task")

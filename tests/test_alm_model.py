@@ -5,12 +5,11 @@ import json
 import pytest
 import torch
 
-from mosaic_core.config import ConfigError
+from mosaic_alm.audio_lm import ALMConfig, AudioLanguageModel
 from mosaic_alm.data import PromptFormatter, collate
 from mosaic_alm.featurizer import AudioFeaturizer
 from mosaic_alm.toy import make_toy_data
-from mosaic_alm.audio_lm import ALMConfig, AudioLanguageModel
-
+from mosaic_core.config import ConfigError
 
 # exact equalities of the model's paths (cache vs full forward, batch vs single) hold in fp32; bf16 autocast (the
 # default where the CPU has it) is checked against fp32 in test_bf16_inference_tracks_fp32
@@ -105,13 +104,15 @@ def test_batched_left_padded_generation_equals_single(alm, toy):
 
 
 def test_artifact_round_trip_bit_exact(alm, toy, tmp_path):
-    from mosaic_alm.artifact import load_alm, save_artifact
     import dataclasses
+
+    from mosaic_alm.artifact import load_alm, save_artifact
 
     cfg = {k: dataclasses.asdict(getattr(alm.cfg, k)) for k in ("llm", "lora", "audio", "projector", "trainable",
                                                               "prompt")}
     clips = sorted(str(p) for p in (toy / "clips").glob("*.wav"))[:4]
-    assert alm.calibrate_projector(AudioFeaturizer.for_model(alm).tokens(clips)) == 4 and int(alm.projector.stats_count) == 4
+    assert alm.calibrate_projector(AudioFeaturizer.for_model(alm).tokens(clips)) == 4
+    assert int(alm.projector.stats_count) == 4
     assert not torch.equal(alm.projector.feat_std, torch.ones_like(alm.projector.feat_std))  # measured, then saved
     art = save_artifact(alm, tmp_path / "artifact", cfg, meta={"stage": 0})
     assert (art / "projector.safetensors").is_file() and (art / "adapter" / "adapter_model.safetensors").is_file()

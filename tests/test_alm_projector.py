@@ -55,7 +55,10 @@ def test_standardisation_removes_the_shared_direction():
     assert torch.allclose(z.reshape(-1, 16).mean(0), torch.zeros(16), atol=1e-4)
     assert torch.allclose(z.reshape(-1, 16).std(0), torch.ones(16), atol=1e-3)
     after = proj(pooled)
-    spread = lambda y: float(y.reshape(-1, 8).std(0).mean() / y.reshape(-1, 8).mean(0).abs().mean())
+
+    def spread(y):
+        return float(y.reshape(-1, 8).std(0).mean() / y.reshape(-1, 8).mean(0).abs().mean())
+
     assert spread(after) > 20 * spread(before)
     off = AudioProjector(16, 8, n_freq=1, cfg=AudioProjectorConfig(pool=1, standardize=False))
     off.load_state_dict(proj.state_dict())

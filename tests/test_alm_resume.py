@@ -153,8 +153,8 @@ def test_grad_accum_equals_large_batch(toy, tmp_path):
     moves them by up to 1.4e-3 (measured)."""
     from mosaic_alm.data import InstructionDataset, PromptFormatter, collate, load_records
     from mosaic_alm.llm import LLMConfig, load_llm
-    from mosaic_core.config import load_config
     from mosaic_alm.stage_data import epoch_batches
+    from mosaic_core.config import load_config
     from recipes.train_alm import train_stage
 
     llm = load_llm(LLMConfig())  # stage 1: the LLM is frozen, both runs share it
@@ -168,7 +168,7 @@ def test_grad_accum_equals_large_batch(toy, tmp_path):
     assert acc["step_losses"] == pytest.approx(big["step_losses"], rel=1e-5, abs=1e-6)
     wb, wa = _weights(Path(big["artifact"])), _weights(Path(acc["artifact"]))
     for k in wb:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=2e-5, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=2e-5, msg=lambda m, k=k: f"{k}: {m}")
 
     # the check has teeth: the halves of some step have different answer-token counts
     recs = load_records(toy, "train", None, "all", 0, 0, None)  # as train_stage reads them

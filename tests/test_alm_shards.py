@@ -84,7 +84,8 @@ def test_instructions_naming_clips_in_no_shard_give_one_line(embedded_instructio
     named = {r["audio_id"] for r in json.loads((embedded_instructions / "instructions/train.json").read_text())
              if r["qtype"] == "keyword_word"}
     assert len(err) == 1 and err[0].startswith(f"mosaic-alm train-alm: error: data.shards: {len(named) - 48} of the "
-                                               f"{len(named)} clips the training instructions name are in no shard"), err
+                                               f"{len(named)} clips the training instructions name "
+                                               "are in no shard"), err
     assert "(e.g. audio_id '" in err[0]
 
 

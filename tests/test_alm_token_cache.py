@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mosaic_core.runtime import autocast
-
 from encoder.hf import resolve_encoder
 from mosaic_alm.featurizer import AudioFeaturizer
 from mosaic_alm.toy import make_toy_data
+from mosaic_core.runtime import autocast
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +33,8 @@ def encoder():
 
 
 def _forwards(enc) -> list[int]:
-    """Counts real forward passes through the encoder (its patch embedding) (a hook, not the featurizer's own counter)."""
+    """Counts real forward passes through the encoder (its patch embedding) (a hook, not the featurizer's own
+    counter)."""
     calls = [0]
     enc.encoder.patch_embed.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     return calls

@@ -35,9 +35,9 @@ def _fixed_batch_loss(model, toy):
 
 
 def test_stage1_reduces_loss_and_cli_answers(toy, tmp_path, capsys):
-    from mosaic_core.config import load_config
     from mosaic_alm.artifact import build_from, load_alm
     from mosaic_alm.generation import caption
+    from mosaic_core.config import load_config
     from recipes.infer import main_ask
     from recipes.train_alm import train_stage
 
@@ -58,7 +58,7 @@ def test_stage1_reduces_loss_and_cli_answers(toy, tmp_path, capsys):
     capsys.readouterr()
     assert main_ask(["--artifact", str(art), "--audio", clip, clip, "--question", "Which sound is heard?", "--json",
                      "--max-new-tokens", "4"]) == 0
-    lines = [json.loads(l) for l in capsys.readouterr().out.strip().splitlines()]
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert len(lines) == 2 and lines[0]["answer"] == lines[1]["answer"]
 
 
@@ -105,8 +105,8 @@ def test_deepspeed_zero_single_process(toy, tmp_path, zero, monkeypatch):
     """One process through the DeepSpeed engine (ZeRO 2 / 3 on CPU, gloo): trains, and the ZeRO-3 aware save writes
     an artifact that loads."""
     pytest.importorskip("deepspeed")
-    from mosaic_core.config import load_config
     from mosaic_alm.artifact import load_alm
+    from mosaic_core.config import load_config
     from recipes.train_alm import train_stage
 
     monkeypatch.setenv("MASTER_PORT", str(29600 + zero))
@@ -181,8 +181,8 @@ def test_experiment_reuses_finished_stages_and_combines_variants(toy, tmp_path, 
 
 
 def test_stage_length_in_examples_or_steps():
-    from mosaic_core.config import ConfigError, load_config
     from mosaic_alm.stage_config import STAGES, StageTrainConfig, check_stage_config
+    from mosaic_core.config import ConfigError, load_config
 
     assert StageTrainConfig(examples=4800, batch_size=16).total_steps(1000) == 300
     assert StageTrainConfig(examples=100, batch_size=8, grad_accum=2).total_steps(1000, world=2) == 4  # ceil(100/32)
@@ -195,8 +195,8 @@ def test_stage_length_in_examples_or_steps():
 
 
 def test_paired_comparison_of_variants():
-    from eval.stats import paired_comparison
     from eval.alm_variants import compare_variants
+    from eval.stats import paired_comparison
 
     def res(flags):
         return {"questions": [{"id": f"q{i}", "qtype": "t", "exact": f, "loglik": f} for i, f in enumerate(flags)]}
@@ -243,8 +243,8 @@ def test_budgeted_stage_encodes_only_the_clips_it_reads(toy, tmp_path, monkeypat
     """A stage of 2 steps over a larger split encodes the clips of its 2 batches up front, not every training
     clip; a budget longer than an epoch reads (and encodes) every record."""
     from mosaic_alm.data import load_records
-    from mosaic_core.config import load_config
     from mosaic_alm.stage_data import epoch_batches, planned_records
+    from mosaic_core.config import load_config
     from recipes.train_alm import train_stage
 
     monkeypatch.setenv("MOSAIC_ALM_TOKEN_CACHE", str(tmp_path / "cache"))
