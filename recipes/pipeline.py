@@ -397,9 +397,9 @@ def evaluate_pretrained(run: PipelineRun) -> None:
 
     cfg, sizes = run.cfg, run.cfg.alm_eval
     run.state["main_busy"] = True
-    # the caption baselines, scored by the same harness: the no-audio variant (it starts first, so it is done by now
-    # when it runs) and retrieval by the pretrained encoder's pooled features
-    silent = final_artifact(run.alm.files["no_audio"]) if "no_audio" in run.alm.files else None
+    # the caption baselines, scored by the same harness: the no-audio variant (waited for: it starts second and is
+    # shorter, but a busy machine can finish it after the pretrained one) and retrieval by the pretrained encoder
+    silent = final_artifact(run.alm.files["no_audio"]) if run.alm.wait_for("no_audio") else None
     base = {"no_audio_artifact": str(silent) if silent else None, "retrieval_encoder": run.encoders["audiomosaic"]}
     ev = run.out.eval_alm
     run.log.run("eval_alm", f"ALM evaluation of {art} (QA, captions with their baselines, classify-by-generation)",
@@ -531,16 +531,23 @@ class VariantRunner:
         self.stopped = True
         self.done.wait()
 
+    def wait_for(self, variant: str) -> bool:
+        """Block until ``variant`` has finished (True) or the runner stopped without it (False; also when the run
+        has no such variant)."""
+        if variant not in self.finished:
+            return False
+        while not (self.finished[variant].is_set() or self.done.is_set()):
+            self.done.wait(1.0)
+        return self.finished[variant].is_set()
+
     def wait(self, log: StageLog, after: str | None = None, then=None) -> str:
         """Wait for every variant; when variant ``after`` is done (and the others still run), call ``then()``."""
         from mosaic_core.progress import progress_bar
 
         self.bar = progress_bar(total=len(self.variants), initial=len(self.seconds), mininterval=0,
                                 desc="ALM variants", unit="variant")
-        if after in self.finished and then is not None:
-            while not (self.finished[after].is_set() or self.done.is_set()):
-                self.done.wait(1.0)
-            if self.error is None and self.finished[after].is_set():
+        if then is not None and self.wait_for(after):
+            if self.error is None:
                 try:
                     then()
                 except BaseException:
