@@ -185,6 +185,17 @@ class InstructionDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.records)
 
+    def lengths(self) -> list[int]:
+        """Every example's token count (audio slots included), each distinct (question, answer) encoded once."""
+        seen: dict[tuple[str, str | None], int] = {}
+        out = []
+        for r in self.records:
+            key = (question_text(r), answer_text(r) if self.with_answer else None)
+            if key not in seen:
+                seen[key] = len(self.fmt.encode(*key)["input_ids"])
+            out.append(seen[key])
+        return out
+
     def __getitem__(self, i):
         r = self.records[i]
         item = self.fmt.encode(question_text(r), answer_text(r) if self.with_answer else None)

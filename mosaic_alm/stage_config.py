@@ -48,6 +48,7 @@ class StageTrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the GPU/CPU computes it natively
     deepspeed: str | None = None  # a DeepSpeed JSON (ZeRO 2/3)
     num_workers: NonNegInt = 0
+    group_by_length: bool = True  # batches of examples of similar length (less padding; mosaic_alm.stage_data)
     ckpt_every: NonNegInt = 0  # > 0: a resumable checkpoint every N optimizer steps in {run}/checkpoints (0: none)
     keep_last: PositiveInt = 2  # checkpoints kept (older ones are deleted)
     # teaching the LLM to read its slots (mosaic_alm.align); both are skipped for a model without audio

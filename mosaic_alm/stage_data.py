@@ -4,6 +4,7 @@ order will read (so only those are encoded up front), tokens from WebDataset sha
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -23,25 +24,39 @@ from mosaic_core.config import ConfigError
 log = logging.getLogger(__name__)
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+                  lengths: Sequence[int] | None = None, group: int = 16) -> list[list[int]]:
     """The micro-batches of one epoch: a permutation drawn from (seed, epoch) alone, padded to a multiple of
     ``world`` by wrapping (like DistributedSampler), this rank's share cut into batches (the last may be short).
-    A data position is then just (epoch, batch index): a resumed run continues with exactly the same batches."""
+    A data position is then just (epoch, batch index): a resumed run continues with exactly the same batches.
+
+    With ``lengths`` (each record's token count): length-grouped batches. The share is cut into windows of
+    ``group`` batches, each window sorted by length (longest first) before it is cut into batches, and the batches'
+    order is drawn again from the same generator; a batch then pads to a length near its own examples' instead of
+    the longest of a random draw (the embedded closed questions are 44 or 76-84 tokens: a random batch of 8 pads
+    82 tokens an example on average for 66 real ones)."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
     order = torch.randperm(n, generator=g).tolist()
     if world > 1:
         order = (order * world)[:n + (-n) % world][rank::world]
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if lengths is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    window, batches = batch_size * group, []
+    for w in range(0, len(order), window):
+        part = sorted(order[w:w + window], key=lambda i: -lengths[i])  # stable: ties keep the drawn order
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
 
-def planned_records(n: int, batch_size: int, seed: int, micro_batches: int, world: int = 1) -> set[int]:
+def planned_records(n: int, batch_size: int, seed: int, micro_batches: int, world: int = 1,
+                    lengths: Sequence[int] | None = None) -> set[int]:
     """The record indices that ``micro_batches`` micro-batches of every rank read from the start of the stream
     (epoch 0, batch 0, crossing epochs as ``train_stage`` does): a budget of 1,000 examples over 13,000 records
     encodes the ~1,000 clips it reads up front, not every clip of the split."""
     read: set[int] = set()
     epoch, left = 0, micro_batches
     while left > 0 and len(read) < n:
-        plans = [epoch_batches(n, batch_size, seed, epoch, r, world) for r in range(world)]
+        plans = [epoch_batches(n, batch_size, seed, epoch, r, world, lengths) for r in range(world)]
         for plan in plans:
             read.update(i for b in plan[:left] for i in b)
         left -= len(plans[0])
@@ -142,11 +157,11 @@ def training_records(cfg: StageConfig) -> list[dict]:
 
 
 def micro_batches(ds, collate, batch_size: int, num_workers: int, seed: int, position: tuple[int, int],
-                  rank: int = 0, world: int = 1):
+                  rank: int = 0, world: int = 1, lengths: Sequence[int] | None = None):
     """Micro-batches from data position (epoch, batch index) on, crossing epochs: yields (epoch, next, batch)."""
     epoch, start = position
     while True:
-        plan = epoch_batches(len(ds), batch_size, seed, epoch, rank, world)
+        plan = epoch_batches(len(ds), batch_size, seed, epoch, rank, world, lengths)
         # its own generator: a DataLoader iterator otherwise draws its base seed from the global torch RNG,
         # one draw more in a resumed run than in an uninterrupted one (LoRA dropout would then differ)
         generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)

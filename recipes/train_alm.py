@@ -183,9 +183,10 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     fmt, featurizer = PromptFormatter.for_model(model), AudioFeaturizer.for_model(model)
     train_recs, eval_recs, from_shards = shard_tokens(checked, featurizer, train_recs, out, talk)
     ds, collate = InstructionDataset(train_recs, fmt), Collator(model.tokenizer.pad_token_id, "right")
+    lengths = ds.lengths() if tcfg.group_by_length else None
     steps_per_epoch = max(1, len(epoch_batches(len(ds), tcfg.batch_size, seed, 0, rank, world)) // tcfg.grad_accum)
     total = tcfg.total_steps(steps_per_epoch, world)  # an explicit budget wins over epochs (the data stream cycles)
-    prepare_projector(checked, model, featurizer, train_recs, total, init, talk)
+    prepare_projector(checked, model, featurizer, train_recs, total, init, talk, lengths)
     align = align_fresh_projector(checked, model, featurizer, train_recs, init, device, talk)
     answer_slots = AnswerSlots(model, train_recs) if tcfg.copy_warmup > 0 and model.projector is not None else None
     engine, opt, sched = stage_optimizer(model, tcfg, total, world, device)
@@ -203,7 +204,7 @@ def train_stage(cfg: dict, llm_and_tokenizer=None, quiet: bool = False) -> dict:
     bar = progress_bar(total=total, initial=p.step, desc=f"stage {checked.stage}", disable=not talk, unit="step")
     if talk:
         print(f"[train-alm] precision: {precision_note(use_bf16(tcfg.precision, device), device)}", flush=True)
-    batches = micro_batches(ds, collate, tcfg.batch_size, tcfg.num_workers, seed, p.position, rank, world)
+    batches = micro_batches(ds, collate, tcfg.batch_size, tcfg.num_workers, seed, p.position, rank, world, lengths)
     while p.step < total:
         step_loss = step_once([next(batches) for _ in range(tcfg.grad_accum)], p)
         p.step += 1
@@ -257,14 +258,14 @@ def shard_tokens(cfg: StageConfig, featurizer: AudioFeaturizer | None, train_rec
 
 
 def prepare_projector(cfg: StageConfig, model, featurizer: AudioFeaturizer | None, train_recs: list[dict],
-                      total: int, init: Path | None, talk: bool) -> None:
+                      total: int, init: Path | None, talk: bool, lengths: list[int] | None = None) -> None:
     """Frozen encoder: the clips the stage's batches will read (every rank's) encoded once and cached on disk; a
     fresh projector's feature statistics measured on training clips (a resumed stage then restores its own, with
     every trained weight)."""
     rank, world = rank_world()
     tcfg = cfg.train
     if featurizer is not None and not cfg.data.shards and rank == 0:
-        read = planned_records(len(train_recs), tcfg.batch_size, cfg.seed, total * tcfg.grad_accum, world)
+        read = planned_records(len(train_recs), tcfg.batch_size, cfg.seed, total * tcfg.grad_accum, world, lengths)
         featurizer.precompute(sorted({train_recs[i]["audio_path"] for i in read}),
                               desc=f"stage {cfg.stage} audio tokens", progress=talk)
     if init is None and model.projector is not None and model.cfg.projector.standardize:

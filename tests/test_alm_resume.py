@@ -158,7 +158,8 @@ def test_grad_accum_equals_large_batch(toy, tmp_path):
     from recipes.train_alm import train_stage
 
     llm = load_llm(LLMConfig())  # stage 1: the LLM is frozen, both runs share it
-    common = _overrides(toy, tmp_path, steps=3) + ["data.qtypes=null", "data.kind=all", "projector.standardize=false"]
+    common = _overrides(toy, tmp_path, steps=3) + ["data.qtypes=null", "data.kind=all", "projector.standardize=false",
+                                                    "train.group_by_length=false"]  # same rows: plain permutation
     big = train_stage(load_config(REPO / "configs/alm/stage1.yaml", common + ["name=big", "train.batch_size=4"]),
                       llm_and_tokenizer=llm, quiet=True)
     acc = train_stage(load_config(REPO / "configs/alm/stage1.yaml",
@@ -372,7 +373,7 @@ def test_grad_accum_under_deepspeed_equals_large_batch(toy, tmp_path):
     runs in one subprocess (the engine's process group stays up); ~20 s."""
     pytest.importorskip("deepspeed")
     common = _overrides(toy, tmp_path, steps=3) + ["data.qtypes=null", "data.kind=all", "projector.standardize=false",
-                                                    f"train.deepspeed={DS[2]}"]
+                                                    f"train.deepspeed={DS[2]}", "train.group_by_length=false"]
     res = _run([sys.executable, "-c", _DS_ACCUM, str(REPO / "configs/alm/stage1.yaml"), json.dumps(common)])
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     big, acc = (json.loads((tmp_path / n / "stage1/summary.json").read_text()) for n in ("big", "acc"))

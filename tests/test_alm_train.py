@@ -239,20 +239,25 @@ def test_projector_gets_its_own_learning_rate():
     assert sched.get_last_lr() == [5e-4, 5e-5]  # the schedule scales both groups
 
 
-def test_budgeted_stage_encodes_only_the_clips_it_reads(toy, tmp_path, monkeypatch):
+@pytest.mark.parametrize("grouped", [True, False])
+def test_budgeted_stage_encodes_only_the_clips_it_reads(toy, tmp_path, monkeypatch, grouped):
     """A stage of 2 steps over a larger split encodes the clips of its 2 batches up front, not every training
-    clip; a budget longer than an epoch reads (and encodes) every record."""
-    from mosaic_alm.data import load_records
+    clip (length-grouped batches or not); a budget longer than an epoch reads (and encodes) every record."""
+    from mosaic_alm.data import InstructionDataset, PromptFormatter, load_records
+    from mosaic_alm.llm import load_tokenizer
     from mosaic_alm.stage_data import epoch_batches, planned_records
     from mosaic_core.config import load_config
     from recipes.train_alm import train_stage
 
     monkeypatch.setenv("MOSAIC_ALM_TOKEN_CACHE", str(tmp_path / "cache"))
     over = _overrides(toy, tmp_path, steps=2) + ["train.eval_batches=0", "projector.standardize=false",
-                                                  "data.qtypes=null"]
+                                                  "data.qtypes=null", f"train.group_by_length={str(grouped).lower()}"]
     cfg = load_config(f"{REPO_CONFIGS}/stage1.yaml", over)
     recs = load_records(toy, "train", None, cfg["data"]["kind"], 0, cfg["seed"], None)  # as train_stage reads them
-    read = {recs[i]["audio_path"] for b in epoch_batches(len(recs), 4, cfg["seed"], 0)[:2] for i in b}
+    fmt = PromptFormatter(load_tokenizer(), 8, system="")  # random:tiny at 256 frames: 8 slots
+    lengths = InstructionDataset(recs, fmt).lengths() if grouped else None
+    read = {recs[i]["audio_path"] for b in epoch_batches(len(recs), 4, cfg["seed"], 0, lengths=lengths)[:2]
+            for i in b}
     every = {r["audio_path"] for r in recs}
     assert len(read) < len(every)
     assert train_stage(cfg, quiet=True)["clips_encoded"] == len(read)
@@ -262,3 +267,26 @@ def test_budgeted_stage_encodes_only_the_clips_it_reads(toy, tmp_path, monkeypat
     want = {i for r in (0, 1) for e, k in ((0, 7), (1, 7), (2, 6)) for b in epoch_batches(50, 4, 0, e, r, 2)[:k]
             for i in b}
     assert two == want
+
+
+def test_length_grouped_batches():
+    """Length-grouped batches: every record once an epoch, the same plan from the same (seed, epoch), another
+    from another epoch, far less padding than random batches, and without lengths the plain permutation."""
+    from mosaic_alm.stage_data import epoch_batches
+
+    g = torch.Generator().manual_seed(1)
+    lengths = [44 if x < 0.4 else 80 + int(x * 5) for x in torch.rand(500, generator=g).tolist()]
+    plan = epoch_batches(500, 8, 0, 0, lengths=lengths)
+    assert sorted(i for b in plan for i in b) == list(range(500))
+    assert plan == epoch_batches(500, 8, 0, 0, lengths=lengths) != epoch_batches(500, 8, 0, 1, lengths=lengths)
+
+    def padded(batches):
+        return sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+    plain = epoch_batches(500, 8, 0, 0)
+    assert padded(plan) < 0.9 * padded(plain)
+    assert padded(plan) < 1.05 * sum(lengths)
+    g = torch.Generator().manual_seed(0)
+    assert [i for b in plain for i in b] == torch.randperm(500, generator=g).tolist()
+    two = [epoch_batches(500, 8, 0, 0, r, 2, lengths) for r in (0, 1)]  # two ranks: disjoint, every record
+    assert len(two[0]) == len(two[1]) and sorted(i for p in two for b in p for i in b) == list(range(500))
