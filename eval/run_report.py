@@ -119,6 +119,10 @@ def _header(run: Path, pipe: dict) -> list:
              "precision": pipe.get("precision") or "not recorded (pipeline.json has no precision field)",
              "wall time": wall, "started": pipe.get("started"), "preset": args.get("preset"),
              "seed": args.get("seed")}
+    budget = pipe.get("budget")
+    if isinstance(budget, dict) and budget.get("note"):
+        table["budget"] = (f"{budget['note']} (expected {pipe.get('expected', {}).get('minutes', '?')} min, "
+                           f"measured above)")
     return [table]
 
 

@@ -33,14 +33,16 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from mosaic_core.config import (
     ConfigError,
     NonNegInt,
+    PositiveFloat,
     PositiveInt,
+    Probability,
     parse_config,
     read_yaml,
     to_plain,
@@ -85,6 +87,10 @@ class PipelineConfig:
     alm_eval: AlmEvalSizes = field(default_factory=AlmEvalSizes)
     alm_recipe: list[str] = field(default_factory=list)  # key=value overrides of every ALM stage
     alm_overrides: list[str] = field(default_factory=list)  # the command line's, after alm_recipe
+    budget: Literal["auto", "full"] = "full"  # auto: the ALM budget sized to this machine (mosaic_core.budget)
+    target_minutes: PositiveFloat = 28.0  # budget auto: the predicted wall time to fit
+    budget_floor: Probability = 0.35  # budget auto: the smallest scale of the ALM budget
+    budget_scale: Probability | None = None  # a scale of the ALM budget chosen by hand (instead of auto / full)
 
     def __post_init__(self):
         if unknown := sorted(set(self.alm_variants) - set(VARIANTS)):
@@ -92,6 +98,8 @@ class PipelineConfig:
         for key in ("alm_examples", "alm_steps"):
             if getattr(self, key) is not None and len(getattr(self, key)) != 4:
                 raise ValueError(f"{key} needs four numbers (stages 1-4), got {getattr(self, key)}")
+        if self.budget_scale is not None and self.budget_scale <= 0:
+            raise ValueError(f"budget_scale must be in (0, 1], got {self.budget_scale}")
         if not self.skip_alm and self.alm_examples is None and self.alm_steps is None:
             raise ValueError("alm_examples or alm_steps must give the ALM stages' budget")
 
@@ -102,6 +110,20 @@ class PipelineConfig:
     def alm_budget(self) -> tuple[str, list[int]]:
         """(the stage config key, the four stages' values): examples where given, else steps."""
         return ("train.examples", self.alm_examples) if self.alm_examples else ("train.max_steps", self.alm_steps)
+
+    def scaled(self, scale: float) -> PipelineConfig:
+        """This config with the ALM's training budget times ``scale``: every stage's examples (a multiple of the
+        batch of 8) or steps, and the projector-alignment steps of ``alm_recipe`` (a multiple of 10)."""
+        from mosaic_core.budget import scaled_count
+
+        if scale >= 1:
+            return self
+        key, values = self.alm_budget()
+        values = [scaled_count(v, scale, 8 if key == "train.examples" else 1) for v in values]
+        recipe = [f"train.align_steps={scaled_count(int(o.split('=', 1)[1]), scale, 10)}"
+                  if o.startswith("train.align_steps=") else o for o in self.alm_recipe]
+        budget = {"alm_examples": values} if key == "train.examples" else {"alm_steps": values}
+        return replace(self, alm_recipe=recipe, **budget)
 
 
 # ------------------------------------------------------------------------------------------------------ config
@@ -131,6 +153,11 @@ def _parse_args(argv) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--jobs", type=int, default=None, help="processes at a time for the MAE baseline and the ALM "
                                                           "variants (one torch thread each)")
+    p.add_argument("--budget", choices=["auto", "full"], default=None,
+                   help="auto (the default preset): the ALM's training budget scaled to fit target_minutes where "
+                        "the run is predicted to take longer (a CPU without native bf16); full: never scaled")
+    p.add_argument("--budget-scale", type=float, default=None,
+                   help="scale the ALM's training budget (examples, alignment steps) by this factor in (0, 1]")
     p.add_argument("alm_overrides", nargs="*",
                    help="key=value overrides for every ALM stage (e.g. train.precision=fp32)")
     return p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -148,7 +175,8 @@ def _cli_values(args: argparse.Namespace) -> dict:
     from eval.alm_variants import stage_budget
 
     out = {k: getattr(args, k) for k in ("profile", "data_root", "out", "pretrain_steps", "probe_epochs",
-                                         "max_clips", "alm_test", "skip_alm", "seed", "jobs")
+                                         "max_clips", "alm_test", "skip_alm", "seed", "jobs", "budget",
+                                         "budget_scale")
            if getattr(args, k) is not None}
     if args.probe_seeds is not None:
         out["probe_seeds"] = _comma_list(args.probe_seeds, "--probe-seeds", int)
@@ -266,7 +294,8 @@ class PipelineRun:
 
 
 def setup(cfg: PipelineConfig) -> PipelineRun:
-    """Threads, logging, the run folder and pipeline.json's header (precision, commit, machine, expected time)."""
+    """Threads, logging, the ALM budget for this machine, the run folder and pipeline.json's header (precision,
+    commit, machine, expected time, budget)."""
     from transformers.utils import logging as hf_logging
 
     from mosaic_core.provenance import git_commit, machine_info
@@ -278,15 +307,20 @@ def setup(cfg: PipelineConfig) -> PipelineRun:
 
         set_threads(1)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    precision = _precision()
+    print(f"== precision: {precision}", flush=True)
+    expected = budget = None
+    if cfg.preset == "default" and not cfg.skip_alm:
+        expected, budget = _expected_duration(cfg)
+        cfg = cfg.scaled(budget["scale"])
+        print(f"== expected duration on this machine: {expected['note']}", flush=True)
+        print(f"== budget: {budget['note']}", flush=True)
     run = PipelineRun(cfg)
     doc = run.log.doc
-    doc["data_root"] = str(run.root)
-    doc["precision"] = _precision()
+    doc["data_root"], doc["precision"] = str(run.root), precision
     doc["git"], doc["machine"] = git_commit(), machine_info()  # the report's header reads them here
-    print(f"== precision: {doc['precision']}", flush=True)
-    if cfg.preset == "default" and not cfg.skip_alm:
-        doc["expected"] = _expected_duration()
-        print(f"== expected duration on this machine: {doc['expected']['note']}", flush=True)
+    if expected is not None:
+        doc["expected"], doc["budget"] = expected, budget
     return run
 
 
@@ -603,19 +637,14 @@ def _precision() -> str:
     return note
 
 
-# the default's wall time against this machine's 2-thread matmul throughput G (GFLOP/s, 2048^2, in the precision the
-# stages run in), fitted as a + b / G to two measured fresh-clone runs: 942 s with bf16 on a 2-core EPYC with
-# AVX512-BF16 (G ~ 904, results/pipeline_b256) and 2,852 s in fp32 on a 2-core EPYC without AVX512 (G ~ 128,
-# results/pipeline_fp32): about 10 minutes of work that does not scale with matmul speed (data, I/O, Python,
-# generation) plus the compute
-_EXPECTED_A, _EXPECTED_B = 627.0, 285_000.0
-
-
-def _expected_duration() -> dict:
-    """The default's expected wall time on this machine, from a 2-second matmul benchmark (setup excluded, the
-    0ad download and the LLM conversion cached)."""
+def _expected_duration(cfg: PipelineConfig) -> tuple[dict, dict]:
+    """The default's expected wall time on this machine and the ALM budget it runs with (:mod:`mosaic_core.budget`),
+    from a 2-second matmul benchmark (setup excluded, the 0ad download and the LLM conversion cached). With
+    ``budget: auto`` a run folder that already recorded a budget for the same settings keeps it (a re-run then
+    skips the stages that finished instead of re-running them at a slightly different scale)."""
     import torch
 
+    from mosaic_core.budget import DEFAULT_MODEL, size_budget
     from mosaic_core.runtime import matmul_gflops, use_bf16
 
     bf16 = use_bf16("auto", torch.device("cpu")) and not torch.cuda.is_available()
@@ -625,10 +654,44 @@ def _expected_duration() -> dict:
         g = matmul_gflops(bf16, seconds=1.5, size=2048)
     finally:
         torch.set_num_threads(threads)
-    minutes = (_EXPECTED_A + _EXPECTED_B / max(g, 1.0)) / 60
+    plan = size_budget(g, cfg.target_minutes, cfg.budget_floor)
+    if cfg.budget_scale is not None or cfg.budget == "full":
+        scale = 1.0 if cfg.budget_scale is None else cfg.budget_scale
+        plan.update(scale=scale, predicted_minutes=round(DEFAULT_MODEL.seconds(g, scale) / 60, 1),
+                    why=f"the ALM budget scaled to {scale:.2f} by hand (budget_scale)" if cfg.budget_scale is not None
+                    else "the full ALM budget (budget: full)")
+    settings = to_plain(cfg)
+    before = _previous_budget(Path(cfg.out) / "pipeline.json", settings)
+    if before is not None and before["scale"] != plan["scale"]:
+        plan.update(scale=before["scale"], predicted_minutes=round(DEFAULT_MODEL.seconds(g, before["scale"]) / 60, 1),
+                    why=f"the budget this run folder started with (scale {before['scale']:.2f}: {before['why']})")
+    scaled = cfg.scaled(plan["scale"])
+    plan.update(budget=cfg.budget, settings=settings, alm_examples=scaled.alm_examples, alm_steps=scaled.alm_steps,
+                align_steps=_align_steps(scaled.alm_stage_overrides))
+    what = (f"ALM examples {','.join(map(str, scaled.alm_examples))}" if scaled.alm_examples else
+            f"ALM steps {','.join(map(str, scaled.alm_steps))}") + f", alignment steps {plan['align_steps']}"
+    plan["note"] = f"{plan['why']}: {what}"
+    minutes = plan["predicted_minutes"]
     note = (f"about {minutes:.0f} minutes (matmul {g:.0f} GFLOP/s in {'bf16' if bf16 else 'fp32'} on 2 threads; "
-            "15.7 min were measured at 904 GFLOP/s, 47.5 at 128; other work on the cores slows it further)")
-    return {"minutes": round(minutes, 1), "matmul_gflops": round(g, 1), "bf16": bf16, "note": note}
+            f"model and measured runs: {DEFAULT_MODEL.source}; other work on the cores slows it further)")
+    return {"minutes": minutes, "matmul_gflops": round(g, 1), "bf16": bf16, "note": note}, plan
+
+
+def _previous_budget(path: Path, settings: dict) -> dict | None:
+    """The budget a run folder's pipeline.json recorded for these very settings, else None."""
+    try:
+        budget = json.loads(path.read_text()).get("budget")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(budget, dict) and budget.get("settings") == settings and isinstance(budget.get("scale"), float):
+        return budget
+    return None
+
+
+def _align_steps(overrides: list[str]) -> int:
+    """The projector-alignment steps the ALM stages run with (the last override wins; 0: none)."""
+    steps = [o.split("=", 1)[1] for o in overrides if o.startswith("train.align_steps=")]
+    return int(steps[-1]) if steps else 0
 
 
 def _data_ready(root: Path, profile: str, seed: int) -> str | None:

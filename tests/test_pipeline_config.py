@@ -50,7 +50,9 @@ def test_command_line_options_override_the_yaml():
                                          (["--alm-eval", "1,2"], "--alm-eval needs three"),
                                          (["--alm-variants", "big"], "unknown ['big']"),
                                          (["--probes", "lineal"], "probes"),
-                                         (["--jobs", "0"], "jobs=0")])
+                                         (["--jobs", "0"], "jobs=0"),
+                                         (["--budget-scale", "0"], "budget_scale must be in (0, 1]"),
+                                         (["--budget-scale", "1.5"], "budget_scale")])
 def test_bad_settings_are_one_line_refusals(argv, expect):
     with pytest.raises(ConfigError) as err:
         load_pipeline_config(argv)
@@ -65,3 +67,46 @@ def test_run_layout_names_every_file_of_a_run_folder(tmp_path):
     assert out.alm_eval_json == tmp_path / "eval-alm" / "alm_eval.json"
     assert (out.pipeline_json, out.report_html) == (tmp_path / "pipeline.json", tmp_path / "report.html")
     assert out.alm_log("no_audio") == Path(tmp_path) / "alm" / "no_audio.log"
+
+
+def test_budget_is_sized_from_the_measured_throughput():
+    """budget auto: the full ALM budget where the model predicts it fits the target, a smaller one where it does
+    not (the largest that fits, never under the floor); the scaled config multiplies every stage's examples (a
+    multiple of the batch of 8) and the alignment steps, and a user's own override of them is left alone."""
+    from mosaic_core.budget import CostModel, scaled_count, size_budget
+
+    cfg = load_pipeline_config([])
+    assert (cfg.budget, cfg.target_minutes, cfg.budget_floor, cfg.budget_scale) == ("auto", 28.0, 0.35, None)
+    assert load_pipeline_config(["--preset", "long"]).budget == "full"
+    model = CostModel(a=600.0, b_rest=100_000.0, b_alm=200_000.0)
+    fast = size_budget(1000.0, 28, 0.4, model)
+    assert fast["scale"] == 1.0 and fast["predicted_minutes"] == fast["predicted_minutes_full"] == 15.0
+    mid = size_budget(250.0, 28, 0.4, model)  # full: 600 + 1200 = 1800 s; 1680 s needs scale 0.85
+    assert mid["scale"] == pytest.approx(0.85) and mid["predicted_minutes"] == pytest.approx(28.0)
+    slow = size_budget(100.0, 28, 0.4, model)  # even the floor is predicted over the target: said so
+    assert slow["scale"] == 0.4 and slow["predicted_minutes"] > 28 and "floor" in slow["why"]
+    small = cfg.scaled(0.5)
+    assert small.alm_examples == [0, 0, 752, 0] and "train.align_steps=500" in small.alm_recipe
+    assert cfg.scaled(1.0) is cfg and scaled_count(0, 0.5, 8) == 0 and scaled_count(3, 0.1, 8) == 8
+    mine = load_pipeline_config(["train.align_steps=700"]).scaled(0.5)
+    assert mine.alm_stage_overrides[-1] == "train.align_steps=700"  # the command line's value wins, unscaled
+
+
+def test_a_rerun_keeps_the_budget_its_run_folder_started_with(tmp_path):
+    import json
+
+    from mosaic_core.config import to_plain
+    from recipes.pipeline import _expected_duration
+
+    cfg = load_pipeline_config(["--out", str(tmp_path)])
+    expected, plan = _expected_duration(cfg)
+    assert expected["matmul_gflops"] > 0 and plan["settings"] == to_plain(cfg)
+    kept = dict(plan, scale=0.5, why="measured before")
+    (tmp_path / "pipeline.json").write_text(json.dumps({"budget": kept}))
+    _, again = _expected_duration(cfg)
+    assert again["scale"] == 0.5 and "this run folder started with" in again["why"]
+    assert again["alm_examples"] == [0, 0, 752, 0] and again["align_steps"] == 500
+    other = load_pipeline_config(["--out", str(tmp_path), "--seed", "1"])  # other settings: sized afresh
+    assert "this run folder started with" not in _expected_duration(other)[1]["why"]
+    hand = load_pipeline_config(["--out", str(tmp_path / "h"), "--budget-scale", "0.5"])
+    assert _expected_duration(hand)[1]["scale"] == 0.5 and "by hand" in _expected_duration(hand)[1]["why"]

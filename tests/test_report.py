@@ -188,6 +188,18 @@ def test_report_header_names_commit_machine_precision_and_wall_time(recorded_run
     assert "machine | AMD EPYC 9R14, 2 cores, x86_64" in header
     assert "precision | bf16 autocast on cpu (native avx512_bf16)" in header
     assert "wall time | 15.6 min (934 s)" in header
+    assert "budget |" not in header  # a run from before budgets: nothing invented
+
+    pipe = json.loads((recorded_run / "pipeline.json").read_text())
+    pipe["expected"] = {"minutes": 28.0}
+    pipe["budget"] = {"scale": 0.6, "note": "the ALM budget scaled to 0.60: the full one is predicted to take 38 min "
+                                            "at 175 GFLOP/s, over the 28-minute target: ALM examples 0,0,904,0, "
+                                            "alignment steps 600"}
+    (recorded_run / "pipeline.json").write_text(json.dumps(pipe))
+    text = _visible(build_report(recorded_run, data=recorded_run / "no-data", use_model=False).read_text())
+    assert ("budget | the ALM budget scaled to 0.60: the full one is predicted to take 38 min at 175 GFLOP/s, over "
+            "the 28-minute target: ALM examples 0,0,904,0, alignment steps 600 (expected 28.0 min, measured above)"
+            ) in text.split("Pretraining loss curves")[0]
 
 
 def test_report_of_a_committed_results_folder_says_what_it_lacks(tmp_path):
