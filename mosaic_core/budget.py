@@ -1,58 +1,100 @@
-"""The default pipeline's wall time on this machine and the ALM budget sized to fit it.
+"""The default pipeline's wall time on this machine, and the ALM budget sized to fit a target.
 
-The wall time is modelled from the machine's dense matmul throughput ``G`` (GFLOP/s on 2 threads, in the precision
-the stages run in, :func:`mosaic_core.runtime.matmul_gflops`) as ``T(G, s) = a + (b_rest + s * b_alm) / G``: ``a``
-seconds of work that does not scale with matmul speed (data, I/O, Python, generation), the compute of everything
-but the ALM's training (pretraining, encoder evaluation, ALM evaluation), and the compute of the ALM's training,
-which the budget scale ``s`` multiplies (the training examples of every ALM stage and the projector-alignment
-steps). The constants are fitted to fresh-clone runs of the default (the values and the runs:
-``DEFAULT_MODEL``). A machine whose predicted time at the full budget is over the target gets the largest scale
-that meets it, never below ``floor``; the pipeline records which budget ran and why (``pipeline.json`` ``budget``).
+Each job of the default pipeline (data, the two pretrainings, the encoder evaluation, the three ALM variants, the ALM
+evaluation) costs ``a + b / G`` seconds on one core, ``G`` being the machine's dense matmul throughput (GFLOP/s on
+2 threads, in the precision the stages run in: :func:`mosaic_core.runtime.matmul_gflops`); an ALM variant's
+training loops and projector alignment, another ``sa + sb / G``, are what the budget scale ``s`` multiplies (every
+ALM stage's training examples and the alignment steps). :func:`predict_seconds` runs the pipeline's own schedule
+on two cores with those costs (the order of ``recipes/pipeline.py``: the data first, the contrastive pretraining
+with the MAE baseline beside it, each ALM variant as soon as it is ready and a core is free -- pretrained, no
+audio, random -- the encoder evaluation last, the ALM evaluation when the pretrained and no-audio variants are done).
+:func:`size_budget` picks the largest scale whose predicted wall time fits the target, never below a floor. The
+constants are fitted to fresh-clone runs of the default at the full budget (``DEFAULT_COSTS``, made by
+``results/pipeline_budget/fit.py``).
 """
 from __future__ import annotations
 
+import heapq
 import math
-from dataclasses import dataclass
+
+# seconds = a + b / G (+ s * (sa + sb / G) for an ALM variant), fitted by results/pipeline_budget/fit.py to the
+# default's fresh-clone runs in results/pipeline_budget (fp32 at G 175 and bf16 at G 366 on one 2-core AMD EPYC with
+# AVX512-BF16, at the full budget)
+DEFAULT_COSTS = {
+    "source": "results/pipeline_budget",
+    "jobs": {
+        "data": {"a": 48.5, "b": 0.0},
+        "pretrain_audiomosaic": {"a": 279.5, "b": 53326.0},
+        "pretrain_mae": {"a": 242.3, "b": 6415.0},
+        "eval_encoder": {"a": 231.3, "b": 23931.0},
+        "eval_alm": {"a": 179.8, "b": 0.0},
+        "no_audio": {"a": 68.8, "b": 4602.0, "sa": 311.1, "sb": 39943.0},
+        "pretrained": {"a": 107.0, "b": 16742.0, "sa": 428.8, "sb": 80492.0},
+        "random": {"a": 135.5, "b": 10793.0, "sa": 491.5, "sb": 67705.0},
+    },
+}
+VARIANT_ORDER = ("pretrained", "no_audio", "random")
 
 
-@dataclass(frozen=True)
-class CostModel:
-    a: float  # seconds that do not scale with matmul throughput
-    b_rest: float  # GFLOP-seconds of everything but the ALM training, over G
-    b_alm: float  # GFLOP-seconds of the ALM training at the full budget, over G
-    source: str = ""
-
-    def seconds(self, gflops: float, scale: float = 1.0) -> float:
-        return self.a + (self.b_rest + scale * self.b_alm) / max(gflops, 1.0)
-
-    def scale_for(self, gflops: float, target_s: float) -> float:
-        """The ALM budget scale whose predicted wall time is ``target_s`` (may be above 1 or below 0)."""
-        return (target_s - self.a - self.b_rest / max(gflops, 1.0)) * max(gflops, 1.0) / self.b_alm
+def job_seconds(costs: dict, gflops: float, scale: float = 1.0) -> dict[str, float]:
+    """Each job's seconds on one core at throughput ``gflops`` and ALM budget ``scale``."""
+    g = max(gflops, 1.0)
+    return {name: max(0.0, j["a"] + j["b"] / g) + scale * max(0.0, j.get("sa", 0.0) + j.get("sb", 0.0) / g)
+            for name, j in costs["jobs"].items()}
 
 
-# fitted to two fresh-clone runs of the default with length-grouped ALM batches at the full budget, nothing else on
-# the cores: results/pipeline_budget (fp32 and bf16 on one 2-core AMD EPYC with AVX512-BF16)
-DEFAULT_MODEL = CostModel(a=627.0, b_rest=118_600.0, b_alm=150_000.0, source="results/pipeline_budget")
+def predict_seconds(costs: dict, gflops: float, scale: float = 1.0, cores: int = 2) -> float:
+    """The pipeline's wall time: its schedule run on ``cores`` cores with the fitted job costs."""
+    t = job_seconds(costs, gflops, scale)
+    now = t["data"]
+    running: list[tuple[float, str]] = []  # (end time, job), a heap
+    done: set[str] = {"data"}
+    waiting = [v for v in VARIANT_ORDER if v in t]
+    late = ["eval_encoder"]  # handed to the runner after both pretrainings
+    main = ["pretrain_audiomosaic"]  # the main process: contrastive pretraining, later the ALM evaluation
+
+    def start(job: str) -> None:
+        heapq.heappush(running, (now + t[job], job))
+
+    start(main.pop())
+    start("pretrain_mae")
+    while running or waiting or late:
+        ready = [v for v in waiting if v != "pretrained" or "pretrain_audiomosaic" in done]
+        ready += [j for j in late if {"pretrain_audiomosaic", "pretrain_mae"} <= done]
+        if "eval_alm" not in done and {"pretrained", "no_audio"} <= done and all(j != "eval_alm" for _, j in running):
+            ready.insert(0, "eval_alm")  # the main process takes the next free core for it
+        while len(running) < cores and ready:
+            job = ready.pop(0)
+            for pool in (waiting, late):
+                if job in pool:
+                    pool.remove(job)
+            start(job)
+        if not running:
+            break
+        now, job = heapq.heappop(running)
+        done.add(job)
+    return now
 
 
-def size_budget(gflops: float, target_minutes: float, floor: float, model: CostModel = DEFAULT_MODEL) -> dict:
+def size_budget(gflops: float, target_minutes: float, floor: float, costs: dict = DEFAULT_COSTS) -> dict:
     """The ALM budget scale for this machine: 1 where the full budget is predicted to fit ``target_minutes``, else
-    the largest scale that does, at least ``floor``. Returns the scale, both predictions and a sentence saying why."""
+    the largest scale that does (to 0.01), at least ``floor``. Returns the scale, both predictions and why."""
     target = target_minutes * 60
-    full = model.seconds(gflops)
+    full = predict_seconds(costs, gflops, 1.0)
     if full <= target:
         scale, why = 1.0, (f"the full ALM budget: predicted {full / 60:.0f} min at {gflops:.0f} GFLOP/s, within "
                            f"{target_minutes:g}")
     else:
-        scale = max(floor, min(1.0, model.scale_for(gflops, target)))
+        scale = max([floor] + [s / 100 for s in range(int(floor * 100), 100)
+                               if predict_seconds(costs, gflops, s / 100) <= target])
         why = (f"the ALM budget scaled to {scale:.2f}: the full one is predicted to take {full / 60:.0f} min at "
                f"{gflops:.0f} GFLOP/s, over the {target_minutes:g}-minute target")
-        if scale == floor:
+        if predict_seconds(costs, gflops, scale) > target:
             why += (f" (the scale's floor, {floor:g}: the run is predicted to take "
-                    f"{model.seconds(gflops, scale) / 60:.0f} min)")
-    return {"scale": round(scale, 3), "predicted_minutes": round(model.seconds(gflops, scale) / 60, 1),
+                    f"{predict_seconds(costs, gflops, scale) / 60:.0f} min)")
+    return {"scale": round(scale, 3), "predicted_minutes": round(predict_seconds(costs, gflops, scale) / 60, 1),
             "predicted_minutes_full": round(full / 60, 1), "target_minutes": target_minutes, "floor": floor,
-            "matmul_gflops": round(gflops, 1), "model": model.source, "why": why}
+            "matmul_gflops": round(gflops, 1), "model": costs["source"], "why": why}
 
 
 def scaled_count(value: int, scale: float, multiple: int = 1) -> int:
@@ -62,4 +104,4 @@ def scaled_count(value: int, scale: float, multiple: int = 1) -> int:
     return max(multiple, math.ceil(value * scale / multiple) * multiple)
 
 
-__all__ = ["CostModel", "DEFAULT_MODEL", "size_budget", "scaled_count"]
+__all__ = ["DEFAULT_COSTS", "job_seconds", "predict_seconds", "size_budget", "scaled_count"]

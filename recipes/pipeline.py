@@ -383,6 +383,8 @@ def pretrain_stages(run: PipelineRun) -> None:
                 lambda: _pretrained(out.pretrain("audiomosaic"), cfg.pretrain_steps),
                 lambda: _run_pretraining(run, "audiomosaic", "contrastive"))
     run.state["encoder_ready"] = True
+    if run.alm is not None:  # the main process now only waits: its core goes to the pretrained ALM variant
+        run.state["main_busy"] = False
     mae_run = out.pretrain("mae")
     run.log.run("pretrain_mae", f"2/{run.n_steps} pretrain mae (same data, steps and batch) -> {mae_run}",
                 lambda: None if side else _pretrained(mae_run, cfg.pretrain_steps),
@@ -403,22 +405,33 @@ def encoder_eval_overrides(run: PipelineRun) -> list[str]:
 
 
 def encoder_eval_stage(run: PipelineRun) -> None:
-    """The encoder evaluation (``eval-encoder``), its probe accuracies then put into the encoders' model cards."""
+    """The encoder evaluation (``eval-encoder``), its probe accuracies then put into the encoders' model cards. With
+    the ALM on it is handed to the runner as its last job (its own process, once a core is free and no ALM variant
+    waits: the pretrained variant starts as soon as its encoder is trained, so the evaluation, which nothing else
+    waits for, no longer holds up the longest chain); without the ALM it runs here."""
     from eval.encoder_eval_config import EncoderEvalConfig
     from mosaic_core.config import load_recipe
     from recipes.cli import run_job
 
     over = encoder_eval_overrides(run)
     ecfg, _ = load_recipe(EncoderEvalConfig, EVAL_RECIPE, over)
+    title = f"3/{run.n_steps} encoder evaluation"
+    why = _encoder_eval_done(ecfg, run.encoders)
+    if why is None and run.alm is not None:
+        print(f"== {title}: in its own process beside the ALM variants, once a core is free "
+              f"(log: {run.out.eval_encoder / 'eval_encoder.log'})", flush=True)
+        run.alm.add_job("eval_encoder", lambda: _spawn(["-m", "recipes.cli", "eval-encoder", "--config",
+                                                        str(EVAL_RECIPE), *over],
+                                                       run.out.eval_encoder / "eval_encoder.log"))
+        return
+    run.log.run("eval_encoder", title, lambda: why, lambda: (run_job("eval-encoder", ["--config", str(EVAL_RECIPE),
+                                                                                      *over]), record_probes(run)))
 
-    def evaluate() -> None:
-        run_job("eval-encoder", ["--config", str(EVAL_RECIPE), *over])
-        results = json.loads(run.out.encoder_eval_json.read_text())["numbers"]
-        record_probe_results(results, run.encoders, f"mosaic-alm pipeline {run.out.root}, seeds "
-                                                    f"{','.join(map(str, run.cfg.probe_seeds))}")
 
-    run.log.run("eval_encoder", f"3/{run.n_steps} encoder evaluation", lambda: _encoder_eval_done(ecfg, run.encoders),
-                evaluate)
+def record_probes(run: PipelineRun) -> None:
+    results = json.loads(run.out.encoder_eval_json.read_text())["numbers"]
+    record_probe_results(results, run.encoders, f"mosaic-alm pipeline {run.out.root}, seeds "
+                                                f"{','.join(map(str, run.cfg.probe_seeds))}")
 
 
 def evaluate_pretrained(run: PipelineRun) -> None:
@@ -455,6 +468,9 @@ def alm_stage(run: PipelineRun) -> None:
     run.log.run("alm", f"4/4 audio-language model: variants {', '.join(run.cfg.alm_variants)} (stages 1-4, "
                        f"closed-QA evaluation; logs in {out.alm})", lambda: None,
                 lambda: alm.wait(run.log, after="pretrained", then=lambda: evaluate_pretrained(run)))
+    if "eval_encoder" in alm.seconds:  # the encoder evaluation ran beside the variants: its own time, within alm
+        run.log.add("eval_encoder", alm.seconds["eval_encoder"], "ran", within="alm")
+        record_probes(run)
     combine_results([alm.files[v] for v in run.cfg.alm_variants], out.alm_qa)
     art = final_artifact(alm.files["pretrained"]) if "pretrained" in alm.files else None
     if art is not None and out.alm_qa.is_file():
@@ -522,8 +538,9 @@ def record_qa_results(qa_json: Path, artifact: Path, source: str) -> None:
 class VariantRunner:
     """The ALM variants as ``alm-experiment --reuse`` processes (one thread each), started by a background thread
     as soon as one is ``ready`` and a core is free (``free()``: the cores the pipeline's other work leaves), the
-    pretrained variant first, then the shorter ones (no audio, then random). Finished stages and evaluations are
-    reused, so a re-run only does what is missing."""
+    pretrained variant first, then the shorter ones (no audio, then random), then jobs handed over later
+    (:meth:`add_job`: the encoder evaluation). Finished stages and evaluations are reused, so a re-run only does
+    what is missing."""
 
     PRIORITY = ("pretrained", "no_audio", "random")
 
@@ -535,24 +552,43 @@ class VariantRunner:
         self.seconds, self.error, self.done = {}, None, threading.Event()
         self.finished = {v: threading.Event() for v in self.variants}
         self.bar, self.stopped = None, False
+        self.waiting = sorted(self.variants, key=lambda v: self.PRIORITY.index(v) if v in self.PRIORITY else 99)
+        self.extra, self.lock, self.done_adding = {}, threading.Lock(), False  # wait() closes the list
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
+    def add_job(self, name: str, start) -> None:
+        """Run ``start()`` (a process) after every variant that is waiting, once a core is free."""
+        import threading
+
+        with self.lock:
+            self.extra[name] = start
+            self.finished[name] = threading.Event()
+            self.waiting.append(name)
+
+    def _next(self):
+        with self.lock:
+            v = next((w for w in self.waiting if w in self.extra or self.ready(w)), None)
+            if v is not None:
+                self.waiting.remove(v)
+            return v
+
+    def _start(self, v):
+        return self.extra[v]() if v in self.extra else self.start_fn(v, self.files[v])
+
     def _loop(self) -> None:
-        waiting = sorted(self.variants, key=lambda v: self.PRIORITY.index(v) if v in self.PRIORITY else 99)
         running = {}
         try:
-            while (waiting or running) and not self.stopped:
-                while len(running) < self.free() and (v := next((w for w in waiting if self.ready(w)), None)):
-                    waiting.remove(v)
-                    running[v] = (time.time(), self.start_fn(v, self.files[v]))
+            while (self.waiting or running or not self.done_adding) and not self.stopped:
+                while len(running) < self.free() and (v := self._next()):
+                    running[v] = (time.time(), self._start(v))
                 for v, (t0, proc) in list(running.items()):
                     if proc.poll() is not None:
-                        _wait(proc, f"ALM variant {v}")
+                        _wait(proc, f"ALM variant {v}" if v in self.files else v.replace("_", " "))
                         self.seconds[v] = round(time.time() - t0, 1)
                         del running[v]
                         self.finished[v].set()
-                        if self.bar is not None:
+                        if self.bar is not None and v in self.files:
                             self.bar.update(1)
                 time.sleep(1.0)
         except Exception as exc:  # noqa: BLE001 -- handed to the main thread by wait()
@@ -575,10 +611,13 @@ class VariantRunner:
         return self.finished[variant].is_set()
 
     def wait(self, log: StageLog, after: str | None = None, then=None) -> str:
-        """Wait for every variant; when variant ``after`` is done (and the others still run), call ``then()``."""
+        """Wait for every variant and job (no job is added after this); when variant ``after`` is done (and the
+        others still run), call ``then()``."""
         from mosaic_core.progress import progress_bar
 
-        self.bar = progress_bar(total=len(self.variants), initial=len(self.seconds), mininterval=0,
+        self.done_adding = True
+        self.bar = progress_bar(total=len(self.variants), initial=len(set(self.seconds) & set(self.variants)),
+                                mininterval=0,
                                 desc="ALM variants", unit="variant")
         if then is not None and self.wait_for(after):
             if self.error is None:
@@ -591,9 +630,10 @@ class VariantRunner:
         self.bar.close()
         if self.error is not None:
             raise self.error
-        log.doc["alm_variant_seconds"] = self.seconds
+        log.doc["alm_variant_seconds"] = {v: t for v, t in self.seconds.items() if v in self.files}
         kept = [json.loads(self.files[v].read_text())["variants"][v] for v in self.variants]
-        if all(r.get("evaluation_reused") and all(st.get("reused") for st in r["stages"]) for r in kept):
+        if not self.extra and all(r.get("evaluation_reused") and all(st.get("reused") for st in r["stages"])
+                                  for r in kept):
             return "skipped"  # every stage and evaluation was found done
         return "ran"
 
@@ -644,7 +684,7 @@ def _expected_duration(cfg: PipelineConfig) -> tuple[dict, dict]:
     skips the stages that finished instead of re-running them at a slightly different scale)."""
     import torch
 
-    from mosaic_core.budget import DEFAULT_MODEL, size_budget
+    from mosaic_core.budget import DEFAULT_COSTS, predict_seconds, size_budget
     from mosaic_core.runtime import matmul_gflops, use_bf16
 
     bf16 = use_bf16("auto", torch.device("cpu")) and not torch.cuda.is_available()
@@ -657,13 +697,14 @@ def _expected_duration(cfg: PipelineConfig) -> tuple[dict, dict]:
     plan = size_budget(g, cfg.target_minutes, cfg.budget_floor)
     if cfg.budget_scale is not None or cfg.budget == "full":
         scale = 1.0 if cfg.budget_scale is None else cfg.budget_scale
-        plan.update(scale=scale, predicted_minutes=round(DEFAULT_MODEL.seconds(g, scale) / 60, 1),
+        plan.update(scale=scale, predicted_minutes=round(predict_seconds(DEFAULT_COSTS, g, scale) / 60, 1),
                     why=f"the ALM budget scaled to {scale:.2f} by hand (budget_scale)" if cfg.budget_scale is not None
                     else "the full ALM budget (budget: full)")
     settings = to_plain(cfg)
     before = _previous_budget(Path(cfg.out) / "pipeline.json", settings)
     if before is not None and before["scale"] != plan["scale"]:
-        plan.update(scale=before["scale"], predicted_minutes=round(DEFAULT_MODEL.seconds(g, before["scale"]) / 60, 1),
+        minutes = round(predict_seconds(DEFAULT_COSTS, g, before["scale"]) / 60, 1)
+        plan.update(scale=before["scale"], predicted_minutes=minutes,
                     why=f"the budget this run folder started with (scale {before['scale']:.2f}: {before['why']})")
     scaled = cfg.scaled(plan["scale"])
     plan.update(budget=cfg.budget, settings=settings, alm_examples=scaled.alm_examples, alm_steps=scaled.alm_steps,
@@ -673,7 +714,7 @@ def _expected_duration(cfg: PipelineConfig) -> tuple[dict, dict]:
     plan["note"] = f"{plan['why']}: {what}"
     minutes = plan["predicted_minutes"]
     note = (f"about {minutes:.0f} minutes (matmul {g:.0f} GFLOP/s in {'bf16' if bf16 else 'fp32'} on 2 threads; "
-            f"model and measured runs: {DEFAULT_MODEL.source}; other work on the cores slows it further)")
+            f"model and measured runs: {DEFAULT_COSTS['source']}; other work on the cores slows it further)")
     return {"minutes": minutes, "matmul_gflops": round(g, 1), "bf16": bf16, "note": note}, plan
 
 

@@ -70,21 +70,33 @@ def test_run_layout_names_every_file_of_a_run_folder(tmp_path):
 
 
 def test_budget_is_sized_from_the_measured_throughput():
-    """budget auto: the full ALM budget where the model predicts it fits the target, a smaller one where it does
-    not (the largest that fits, never under the floor); the scaled config multiplies every stage's examples (a
-    multiple of the batch of 8) and the alignment steps, and a user's own override of them is left alone."""
-    from mosaic_core.budget import CostModel, scaled_count, size_budget
+    """budget auto: the full ALM budget where the schedule with the fitted job costs is predicted to fit the target,
+    a smaller one where it does not (the largest that fits, never under the floor); the scaled config multiplies
+    every stage's examples (a multiple of the batch of 8) and the alignment steps; a user's own value is left."""
+    from mosaic_core.budget import job_seconds, predict_seconds, scaled_count, size_budget
 
     cfg = load_pipeline_config([])
     assert (cfg.budget, cfg.target_minutes, cfg.budget_floor, cfg.budget_scale) == ("auto", 28.0, 0.35, None)
     assert load_pipeline_config(["--preset", "long"]).budget == "full"
-    model = CostModel(a=600.0, b_rest=100_000.0, b_alm=200_000.0)
-    fast = size_budget(1000.0, 28, 0.4, model)
-    assert fast["scale"] == 1.0 and fast["predicted_minutes"] == fast["predicted_minutes_full"] == 15.0
-    mid = size_budget(250.0, 28, 0.4, model)  # full: 600 + 1200 = 1800 s; 1680 s needs scale 0.85
-    assert mid["scale"] == pytest.approx(0.85) and mid["predicted_minutes"] == pytest.approx(28.0)
-    slow = size_budget(100.0, 28, 0.4, model)  # even the floor is predicted over the target: said so
-    assert slow["scale"] == 0.4 and slow["predicted_minutes"] > 28 and "floor" in slow["why"]
+    # two cores; the ALM variants' training (sa + sb / G) is what the scale multiplies
+    costs = {"source": "test", "jobs": {"data": {"a": 100.0, "b": 0.0}, "pretrain_audiomosaic": {"a": 0, "b": 60_000},
+                                       "pretrain_mae": {"a": 0, "b": 30_000}, "eval_encoder": {"a": 0, "b": 40_000},
+                                       "pretrained": {"a": 0, "b": 20_000, "sa": 0, "sb": 100_000},
+                                       "random": {"a": 0, "b": 20_000, "sa": 0, "sb": 100_000},
+                                       "no_audio": {"a": 0, "b": 10_000, "sa": 0, "sb": 50_000},
+                                       "eval_alm": {"a": 0, "b": 10_000}}}
+    assert job_seconds(costs, 100.0, 0.5)["pretrained"] == 700.0
+    # at G 100: data 100; contrastive 100-700 beside MAE 100-400, no audio 400-1000; pretrained 700-1900, random
+    # 1000-2200, the ALM evaluation 1900-2000 (no audio done), the encoder evaluation 2000-2400
+    assert predict_seconds(costs, 100.0) == pytest.approx(2400.0)
+    assert predict_seconds(costs, 100.0, 0.5) < predict_seconds(costs, 100.0)
+    fast = size_budget(1000.0, 28, 0.35, costs)
+    assert fast["scale"] == 1.0 and fast["predicted_minutes"] == fast["predicted_minutes_full"] < 28
+    mid = size_budget(100.0, 38, 0.35, costs)  # 40 min at the full budget
+    assert 0.35 < mid["scale"] < 1 and mid["predicted_minutes"] <= 38
+    assert predict_seconds(costs, 100.0, mid["scale"] + 0.01) > 38 * 60  # the largest scale that fits
+    slow = size_budget(20.0, 28, 0.35, costs)  # even the floor is predicted over the target: said so
+    assert slow["scale"] == 0.35 and slow["predicted_minutes"] > 28 and "floor" in slow["why"]
     small = cfg.scaled(0.5)
     assert small.alm_examples == [0, 0, 752, 0] and "train.align_steps=500" in small.alm_recipe
     assert cfg.scaled(1.0) is cfg and scaled_count(0, 0.5, 8) == 0 and scaled_count(3, 0.1, 8) == 8

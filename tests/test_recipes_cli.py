@@ -184,12 +184,14 @@ def test_tiny_pipeline_with_alm_skips_finished_stages(embedded_root, tmp_path, c
     """With the ALM ablation (three variants x four 1-step stages) and the ALM evaluation; run again, every stage,
     every variant and both evaluations are skipped."""
     first, second, _ = _pipeline_twice(embedded_root, tmp_path, _TINY_ALM, capsys)
-    # the ALM evaluation runs inside the ALM stage, as soon as the pretrained variant is done
-    names = ["data", "pretrain_audiomosaic", "pretrain_mae", "eval_encoder", "eval_alm", "alm"]
+    # the ALM evaluation runs inside the ALM stage, as soon as the pretrained variant is done; the encoder evaluation
+    # in its own process beside the variants, within the ALM stage too
+    names = ["data", "pretrain_audiomosaic", "pretrain_mae", "eval_alm", "alm", "eval_encoder"]
     assert list(first["stages"]) == names and first["stages"]["alm"]["status"] == "ran"
-    assert first["stages"]["eval_alm"]["within"] == "alm"
-    assert first["ran_seconds"] == pytest.approx(sum(first["stages"][n]["seconds"] for n in names if n != "eval_alm"),
-                                                 abs=0.2)
+    assert first["stages"]["eval_alm"]["within"] == "alm" and first["stages"]["eval_encoder"]["within"] == "alm"
+    assert first["ran_seconds"] == pytest.approx(sum(first["stages"][n]["seconds"] for n in names
+                                                     if n not in ("eval_alm", "eval_encoder")), abs=0.2)
+    assert (tmp_path / "eval-encoder" / "encoder_eval.json").is_file()
     assert set(first["alm_variant_seconds"]) == {"pretrained", "random", "no_audio"}  # each variant's own time
     assert all(second["stages"][n]["status"] == "skipped" for n in names), second["stages"]
     assert sum(s["seconds"] for s in second["stages"].values()) < 30
@@ -248,15 +250,27 @@ def test_variant_runner_shares_the_cores_and_starts_what_is_ready(tmp_path):
     until(lambda: len(events) == 3)
     assert events[2] == ("start", "random")
 
+    def job():
+        jobs["eval_encoder"] = _FakeJob("eval_encoder", events)
+        return jobs["eval_encoder"]
+
+    runner.add_job("eval_encoder", job)  # handed over later: after every waiting variant, once a core is free
+    time.sleep(1.5)
+    assert len(events) == 3  # both cores busy
+
     def then():
         events.append(("then", sorted(v for v, j in jobs.items() if j.returncode is None)))
         jobs["random"].returncode = 0
 
     jobs["pretrained"].returncode = 0
     log = StageLog(tmp_path / "pipeline.json", {})
+    until(lambda: len(events) == 4)
+    assert events[3] == ("start", "eval_encoder")  # the pretrained variant's core
+    jobs["eval_encoder"].returncode = 0
     assert runner.wait(log, after="pretrained", then=then) == "ran"
-    assert events[3] == ("then", ["random"])  # the evaluation ran while the random variant was still running
+    assert ("then", ["random"]) in events  # the evaluation ran while the random variant was still running
     assert set(log.doc["alm_variant_seconds"]) == {"pretrained", "random", "no_audio"}
+    assert set(runner.seconds) == {"pretrained", "random", "no_audio", "eval_encoder"}
 
 
 def test_final_artifact_is_the_one_the_variant_trained_last(tmp_path):

@@ -1,15 +1,15 @@
-"""Fit the default pipeline's wall-time model (mosaic_core/budget.py) to measured runs of the full budget.
+"""Fit the default pipeline's job costs (mosaic_core/budget.py) to measured runs of the full budget.
 
     python results/pipeline_budget/fit.py RUN_FOLDER RUN_FOLDER [...] [--out results/pipeline_budget/fit.json]
 
 Each RUN_FOLDER is a finished default pipeline's run folder (``runs/pipeline`` of a fresh clone) or a committed copy
-of one with the ALM variants' stage summaries: ``pipeline.json`` gives the wall time ``T`` and the machine's
-matmul throughput ``G`` (``expected.matmul_gflops``); the ALM variants' ``alm/<variant>/stage*/summary.json`` (or
-``alm_summaries.json`` in a committed copy) give the seconds the budget scale multiplies, ``W``: every variant's
-training loop and projector alignment. The model: ``T = a + b / G`` and ``W = c / G``; scaling the ALM budget by
-``s`` takes ``(1 - s) W`` core-seconds off work the two cores share, so ``T(G, s) = a + (b - c / 2) / G + s c / (2 G)``,
-i.e. ``b_rest = b - c / 2`` and ``b_alm = c / 2``. Two runs fit ``a`` and ``b`` exactly (more by least squares);
-``c`` is the least-squares slope of ``W`` against ``1 / G`` through the origin.
+of one with the ALM variants' stage summaries (``alm_summaries.json``). ``pipeline.json`` gives each job's own
+seconds (the data, the contrastive pretraining, the MAE baseline's ``seconds_alongside``, the encoder evaluation,
+each ALM variant's process, the ALM evaluation) and the machine's matmul throughput ``G``
+(``expected.matmul_gflops``); the stage summaries give the part of a variant's seconds that the budget scale
+multiplies (its training loops and projector alignment). Every job is fitted as ``a + b / G`` and a variant's
+scaled part as ``sa + sb / G`` (two runs: exactly; more: least squares; a negative coefficient is set to 0 and the
+other refitted). The runs' measured wall times are printed beside the schedule's prediction.
 """
 from __future__ import annotations
 
@@ -27,17 +27,42 @@ def alm_summaries(run: Path) -> dict:
     """{variant: [stage summary, ...]} of a run folder (or its committed copy)."""
     saved = run / "alm_summaries.json"
     if saved.is_file():
-        return json.loads(saved.read_text())
+        return json.loads(saved.read_text())["variants"]
     out = {}
     for variant in sorted(p.name for p in (run / "alm").iterdir() if p.is_dir()):
         out[variant] = [json.loads(p.read_text()) for p in sorted((run / "alm" / variant).glob("stage*/summary.json"))]
     return out
 
 
-def scalable_seconds(summaries: dict) -> float:
-    """Core-seconds the ALM budget scale multiplies: every variant's training loop and projector alignment."""
-    return sum(s.get("train_seconds", 0.0) + (s.get("align") or {}).get("seconds", 0.0)
-               for stages in summaries.values() for s in stages)
+def scalable_seconds(stages: list[dict]) -> float:
+    """Seconds the ALM budget scale multiplies: a variant's training loops and projector alignment."""
+    return sum(s.get("train_seconds", 0.0) + (s.get("align") or {}).get("seconds", 0.0) for s in stages)
+
+
+def job_times(run: Path) -> tuple[float, float, dict, dict]:
+    """(G, the wall time, {job: seconds}, {variant: scaled seconds}) of one run."""
+    pipe = json.loads((run / "pipeline.json").read_text())
+    if (pipe.get("budget") or {}).get("scale", 1.0) != 1.0:
+        raise SystemExit(f"fit.py: {run} ran a scaled ALM budget; fit runs of the full budget only")
+    st = pipe["stages"]
+    times = {"data": st["data"]["seconds"], "pretrain_audiomosaic": st["pretrain_audiomosaic"]["seconds"],
+             "pretrain_mae": st["pretrain_mae"].get("seconds_alongside") or st["pretrain_mae"]["seconds"],
+             "eval_encoder": st["eval_encoder"]["seconds"], "eval_alm": st["eval_alm"]["seconds"]}
+    scaled = {}
+    for variant, stages in alm_summaries(run).items():
+        scaled[variant] = scalable_seconds(stages)
+        times[variant] = pipe["alm_variant_seconds"][variant] - scaled[variant]
+    return pipe["expected"]["matmul_gflops"], pipe["total_seconds"], times, scaled
+
+
+def fit_ab(inv_g: np.ndarray, t: np.ndarray) -> tuple[float, float]:
+    """``t = a + b / G`` by least squares, both non-negative (a negative one is set to 0 and the other refitted)."""
+    a, b = np.linalg.lstsq(np.stack([np.ones_like(inv_g), inv_g], 1), t, rcond=None)[0]
+    if a < 0:
+        a, b = 0.0, float(inv_g @ t / (inv_g @ inv_g))
+    elif b < 0:
+        a, b = float(t.mean()), 0.0
+    return round(float(a), 1), round(float(b), 0)
 
 
 def main(argv=None) -> int:
@@ -46,24 +71,23 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/pipeline_budget/fit.json")
     args = p.parse_args(argv)
     from eval.results import write_results
+    from mosaic_core.budget import predict_seconds
 
-    rows = []
-    for run in map(Path, args.runs):
-        pipe = json.loads((run / "pipeline.json").read_text())
-        rows.append({"run": str(run), "T": pipe["total_seconds"], "G": pipe["expected"]["matmul_gflops"],
-                     "W": round(scalable_seconds(alm_summaries(run)), 1), "precision": pipe.get("precision"),
-                     "budget_scale": (pipe.get("budget") or {}).get("scale", 1.0)})
-    if any(r["budget_scale"] != 1.0 for r in rows):
-        raise SystemExit("fit.py: fit runs of the full budget only (budget scale 1)")
-    inv = np.array([1 / r["G"] for r in rows])
-    a, b = np.linalg.lstsq(np.stack([np.ones_like(inv), inv], 1), np.array([r["T"] for r in rows]), rcond=None)[0]
-    c = float(inv @ np.array([r["W"] for r in rows]) / (inv @ inv))
-    model = {"a": round(float(a), 1), "b_rest": round(float(b - c / 2), 1), "b_alm": round(c / 2, 1)}
-    for r in rows:
-        r["T_model"] = round(model["a"] + (model["b_rest"] + model["b_alm"]) / r["G"], 1)
-    print(json.dumps({"model": model, "runs": rows}, indent=1))
+    runs = [job_times(Path(r)) for r in args.runs]
+    inv = np.array([1 / g for g, *_ in runs])
+    jobs = {}
+    for name in runs[0][2]:
+        a, b = fit_ab(inv, np.array([times[name] for _, _, times, _ in runs]))
+        jobs[name] = {"a": a, "b": b}
+        if name in runs[0][3]:
+            sa, sb = fit_ab(inv, np.array([scaled[name] for *_, scaled in runs]))
+            jobs[name].update(sa=sa, sb=sb)
+    costs = {"source": "results/pipeline_budget", "jobs": jobs}
+    rows = [{"run": r, "G": g, "measured_s": wall, "predicted_s": round(predict_seconds(costs, g), 1)}
+            for r, (g, wall, *_) in zip(args.runs, runs)]
+    print(json.dumps({"costs": costs, "runs": rows}, indent=1))
     out = Path(args.out)
-    write_results(out.parent, out.stem, {"model": model, "runs": rows}, {"runs": args.runs}, 0)
+    write_results(out.parent, out.stem, {"costs": costs, "runs": rows}, {"runs": args.runs}, 0)
     return 0
 
 
