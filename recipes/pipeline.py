@@ -691,7 +691,9 @@ def _expected_duration(cfg: PipelineConfig) -> tuple[dict, dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        g = matmul_gflops(bf16, seconds=1.5, size=2048)
+        # the best of four short measurements: other work on the cores only ever lowers one (a single 1.5 s one
+        # read 134 and 175 GFLOP/s on the same idle machine an hour apart)
+        g = max(matmul_gflops(bf16, seconds=0.4, size=2048) for _ in range(4))
     finally:
         torch.set_num_threads(threads)
     plan = size_budget(g, cfg.target_minutes, cfg.budget_floor)
