@@ -89,7 +89,7 @@ class PipelineConfig:
     alm_overrides: list[str] = field(default_factory=list)  # the command line's, after alm_recipe
     budget: Literal["auto", "full"] = "full"  # auto: the ALM budget sized to this machine (mosaic_core.budget)
     target_minutes: PositiveFloat = 28.0  # budget auto: the predicted wall time to fit
-    budget_floor: Probability = 0.35  # budget auto: the smallest scale of the ALM budget
+    budget_floor: Probability = 0.7  # budget auto: the smallest scale of the ALM budget
     budget_scale: Probability | None = None  # a scale of the ALM budget chosen by hand (instead of auto / full)
 
     def __post_init__(self):

@@ -76,7 +76,8 @@ def test_budget_is_sized_from_the_measured_throughput():
     from mosaic_core.budget import job_seconds, predict_seconds, scaled_count, size_budget
 
     cfg = load_pipeline_config([])
-    assert (cfg.budget, cfg.target_minutes, cfg.budget_floor, cfg.budget_scale) == ("auto", 28.0, 0.35, None)
+    assert (cfg.budget, cfg.target_minutes, cfg.budget_floor, cfg.budget_scale) == ("full", 28.0, 0.7, None)
+    cfg = load_pipeline_config(["--budget", "auto"])
     assert load_pipeline_config(["--preset", "long"]).budget == "full"
     # two cores; the ALM variants' training (sa + sb / G) is what the scale multiplies
     costs = {"source": "test", "jobs": {"data": {"a": 100.0, "b": 0.0}, "pretrain_audiomosaic": {"a": 0, "b": 60_000},
@@ -110,7 +111,7 @@ def test_a_rerun_keeps_the_budget_its_run_folder_started_with(tmp_path):
     from mosaic_core.config import to_plain
     from recipes.pipeline import _expected_duration
 
-    cfg = load_pipeline_config(["--out", str(tmp_path)])
+    cfg = load_pipeline_config(["--out", str(tmp_path), "--budget", "auto"])
     expected, plan = _expected_duration(cfg)
     assert expected["matmul_gflops"] > 0 and plan["settings"] == to_plain(cfg)
     kept = dict(plan, scale=0.5, why="measured before")
@@ -118,7 +119,7 @@ def test_a_rerun_keeps_the_budget_its_run_folder_started_with(tmp_path):
     _, again = _expected_duration(cfg)
     assert again["scale"] == 0.5 and "this run folder started with" in again["why"]
     assert again["alm_examples"] == [0, 0, 752, 0] and again["align_steps"] == 500
-    other = load_pipeline_config(["--out", str(tmp_path), "--seed", "1"])  # other settings: sized afresh
+    other = load_pipeline_config(["--out", str(tmp_path), "--budget", "auto", "--seed", "1"])  # sized afresh
     assert "this run folder started with" not in _expected_duration(other)[1]["why"]
     hand = load_pipeline_config(["--out", str(tmp_path / "h"), "--budget-scale", "0.5"])
     assert _expected_duration(hand)[1]["scale"] == 0.5 and "by hand" in _expected_duration(hand)[1]["why"]
