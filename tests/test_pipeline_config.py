@@ -114,11 +114,11 @@ def test_a_rerun_keeps_the_budget_its_run_folder_started_with(tmp_path):
     cfg = load_pipeline_config(["--out", str(tmp_path), "--budget", "auto"])
     expected, plan = _expected_duration(cfg)
     assert expected["matmul_gflops"] > 0 and plan["settings"] == to_plain(cfg)
-    kept = dict(plan, scale=0.5, why="measured before")
+    kept = dict(plan, scale=0.123, why="measured before")  # below the floor: never what this machine would pick
     (tmp_path / "pipeline.json").write_text(json.dumps({"budget": kept}))
     _, again = _expected_duration(cfg)
-    assert again["scale"] == 0.5 and "this run folder started with" in again["why"]
-    assert again["alm_examples"] == [0, 0, 752, 0] and again["align_steps"] == 500
+    assert again["scale"] == 0.123 and "this run folder started with" in again["why"]
+    assert again["alm_examples"] == [0, 0, 192, 0] and again["align_steps"] == 130
     other = load_pipeline_config(["--out", str(tmp_path), "--budget", "auto", "--seed", "1"])  # sized afresh
     assert "this run folder started with" not in _expected_duration(other)[1]["why"]
     hand = load_pipeline_config(["--out", str(tmp_path / "h"), "--budget-scale", "0.5"])
