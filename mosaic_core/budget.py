@@ -89,10 +89,10 @@ def size_budget(gflops: float, target_minutes: float, floor: float, costs: dict 
                                if predict_seconds(costs, gflops, s / 100) <= target])
         why = (f"the ALM budget scaled to {scale:.2f}: the full one is predicted to take {full / 60:.0f} min at "
                f"{gflops:.0f} GFLOP/s, over the {target_minutes:g}-minute target")
-        if predict_seconds(costs, gflops, scale) > target:
-            why += (f" (the scale's floor, {floor:g}: the run is predicted to take "
-                    f"{predict_seconds(costs, gflops, scale) / 60:.0f} min)")
-    return {"scale": round(scale, 3), "predicted_minutes": round(predict_seconds(costs, gflops, scale) / 60, 1),
+    at = predict_seconds(costs, gflops, scale)
+    if at > target:
+        why += f" (the scale's floor, {floor:g}: the run is predicted to take {at / 60:.0f} min)"
+    return {"scale": round(scale, 3), "predicted_minutes": round(at / 60, 1),
             "predicted_minutes_full": round(full / 60, 1), "target_minutes": target_minutes, "floor": floor,
             "matmul_gflops": round(gflops, 1), "model": costs["source"], "why": why}
 
