@@ -29,6 +29,10 @@ class EncoderEvalConfig:
     layer_sweep: bool = True  # linear probe on every layer (probe accuracy by layer)
     probe: ProbeFitConfig = field(default_factory=ProbeFitConfig)
     probe_seeds: list[int] = field(default_factory=lambda: [0])
+    # the few-label protocol (eval/few_label.py): the linear read-out on k labelled training clips per class, for
+    # each k here, over several draws of the subset (mean ± std); [] = off. The all-label read-out is the "linear" one
+    few_labels: list[PositiveInt] = field(default_factory=lambda: [1, 5, 10, 20])
+    few_label_draws: PositiveInt = 3
     max_clips_per_split: NonNegInt = 0  # > 0 subsamples each split (quick runs)
     batch_size: PositiveInt = 64
     threads: NonNegInt = 0  # torch threads (tiny probes run fastest on one thread; 0 = default)

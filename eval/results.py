@@ -54,6 +54,7 @@ __all__ = [
     "mean_std",
     "plot_confusion_matrix",
     "plot_grouped_bars",
+    "plot_label_curve",
     "plot_per_class_accuracy",
     "plot_probe_by_layer",
     "plot_training_curves",
@@ -374,6 +375,37 @@ def plot_probe_by_layer(scores: Sequence[float] | Mapping[str, Sequence[float]],
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_label_curve(curves: Mapping[str, Mapping[str, Mapping[str, float]]], *, title: str = "Accuracy by labels",
+                     metric: str = "accuracy"):
+    """Metric against labelled clips per class (log x axis), one line per series with a ±std band: ``curves`` is
+    ``{series: {k: {"mean", "std"}}}`` where ``k`` is a number or ``"all"`` (drawn at the largest number x 2, its
+    tick labelled "all")."""
+    if not curves or not any(curves.values()):
+        raise ValueError("plot_label_curve: nothing to plot")
+    numeric = sorted({int(k) for c in curves.values() for k in c if k != "all"})
+    all_x = (numeric[-1] * 4) if numeric else 1
+    fig = _figure(6.5, 4.0)
+    ax = fig.add_subplot()
+    for label, by_k in curves.items():
+        ks = sorted(by_k, key=lambda k: all_x if k == "all" else int(k))
+        xs = [all_x if k == "all" else int(k) for k in ks]
+        mean = np.array([by_k[k]["mean"] for k in ks], dtype=float)
+        std = np.array([by_k[k].get("std", 0.0) for k in ks], dtype=float)
+        line, = ax.plot(xs, mean, marker="o", label=str(label))
+        ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    ax.set_xscale("log")
+    ticks = numeric + [all_x]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in numeric] + ["all"])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled training clips per class")
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.grid(alpha=0.3)

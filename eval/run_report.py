@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.probe_tables import accuracy_rows
+from eval.probe_tables import accuracy_rows, few_label_section
 from eval.results import (
     Html,
     plot_grouped_bars,
@@ -170,6 +170,8 @@ def _probes(run: Path) -> list[tuple[str, list]]:
               "architecture, untrained). The linear read-out and the MFCC baseline are one convex fit each; the "
               "other probes ran once per probe seed: mean ± std (n=seeds) where more than one ran, \"1 seed\" "
               "where one did."), accuracy_rows(tasks)])]
+    if res["numbers"].get("few_label"):
+        out.append(few_label_section(res["numbers"]["few_label"]))
     layers = []
     for task, by_enc in tasks.items():
         curves = {e: v["linear_by_layer_test"] for e, v in by_enc.items() if v.get("linear_by_layer_test")}

@@ -1,7 +1,9 @@
-"""Build the embedded offline benchmark (``mosaic-alm build-data``): three labelled tasks from Debian packages.
+"""Build the embedded offline benchmark (``mosaic-alm build-data``): three labelled tasks from Debian packages, and
+the unlabeled pretraining corpus (``{root}/unlabeled``, WebDataset shards).
 
-Prints a table of class counts per split for each task built or found in the cache. See
-:mod:`encoder.data.embedded` for the layout and :func:`encoder.data.embedded.build` for the Python entry point.
+Prints a table of class counts per split for each task built or found in the cache, then the corpus's size. See
+:mod:`encoder.data.embedded` for the layout, :func:`encoder.data.embedded.build` for the Python entry point and
+:mod:`encoder.data.corpus` for the corpus (``--corpus-clips``: its size; the profile's by default, 0 skips it).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+from encoder.data.corpus import CORPUS_PROFILES, build_corpus, corpus_dir
 from encoder.data.embedded import BUILDERS, PROFILES, TASKS, BuildError, build
 
 
@@ -38,15 +41,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     ap.add_argument("--force", action="store_true", help="rebuild even if cached")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--corpus-clips", type=int, default=None,
+                    help="unlabeled clips to build: " + ", ".join(f"{p} profile {n}" for p, n in
+                                                                   CORPUS_PROFILES.items()) + " by default; 0: none")
     args = ap.parse_args(argv)
+    clips = CORPUS_PROFILES[args.profile] if args.corpus_clips is None else args.corpus_clips
+    if clips < 0:
+        ap.error(f"--corpus-clips must be >= 0, got {clips}")
     t0 = time.time()
     try:
         info = build(args.root, profile=args.profile, seed=args.seed, tasks=args.tasks, force=args.force,
                      jobs=args.jobs)
+        corpus = build_corpus(args.root, clips, seed=args.seed, jobs=args.jobs, force=args.force) if clips else None
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_counts({**info, "tasks": {t: info["tasks"][t] for t in args.tasks}}))
+    if corpus:
+        print(f"\n[unlabeled] {corpus['clips']} clips ({', '.join(f'{k} {n}' for k, n in corpus['kinds'].items())}), "
+              f"{corpus['hours']} h, {corpus['bytes'] / 1e6:.0f} MB in {corpus['shards']} shards, "
+              f"{corpus['seconds']['total']} s -> {corpus_dir(args.root)}")
     print(f"\ntotal: {time.time() - t0:.1f} s (build seconds recorded: {info['seconds']})")
     return 0
 

@@ -27,9 +27,10 @@ from encoder.hf import resolve_encoder
 from eval import probes as P
 from eval.embeddings import extract_features, load_waves, make_probe, spectrogram_inputs
 from eval.encoder_eval_config import EncoderEvalConfig, ProbeFitConfig  # noqa: F401 -- the job's config types
+from eval.few_label import few_label_curve
 from eval.metrics import confusion_matrix
-from eval.mfcc import mfcc_logreg_baseline
-from eval.probe_tables import accuracy_rows, format_table
+from eval.mfcc import mfcc_features
+from eval.probe_tables import accuracy_rows, few_label_section, format_table
 from eval.probes import fit_logreg
 from eval.results import (
     plot_confusion_matrix,
@@ -52,10 +53,11 @@ def _mean_std(xs):
 
 
 class _Tally:
-    """What the evaluation gathers across tasks: the numbers, layer curves, figures, unreadable clips."""
+    """What the evaluation gathers across tasks: the numbers, few-label curves, layer curves, figures, unreadable
+    clips."""
 
     def __init__(self):
-        self.numbers, self.layer_curves, self.figures, self.bad_clips = {}, {}, [], []
+        self.numbers, self.few_label, self.layer_curves, self.figures, self.bad_clips = {}, {}, {}, [], []
 
 
 # ------------------------------------------------------------------------------------------------------ setup
@@ -84,15 +86,28 @@ def _load_clips(task, tally: _Tally) -> tuple[dict, dict]:
     return waves, labels
 
 
-def _mfcc_baseline(waves: dict, labels: dict, test_roles: list[str], seed: int) -> dict:
-    numpy_waves = {role: [w.numpy() for w in ws] for role, ws in waves.items()}
-    out_by_role = {}
-    for role in test_roles:
-        out = mfcc_logreg_baseline(numpy_waves["train"], labels["train"].numpy(), numpy_waves[role],
-                                   labels[role].numpy(), valid_wavs=numpy_waves.get("valid"),
-                                   valid_y=labels["valid"].numpy() if "valid" in labels else None, seed=seed)
-        out_by_role[role] = {"accuracy": _mean_std([out["accuracy"]]), "C": out["C"]}
-    return out_by_role
+def _mfcc_baseline(waves: dict, labels: dict, test_roles: list[str], seed: int) -> tuple[dict, dict]:
+    """The MFCC statistics of every split (:func:`eval.mfcc.mfcc_features`) read out by the fair linear read-out,
+    as :func:`eval.mfcc.mfcc_logreg_baseline` does; returns (results by test split, the features by split)."""
+    feats = {role: mfcc_features([w.numpy() for w in ws]) for role, ws in waves.items()}
+    readout = fit_logreg(feats["train"], labels["train"].numpy(), feats.get("valid"),
+                         labels["valid"].numpy() if "valid" in labels else None, seed=seed)
+    out = {role: {"accuracy": _mean_std([readout.evaluate(feats[role], labels[role].numpy())["accuracy"]]),
+                  "C": readout.C} for role in test_roles}
+    return out, feats
+
+
+def _few_label(cfg: EncoderEvalConfig, feats: dict, labels: dict, all_labels: dict) -> dict:
+    """The few-label curve of one encoder's (or MFCC's) features ``{split: [N, D]}``, with the all-label read-out
+    (``all_labels``, already fitted) as its last point."""
+    def pair(role):
+        return np.asarray(feats[role]), labels[role].numpy()
+
+    tests = {role: pair(role) for role in feats if role.startswith("test")}
+    curve = few_label_curve(pair("train"), pair("valid") if "valid" in feats else None, tests, cfg.few_labels,
+                            cfg.few_label_draws, cfg.seed)
+    curve["all"] = {role: {"accuracy": all_labels[role]["accuracy"]} for role in tests}
+    return curve
 
 
 # ------------------------------------------------------------------------------------------------------- loop
@@ -164,10 +179,12 @@ def evaluate_task(cfg: EncoderEvalConfig, task_path: str, encoders: dict, bf16: 
                                 max_clips_per_split=cfg.max_clips_per_split, cache="never"), seed=cfg.seed)
     waves, labels = _load_clips(task, tally)
     res = tally.numbers.setdefault(task.name, {})
-    mfcc = _mfcc_baseline(waves, labels, [r for r in waves if r.startswith("test")], cfg.seed) \
-        if cfg.mfcc_baseline else {}
-    if mfcc:
-        res["mfcc_logreg"] = mfcc
+    few = tally.few_label.setdefault(task.name, {}) if cfg.few_labels else None
+    if cfg.mfcc_baseline:
+        res["mfcc_logreg"], mfcc_feats = _mfcc_baseline(waves, labels, [r for r in waves if r.startswith("test")],
+                                                        cfg.seed)
+        if few is not None:
+            few["mfcc_logreg"] = _few_label(cfg, mfcc_feats, labels, res["mfcc_logreg"])
     inputs = {}  # spectrograms per preprocessing, shared by the encoders that use it
     for enc_name, model in encoders.items():
         fb = model.config.fbank_config(task.fbank.target_frames)
@@ -177,6 +194,9 @@ def evaluate_task(cfg: EncoderEvalConfig, task_path: str, encoders: dict, bf16: 
         feats = {role: extract_features(model, x, fb, cfg.batch_size, bf16=bf16) for role, x in inputs[key].items()}
         res[enc_name] = probe_encoder(cfg, task, enc_name, feats, labels, bf16, bar, tally,
                                       first=enc_name == next(iter(encoders)))
+        if few is not None and "linear" in res[enc_name]:
+            few[enc_name] = _few_label(cfg, {role: f["last"] for role, f in feats.items()}, labels,
+                                       res[enc_name]["linear"])
 
 
 # ------------------------------------------------------------------------------------------------------- save
@@ -185,11 +205,17 @@ def save_results(cfg: EncoderEvalConfig, tally: _Tally, seconds: float) -> dict:
     run = Path(cfg.run_dir)
     results = {"tasks": tally.numbers, "seconds": seconds, "bad_clips": tally.bad_clips,
                "encoders": dict(cfg.encoders)}
+    if tally.few_label:
+        results["few_label"] = {"labels_per_class": list(cfg.few_labels), "draws": cfg.few_label_draws,
+                                "readout": "linear (last layer; C chosen on the whole valid split)",
+                                "tasks": tally.few_label}
     write_results(run, "encoder_eval", results, to_plain(cfg), cfg.seed)
     summary = ("Accuracy on held-out splits. linear: the fair read-out (standardised logistic regression, C chosen "
                "on valid; convex, so one fit); the MFCC baseline is read out the same way; weighted / attentive: "
                f"probe seeds {cfg.probe_seeds}, mean ± std (n) where more than one ran. {seconds:.0f} s in all.")
     sections = [("Summary", [summary]), ("Accuracy", [accuracy_rows(tally.numbers)])]
+    if tally.few_label:
+        sections.append(few_label_section(results["few_label"]))
     for task_name, curves in tally.layer_curves.items():
         sections.append((f"{task_name}: linear probe accuracy by layer", [plot_probe_by_layer(curves)]))
     sections += [(title, [fig]) for title, fig in tally.figures]

@@ -75,6 +75,11 @@ class PipelineConfig:
     seed: int = 0
     jobs: PositiveInt = 2
     pretrain_steps: PositiveInt = 150
+    # what both pretrainings read: the unlabeled corpus (encoder/data/corpus.py; build-data makes it with the data,
+    # corpus_clips of it: 0 = the clips the pretraining sees, steps x batch, one pass without repeats) or the
+    # labelled tasks' train splits (the recipe before the corpus)
+    pretrain_data: Literal["corpus", "labeled"] = "corpus"
+    corpus_clips: NonNegInt = 0
     probes: list[Literal["linear", "weighted", "attentive"]] = field(default_factory=lambda: ["linear"])
     probe_seeds: list[int] = field(default_factory=lambda: [0])
     probe_epochs: PositiveInt = 15
@@ -138,6 +143,11 @@ def _parse_args(argv) -> argparse.Namespace:
     p.add_argument("--data-root", default=None, help="default data/embedded-<profile>")
     p.add_argument("--out", default=None, help="run folder (default runs/pipeline)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="steps of each pretraining (contrastive, MAE)")
+    p.add_argument("--pretrain-data", choices=["corpus", "labeled"], default=None,
+                   help="what both pretrainings read: corpus (the default: the unlabeled corpus build-data makes, "
+                        "steps x batch clips) or labeled (the tasks' train splits)")
+    p.add_argument("--corpus-clips", type=int, default=None,
+                   help="unlabeled clips to build (default 0: the pretraining's steps x batch, one pass)")
     p.add_argument("--probe-seeds", default=None, help="probe seeds of the attentive/weighted probes, e.g. 0,1,2")
     p.add_argument("--probes", default=None, help="probes besides the fair linear read-out, e.g. linear,attentive")
     p.add_argument("--probe-epochs", type=int, default=None, help="epochs of the trained probes")
@@ -175,7 +185,8 @@ def _cli_values(args: argparse.Namespace) -> dict:
     """The command line's options as config values (only those given)."""
     from eval.alm_variants import stage_budget
 
-    out = {k: getattr(args, k) for k in ("profile", "data_root", "out", "pretrain_steps", "probe_epochs",
+    out = {k: getattr(args, k) for k in ("profile", "data_root", "out", "pretrain_steps", "pretrain_data",
+                                         "corpus_clips", "probe_epochs",
                                          "max_clips", "alm_test", "skip_alm", "seed", "jobs", "budget",
                                          "budget_scale")
            if getattr(args, k) is not None}
@@ -287,8 +298,24 @@ class PipelineRun:
         self.log = StageLog(self.out.pipeline_json, to_plain(cfg))
 
     def pretrain_overrides(self, name: str, objective: str) -> list[str]:
-        return [f"data.root={self.root}", f"run_dir={self.out.pretrain(name)}",
+        from encoder.data.corpus import corpus_dir
+
+        shards = corpus_dir(self.root) if self.cfg.pretrain_data == "corpus" else "null"
+        return [f"data.root={self.root}", f"data.shards={shards}", f"run_dir={self.out.pretrain(name)}",
                 f"train.max_steps={self.cfg.pretrain_steps}", f"seed={self.cfg.seed}", f"objective={objective}"]
+
+    @property
+    def corpus_clips(self) -> int:
+        """The unlabeled clips to build: ``corpus_clips``, or the pretraining's steps x batch (0 without a corpus)."""
+        if self.cfg.pretrain_data != "corpus":
+            return 0
+        if self.cfg.corpus_clips:
+            return self.cfg.corpus_clips
+        from encoder.pretraining import PretrainConfig
+        from mosaic_core.config import load_config
+
+        batch = parse_config(PretrainConfig, load_config(PRETRAIN_RECIPE), "pretraining config").train.batch_size
+        return self.cfg.pretrain_steps * batch
 
     def free_cores(self) -> int:
         return self.cfg.jobs - self.state["main_busy"] - (self.side is not None and self.side.poll() is None)
@@ -354,6 +381,7 @@ def start_side_jobs(run: PipelineRun) -> None:
 # -------------------------------------------------------------------------------------------------------- jobs
 def build_data_stage(run: PipelineRun) -> None:
     def build_data():
+        from encoder.data.corpus import build_corpus, corpus_dir
         from encoder.data.embedded import TASKS, build
         from mosaic_alm.instructions import generate
         from mosaic_core.progress import progress_bar
@@ -361,9 +389,14 @@ def build_data_stage(run: PipelineRun) -> None:
         for task in progress_bar(TASKS, desc="data: tasks", unit="task", mininterval=0):
             build(run.root, profile=run.cfg.profile, seed=run.cfg.seed, tasks=[task])
         generate(run.root, seed=run.cfg.seed)
+        if run.corpus_clips:
+            info = build_corpus(run.root, run.corpus_clips, seed=run.cfg.seed, jobs=run.cfg.jobs)
+            print(f"[pipeline] unlabeled corpus: {info['clips']} clips, {info['hours']} h "
+                  f"({info['seconds']['total']:.0f} s to build) -> {corpus_dir(run.root)}", flush=True)
 
-    run.log.run("data", f"1/{run.n_steps} data: {run.root} ({run.cfg.profile})",
-                lambda: _data_ready(run.root, run.cfg.profile, run.cfg.seed), build_data)
+    corpus = f" + {run.corpus_clips} unlabeled clips" if run.corpus_clips else ""
+    run.log.run("data", f"1/{run.n_steps} data: {run.root} ({run.cfg.profile}{corpus})",
+                lambda: _data_ready(run.root, run.cfg.profile, run.cfg.seed, run.corpus_clips), build_data)
 
 
 def _run_pretraining(run: PipelineRun, name: str, objective: str) -> None:
@@ -742,8 +775,9 @@ def _align_steps(overrides: list[str]) -> int:
     return int(steps[-1]) if steps else 0
 
 
-def _data_ready(root: Path, profile: str, seed: int) -> str | None:
-    """Why the data stage can be skipped (every task built with these settings, instructions written after)."""
+def _data_ready(root: Path, profile: str, seed: int, corpus_clips: int = 0) -> str | None:
+    """Why the data stage can be skipped (every task built with these settings, instructions written after, and
+    an unlabeled corpus of at least ``corpus_clips`` built with this seed)."""
     from encoder.data.embedded import TASKS, VERSION
 
     info_path = root / "build_info.json"
@@ -759,6 +793,14 @@ def _data_ready(root: Path, profile: str, seed: int) -> str | None:
     ins = [root / "instructions" / f"{s}.json" for s in ("train", "valid", "test")]
     if not all(p.is_file() and p.stat().st_mtime >= info_path.stat().st_mtime for p in ins):
         return None
+    if corpus_clips:
+        from encoder.data.corpus import CORPUS_VERSION, read_corpus_info
+
+        corpus = read_corpus_info(root)
+        if not corpus or corpus.get("seed") != seed or corpus.get("version") != CORPUS_VERSION \
+                or corpus.get("clips", 0) < corpus_clips:
+            return None
+        return f"{root} is built ({', '.join(TASKS)}) with its instructions and {corpus['clips']} unlabeled clips"
     return f"{root} is built ({', '.join(TASKS)}) with its instructions"
 
 

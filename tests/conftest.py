@@ -46,6 +46,19 @@ def embedded_root() -> Path:
     return root
 
 
+CORPUS_TEST_CLIPS = 200  # the unlabeled corpus the tests build beside the small profile (build-data's CLI test too)
+
+
+@pytest.fixture(scope="session")
+def embedded_corpus(embedded_root) -> Path:
+    """``embedded_root`` with an unlabeled corpus of :data:`CORPUS_TEST_CLIPS` clips in ``unlabeled/`` (built once,
+    reused); returns the corpus folder."""
+    from encoder.data.corpus import build_corpus, corpus_dir
+
+    build_corpus(embedded_root, CORPUS_TEST_CLIPS, seed=0)
+    return corpus_dir(embedded_root)
+
+
 @pytest.fixture(scope="session")
 def embedded_instructions(embedded_root) -> Path:
     """``embedded_root`` with its instruction files (``instructions/{train,valid,test}.json`` and the keyword-over-

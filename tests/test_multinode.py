@@ -77,7 +77,7 @@ def _free_port() -> int:
 
 
 def _overrides(root, run_dir) -> list[str]:
-    return [f"data.root={root}", "data.manifests=[keywords/manifest.jsonl]", f"run_dir={run_dir}",
+    return [f"data.root={root}", "data.shards=null", "data.manifests=[keywords/manifest.jsonl]", f"run_dir={run_dir}",
             f"train.max_steps={STEPS}", f"train.batch_size={BATCH}", "train.progress=false", "train.log_every=1",
             "train.ckpt_every=100", f"model.depth={DEPTH}", "model.drop_path=0.0", "data.num_workers=0",
             "data.cached_features=true", "augment.enabled=false", "train.threads=1", "train.precision=fp32",

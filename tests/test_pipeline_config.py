@@ -27,6 +27,23 @@ def test_default_preset_holds_the_values_the_python_presets_held():
     assert cfg.alm_budget() == ("train.examples", [0, 0, 1500, 0])
 
 
+def test_both_pretrainings_read_the_unlabeled_corpus_by_default(tmp_path):
+    from recipes.pipeline import PipelineRun
+
+    cfg = load_pipeline_config(["--out", str(tmp_path / "run")])
+    assert (cfg.pretrain_data, cfg.corpus_clips) == ("corpus", 0)
+    run = PipelineRun(cfg)
+    assert run.corpus_clips == 150 * 256  # steps x batch: one pass without repeats
+    for name, objective in (("audiomosaic", "contrastive"), ("mae", "mae")):
+        assert f"data.shards={run.root / 'unlabeled'}" in run.pretrain_overrides(name, objective)
+    run = PipelineRun(load_pipeline_config(["--out", str(tmp_path / "r2"), "--pretrain-steps", "10",
+                                            "--corpus-clips", "5000"]))
+    assert run.corpus_clips == 5000
+    run = PipelineRun(load_pipeline_config(["--out", str(tmp_path / "r3"), "--pretrain-data", "labeled"]))
+    assert run.corpus_clips == 0 and "data.shards=null" in run.pretrain_overrides("audiomosaic", "contrastive")
+    assert load_pipeline_config(["--preset", "long"]).corpus_clips == 60000
+
+
 def test_long_preset():
     cfg = load_pipeline_config(["--preset", "long"])
     assert (cfg.preset, cfg.pretrain_steps, cfg.probe_seeds, cfg.probes, cfg.probe_epochs) == \

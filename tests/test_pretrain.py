@@ -101,7 +101,7 @@ def test_two_process_gloo_equals_single_process_on_concatenated_batch(tmp_path):
 
 
 def _keyword_overrides(root, run_dir, steps, batch=8):
-    return [f"data.root={root}", "data.manifests=[keywords/manifest.jsonl]", f"run_dir={run_dir}",
+    return [f"data.root={root}", "data.shards=null", "data.manifests=[keywords/manifest.jsonl]", f"run_dir={run_dir}",
             f"train.max_steps={steps}", f"train.batch_size={batch}", "train.progress=false", "train.ckpt_every=2",
             "model.depth=2", "data.num_workers=0", "data.cached_features=false", "augment.enabled=true",
             "train.threads=1"]

@@ -86,10 +86,12 @@ def jobs(embedded_root, tmp_path_factory):
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("cli")
-    tiny = [f"data.root={embedded_root}", "train.max_steps=2", "train.batch_size=16", "train.progress=false",
+    tiny = [f"data.root={embedded_root}", "data.shards=null", "train.max_steps=2", "train.batch_size=16",
+            "train.progress=false",
             "data.manifests=[keywords/manifest.jsonl]"]
     codes = {
-        "build-data": main(["build-data", "--root", str(embedded_root), "--profile", "small"]),
+        "build-data": main(["build-data", "--root", str(embedded_root), "--profile", "small", "--corpus-clips",
+                            "200"]),  # the embedded_corpus fixture's size: its corpus is reused
         "pretrain": main(["pretrain", *_PRETRAIN, f"run_dir={out / 'pre'}", *tiny]),
         "pretrain-mae": main(["pretrain-mae", *_PRETRAIN, f"run_dir={out / 'mae'}", *tiny]),
         "make-instructions": main(["make-instructions", "--root", str(embedded_root)]),
@@ -112,6 +114,11 @@ def test_tiny_pretraining_and_encoder_eval_jobs(jobs, monkeypatch):
         assert len(json.loads((out / run / "history.json").read_text())) == 2
     res = json.loads((out / "eval" / "encoder_eval.json").read_text())["numbers"]["tasks"]["embedded_keywords"]
     assert set(res) == {"a", "random"} and 0 <= res["a"]["linear"]["test"]["accuracy"]["mean"] <= 1
+    few = json.loads((out / "eval" / "encoder_eval.json").read_text())["numbers"]["few_label"]
+    curve = few["tasks"]["embedded_keywords"]["a"]
+    assert few["labels_per_class"] == [1, 5, 10, 20] and list(curve) == ["1", "5", "10", "20", "all"]
+    assert len(curve["5"]["test"]["accuracy"]["runs"]) == few["draws"] == 3
+    assert curve["all"]["test"]["accuracy"] == res["a"]["linear"]["test"]["accuracy"]
 
 
 def test_tiny_alm_jobs_train_ask_caption_eval(jobs, embedded_root, capsys):

@@ -54,7 +54,7 @@ RANDOM_MAX_STEPS = 3  # the most checkpoints (+1 for timing jitter) a random kil
 
 
 def _overrides(root, run_dir, steps, keep_last=2, extra=()):
-    return [f"data.root={root}", "data.manifests=[keywords/manifest.jsonl]", f"run_dir={run_dir}",
+    return [f"data.root={root}", "data.shards=null", "data.manifests=[keywords/manifest.jsonl]", f"run_dir={run_dir}",
             f"train.max_steps={steps}", "train.batch_size=8", "train.progress=false", "train.ckpt_every=1",
             f"train.keep_last={keep_last}", "model.depth=2", "model.drop_path=0.1", "data.num_workers=0",
             "data.cached_features=true", "train.log_every=1000", "optim.warmup_steps=2", *extra]

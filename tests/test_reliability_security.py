@@ -82,7 +82,7 @@ def test_training_refuses_to_resume_from_a_planted_checkpoint(embedded_root, tmp
     run = tmp_path / "run"
     _plant_checkpoint(run / "checkpoints", 3, "model", _pickles(marker)["torch_zip"])
     raw = load_config(REPO / "configs/pretrain/tiny.yaml", [
-        f"data.root={embedded_root}", "data.manifests=[keywords/manifest.jsonl]", f"run_dir={run}",
+        f"data.root={embedded_root}", "data.shards=null", "data.manifests=[keywords/manifest.jsonl]", f"run_dir={run}",
         "train.max_steps=4", "train.batch_size=8", "train.progress=false", "model.depth=2"])
     with pytest.raises(ckpt.CheckpointError, match="not a valid safetensors file"):
         train(parse_config(PretrainConfig, raw), raw)

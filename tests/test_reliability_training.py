@@ -89,7 +89,8 @@ def _bad_dataset(embedded_root: Path, root: Path, n: int = 40, bad: tuple[int, .
 
 
 def _over(root, run, steps, *extra):
-    return [f"data.root={root}", "data.manifests=[m.jsonl]", f"run_dir={run}", f"train.max_steps={steps}",
+    return [f"data.root={root}", "data.shards=null", "data.manifests=[m.jsonl]", f"run_dir={run}",
+            f"train.max_steps={steps}",
             "train.batch_size=8", "train.progress=false", "train.ckpt_every=100", "model.depth=1",
             "data.num_workers=0", "augment.enabled=false", "train.log_every=1000", *extra]
 

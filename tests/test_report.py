@@ -32,7 +32,8 @@ def run_folder(embedded_instructions, tiny_alm_artifact, tmp_path_factory) -> Pa
     for name, objective in (("audiomosaic", "contrastive"), ("mae", "mae")):
         t = time.time()
         raw = load_config(REPO / "configs/pretrain/tiny.yaml", [
-            f"data.root={embedded_root}", f"run_dir={run / f'pretrain-{name}'}", "train.max_steps=2",
+            f"data.root={embedded_root}", "data.shards=null", f"run_dir={run / f'pretrain-{name}'}",
+            "train.max_steps=2",
             f"objective={objective}", "train.progress=false", "train.batch_size=8",
             "data.manifests=[keywords/manifest.jsonl]", "data.cached_features=false"])
         train(parse_config(PretrainConfig, raw, "pretraining config"), raw)
