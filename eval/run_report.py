@@ -141,8 +141,29 @@ def _pretraining(run: Path) -> list:
     if not hist:
         return [_missing("pretrain-audiomosaic/history.json, pretrain-mae/history.json")]
     return [f"Logged training steps: {', '.join(f'{k} {len(v)}' for k, v in hist.items() if 'loss' in k)}."
-            + _same_setup(run),
+            + _same_setup(run) + _pretraining_data(run),
             plot_training_curves(hist, x_label="logged step", title="Pretraining")]
+
+
+def _pretraining_data(run: Path) -> str:
+    """What the contrastive pretraining read (its config.yaml): the unlabeled corpus as its corpus.json describes
+    it, or the labelled tasks' manifests."""
+    from mosaic_core.config import read_yaml
+
+    path = RunLayout(run).pretrain(PRETRAIN_RUNS[0]) / "config.yaml"
+    if not path.is_file():
+        return ""
+    data = read_yaml(path).get("data") or {}
+    if not data.get("shards"):
+        return (f" Pretraining read the labelled tasks' {', '.join(data.get('splits') or [])} splits "
+                f"({', '.join(data.get('manifests') or [])}), without their labels.")
+    info = _json(Path(data["shards"]) / "corpus.json")
+    if info is None:
+        return f" Pretraining read the WebDataset shards {data['shards']}."
+    kinds = ", ".join(f"{k} {n:,}" for k, n in info.get("kinds", {}).items())
+    return (f" Pretraining read the unlabeled corpus {data['shards']}: {info['clips']:,} clips ({kinds}), "
+            f"{info.get('hours')} hours, built in {info.get('seconds', {}).get('total')} s from train voices, "
+            "soundfonts, programs and recordings only.")
 
 
 def _same_setup(run: Path) -> str:

@@ -46,7 +46,8 @@ def embedded_root() -> Path:
     return root
 
 
-CORPUS_TEST_CLIPS = 200  # the unlabeled corpus the tests build beside the small profile (build-data's CLI test too)
+CORPUS_TEST_CLIPS = 512  # the unlabeled corpus the tests build beside the small profile (build-data's CLI test and
+#                           the tiny pipeline's 2 pretraining steps of 256 ask for the same, so none rebuilds it)
 
 
 @pytest.fixture(scope="session")

@@ -34,11 +34,11 @@ def _records(folder):
 
 def test_the_corpus_has_its_size_and_kinds_and_decodes(embedded_corpus):
     info = json.loads((embedded_corpus / "corpus.json").read_text())
-    assert info["clips"] == read_index(embedded_corpus)["num_clips"] == 200
+    assert info["clips"] == read_index(embedded_corpus)["num_clips"] == 512
     assert verify_shards(embedded_corpus) == []
     recs = _records(embedded_corpus)
     kinds = {k: sum(r["kind"] == k for r, _, _ in recs) for k in C.MIX}
-    assert kinds == C.kind_counts(200) == info["kinds"]
+    assert kinds == C.kind_counts(512) == info["kinds"]
     for rec, audio, sr in recs:
         assert sr == SR and audio.ndim == 1 and 0.1 <= audio.size / SR <= 2.5
         assert np.isfinite(audio).all() and 1e-3 < np.abs(audio).max() <= 1.0, rec["id"]
@@ -66,11 +66,11 @@ def test_the_corpus_never_uses_a_held_out_voice_soundfont_program_or_recording(e
 
 
 def test_the_corpus_is_reproducible_and_cached(embedded_corpus, tmp_path):
-    info = C.build_corpus(tmp_path, 200, seed=0)
+    info = C.build_corpus(tmp_path, 512, seed=0)
     assert [s["sha256"] for s in read_index(C.corpus_dir(tmp_path))["shards"]] == \
         [s["sha256"] for s in read_index(embedded_corpus)["shards"]]
     mtime = (C.corpus_dir(tmp_path) / "index.json").stat().st_mtime_ns
-    assert C.build_corpus(tmp_path, 150, seed=0) == info  # a corpus at least as large is reused
+    assert C.build_corpus(tmp_path, 300, seed=0) == info  # a corpus at least as large is reused
     assert (C.corpus_dir(tmp_path) / "index.json").stat().st_mtime_ns == mtime
     other = C.build_corpus(tmp_path, 40, seed=1)  # another seed is another corpus
     assert other["seed"] == 1 and other["clips"] == 40

@@ -182,9 +182,9 @@ def test_missing_tool_names_package():
 
 def test_build_data_recipe_prints_counts_of_cached_build(embedded_corpus, embedded_root, capsys):
     # the corpus size of the embedded_corpus fixture (conftest.CORPUS_TEST_CLIPS), so the cached corpus is reused
-    assert build_data(["--root", str(embedded_root), "--corpus-clips", "200"]) == 0
+    assert build_data(["--root", str(embedded_root), "--corpus-clips", "512"]) == 0
     out = capsys.readouterr().out
-    assert "[unlabeled] 200 clips" in out and str(embedded_corpus) in out
+    assert "[unlabeled] 512 clips" in out and str(embedded_corpus) in out
     info = json.loads((embedded_root / "build_info.json").read_text())
     for task in E.TASKS:
         assert f"[{task}] {info['tasks'][task]['clips']} clips" in out

@@ -91,7 +91,7 @@ def jobs(embedded_root, tmp_path_factory):
             "data.manifests=[keywords/manifest.jsonl]"]
     codes = {
         "build-data": main(["build-data", "--root", str(embedded_root), "--profile", "small", "--corpus-clips",
-                            "200"]),  # the embedded_corpus fixture's size: its corpus is reused
+                            "512"]),  # the embedded_corpus fixture's size: its corpus is reused
         "pretrain": main(["pretrain", *_PRETRAIN, f"run_dir={out / 'pre'}", *tiny]),
         "pretrain-mae": main(["pretrain-mae", *_PRETRAIN, f"run_dir={out / 'mae'}", *tiny]),
         "make-instructions": main(["make-instructions", "--root", str(embedded_root)]),
@@ -148,7 +148,7 @@ def test_tiny_finetune_job(embedded_root, tmp_path, monkeypatch):
 
 
 _TINY_PIPELINE = ["--profile", "small", "--pretrain-steps", "2", "--probe-seeds", "0", "--probe-epochs", "1",
-                  "--max-clips", "12"]
+                  "--max-clips", "12", "--corpus-clips", "512"]  # the embedded_corpus fixture's: reused
 _TINY_ALM = ["--alm-steps", "1,1,1,1", "--alm-test", "3", "--alm-eval", "2,1,1", "data.max_train=8",
              "train.batch_size=2", "train.eval_batches=0", "projector.stats_clips=4",
              "train.align_steps=5"]

@@ -81,8 +81,11 @@ def _render_and_check(run: Path, clips: int, images: int) -> str:
 
 
 def test_report_renders_in_chromium(run_folder):
-    text = _render_and_check(run_folder, clips=3, images=7)
-    # images: pretraining 1, layer sweep 1, confusion matrix 1 (first encoder), ALM bars 1, 3 gallery clips
+    text = _render_and_check(run_folder, clips=3, images=8)
+    # images: pretraining 1, few-label curve 1, layer sweep 1, confusion matrix 1 (first encoder), ALM bars 1,
+    # 3 gallery clips
+    assert 'alt="Few labels"' in text and "labelled training clips per class" in text
+    assert "Pretraining read the labelled tasks&#x27; train splits (keywords/manifest.jsonl)" in text
     assert text.count("Not in this run") == 1 and "Not in this run: eval-alm/alm_eval.json" in text
     qa = json.loads((REPO / "results" / "alm_qa.json").read_text())["variants"]
     assert f"{qa['pretrained']['accuracy']['overall']['exact_match']:.3f} [" in text  # with its interval
@@ -96,7 +99,7 @@ def test_report_with_the_alm_evaluation(run_folder, embedded_root, tmp_path):
     art = run_folder / "alm" / "pretrained" / "stage1" / "artifact"
     evaluate_alm(str(art), str(embedded_root), str(run_folder / "eval-alm"), max_closed=4, max_captions=2,
                  max_classify=2)
-    text = _render_and_check(run_folder, clips=8, images=12)
+    text = _render_and_check(run_folder, clips=8, images=13)
     assert "Not in this run" not in text
     ev = json.loads((run_folder / "eval-alm" / "alm_eval.json").read_text())["numbers"]
     assert f"{ev['captioning']['cider_d']:.4f}" in text
