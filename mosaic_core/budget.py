@@ -17,7 +17,8 @@ from __future__ import annotations
 import heapq
 import math
 
-# seconds = a + b / G (+ s * (sa + sb / G) for an ALM variant), fitted by results/pipeline_budget/fit.py to the
+# seconds = a + b / G (+ s * (sa + sb / G) for an ALM variant's training loops; its projector alignment is in a and
+# b: the scale does not shorten it), fitted by results/pipeline_budget/fit.py to the
 # default's fresh-clone runs in results/pipeline_budget (fp32 at G 175 and bf16 at G 366 on one 2-core AMD EPYC with
 # AVX512-BF16, at the full budget)
 DEFAULT_COSTS = {
@@ -29,8 +30,8 @@ DEFAULT_COSTS = {
         "eval_encoder": {"a": 231.3, "b": 23931.0},
         "eval_alm": {"a": 179.8, "b": 0.0},
         "no_audio": {"a": 68.8, "b": 4602.0, "sa": 311.1, "sb": 39943.0},
-        "pretrained": {"a": 107.0, "b": 16742.0, "sa": 428.8, "sb": 80492.0},
-        "random": {"a": 135.5, "b": 10793.0, "sa": 491.5, "sb": 67705.0},
+        "pretrained": {"a": 249.8, "b": 30551.0, "sa": 285.9, "sb": 66683.0},
+        "random": {"a": 299.5, "b": 22490.0, "sa": 327.4, "sb": 56007.0},
     },
 }
 VARIANT_ORDER = ("pretrained", "no_audio", "random")
