@@ -35,7 +35,8 @@ def main(argv=None) -> int:
         if not (run / "history.json").is_file():
             procs[prec] = subprocess.Popen(
                 [sys.executable, "-m", "recipes.pretrain", "--config", "configs/pretrain/tiny.yaml",
-                 f"data.root={args.data}", f"run_dir={run}", f"train.max_steps={args.steps}", "train.log_every=1",
+                 f"data.root={args.data}", "data.shards=null", f"run_dir={run}", f"train.max_steps={args.steps}",
+                 "train.log_every=1",
                  "train.progress=false", f"train.precision={prec}", "train.threads=1"],
                 cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     for prec, proc in procs.items():
