@@ -10,4 +10,4 @@ ENC="{"
 for arm in labeled corpus; do for s in 0 1 2; do ENC="$ENC$arm-s$s: $OUT/$arm-s$s/encoder, "; done; done
 ENC="${ENC}random: random}"
 $PY -m recipes.eval_encoder --config configs/eval/encoder_embedded.yaml data_root="$DATA" run_dir="$OUT/eval" \
-  "encoders=$ENC" probes=[linear] layer_sweep=false threads=1 > "$OUT/eval.log" 2>&1
+  "encoders=$ENC" probes=[linear] layer_sweep=false threads=2 > "$OUT/eval.log" 2>&1
