@@ -26,7 +26,9 @@ def draw_per_class(y: np.ndarray, k: int, draw: int, seed: int = 0) -> np.ndarra
     return np.sort(np.concatenate(picks))
 
 
-def _mean_std(xs: Sequence[float]) -> dict:
+def runs_summary(xs: Sequence[float]) -> dict:
+    """``{"mean", "std" (ddof 1; 0 for one run), "runs"}`` of repeated measurements (the shape the encoder
+    evaluation's JSON and :func:`eval.results.mean_std` read)."""
     a = np.asarray(xs, dtype=float)
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "runs": [float(v) for v in a]}
 
@@ -45,5 +47,5 @@ def few_label_curve(train: tuple[Any, Any], valid: tuple[Any, Any] | None, tests
             readout = fit_logreg(xtr[idx], ytr[idx], vx, vy, seed=seed)
             for role, (x, y) in tests.items():
                 accs[role].append(readout.evaluate(np.asarray(x), np.asarray(y))["accuracy"])
-        out[str(k)] = {role: {"accuracy": _mean_std(a)} for role, a in accs.items()}
+        out[str(k)] = {role: {"accuracy": runs_summary(a)} for role, a in accs.items()}
     return out

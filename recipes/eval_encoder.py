@@ -27,7 +27,7 @@ from encoder.hf import resolve_encoder
 from eval import probes as P
 from eval.embeddings import extract_features, load_waves, make_probe, spectrogram_inputs
 from eval.encoder_eval_config import EncoderEvalConfig, ProbeFitConfig  # noqa: F401 -- the job's config types
-from eval.few_label import few_label_curve
+from eval.few_label import few_label_curve, runs_summary
 from eval.metrics import confusion_matrix
 from eval.mfcc import mfcc_features
 from eval.probe_tables import accuracy_rows, few_label_section, format_table
@@ -45,11 +45,6 @@ from mosaic_core.runtime import precision_note, set_threads, use_bf16
 
 def _splits(task) -> dict[str, list[dict]]:
     return {role: [task.rows[i] for i in idx.tolist()] for role, idx in task.splits.items()}
-
-
-def _mean_std(xs):
-    a = np.asarray(xs, dtype=float)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "runs": [float(v) for v in a]}
 
 
 class _Tally:
@@ -92,7 +87,7 @@ def _mfcc_baseline(waves: dict, labels: dict, test_roles: list[str], seed: int) 
     feats = {role: mfcc_features([w.numpy() for w in ws]) for role, ws in waves.items()}
     readout = fit_logreg(feats["train"], labels["train"].numpy(), feats.get("valid"),
                          labels["valid"].numpy() if "valid" in labels else None, seed=seed)
-    out = {role: {"accuracy": _mean_std([readout.evaluate(feats[role], labels[role].numpy())["accuracy"]]),
+    out = {role: {"accuracy": runs_summary([readout.evaluate(feats[role], labels[role].numpy())["accuracy"]]),
                   "C": readout.C} for role in test_roles}
     return out, feats
 
@@ -119,7 +114,7 @@ def _linear_readout(feats, labels, test_roles, seed: int) -> tuple[dict, object]
     by_role = {}
     for role in test_roles:
         acc = readout.evaluate(feats[role]["last"], labels[role])["accuracy"]
-        by_role[role] = {"accuracy": _mean_std([acc]), "C": readout.C}
+        by_role[role] = {"accuracy": runs_summary([acc]), "C": readout.C}
     return by_role, readout
 
 
@@ -138,7 +133,7 @@ def _trained_probe(cfg, probe_name, feats, labels, test_roles, n_cls, bf16, bar,
             scores[role].append(P.evaluate_probe(probe, feats[role][key], labels[role])["accuracy"])
         last_probe = probe
         bar.update(1)
-    out = {role: {"accuracy": _mean_std(scores[role])} for role in test_roles}
+    out = {role: {"accuracy": runs_summary(scores[role])} for role in test_roles}
     if probe_name == "weighted" and last_probe is not None:
         out["layer_weights"] = [float(v) for v in last_probe.layer_weights()]
     return out
