@@ -35,6 +35,23 @@ DEFAULT_COSTS = {
     },
 }
 VARIANT_ORDER = ("pretrained", "no_audio", "random")
+# The unlabeled corpus (pretrain_data: corpus), measured in results/pipeline_corpus (bf16, G 398, 38,400 clips):
+# building it costs the data job 4.1 ms a clip (156 s), and a pretraining that streams its clips from the shards
+# (FLAC decode + fbank per clip, instead of fbanks cached once) 3.0 ms a clip read (contrastive 532 s against the
+# 413 the costs above predict, the MAE beside it 370 against 258); neither is matmul-bound, so both are a-terms.
+CORPUS_SECONDS_PER_CLIP = {"build": 156.0 / 38400, "stream": 3.0e-3}
+
+
+def with_corpus(costs: dict, corpus_clips: int, clips_read: int) -> dict:
+    """``costs`` for a run whose pretrainings read an unlabeled corpus of ``corpus_clips`` it builds first, each
+    reading ``clips_read`` clips (steps x batch) from its shards."""
+    if corpus_clips <= 0:
+        return costs
+    jobs = {name: dict(j) for name, j in costs["jobs"].items()}
+    jobs["data"]["a"] += CORPUS_SECONDS_PER_CLIP["build"] * corpus_clips
+    for name in ("pretrain_audiomosaic", "pretrain_mae"):
+        jobs[name]["a"] += CORPUS_SECONDS_PER_CLIP["stream"] * clips_read
+    return {"source": f"{costs['source']} + results/pipeline_corpus (the corpus)", "jobs": jobs}
 
 
 def job_seconds(costs: dict, gflops: float, scale: float = 1.0) -> dict[str, float]:
@@ -105,4 +122,4 @@ def scaled_count(value: int, scale: float, multiple: int = 1) -> int:
     return max(multiple, math.ceil(value * scale / multiple) * multiple)
 
 
-__all__ = ["DEFAULT_COSTS", "job_seconds", "predict_seconds", "size_budget", "scaled_count"]
+__all__ = ["DEFAULT_COSTS", "job_seconds", "predict_seconds", "size_budget", "scaled_count", "with_corpus"]

@@ -307,19 +307,22 @@ class PipelineRun:
 
     @property
     def corpus_clips(self) -> int:
-        """The unlabeled clips to build: ``corpus_clips``, or the pretraining's steps x batch (0 without a corpus)."""
-        if self.cfg.pretrain_data != "corpus":
-            return 0
-        if self.cfg.corpus_clips:
-            return self.cfg.corpus_clips
-        from encoder.pretraining import PretrainConfig
-        from mosaic_core.config import load_config
-
-        batch = parse_config(PretrainConfig, load_config(PRETRAIN_RECIPE), "pretraining config").train.batch_size
-        return self.cfg.pretrain_steps * batch
+        return corpus_clips(self.cfg)[0]
 
     def free_cores(self) -> int:
         return self.cfg.jobs - self.state["main_busy"] - (self.side is not None and self.side.poll() is None)
+
+
+def corpus_clips(cfg: PipelineConfig) -> tuple[int, int]:
+    """(the unlabeled clips to build: ``corpus_clips`` or steps x batch, the clips each pretraining reads); (0, 0)
+    when the pretrainings read the labelled splits."""
+    if cfg.pretrain_data != "corpus":
+        return 0, 0
+    from encoder.pretraining import PretrainConfig
+    from mosaic_core.config import load_config
+
+    batch = parse_config(PretrainConfig, load_config(PRETRAIN_RECIPE), "pretraining config").train.batch_size
+    return cfg.corpus_clips or cfg.pretrain_steps * batch, cfg.pretrain_steps * batch
 
 
 def setup(cfg: PipelineConfig) -> PipelineRun:
@@ -340,7 +343,7 @@ def setup(cfg: PipelineConfig) -> PipelineRun:
     print(f"== precision: {precision}", flush=True)
     expected = budget = None
     if cfg.preset == "default" and not cfg.skip_alm:
-        expected, budget = _expected_duration(cfg)
+        expected, budget = _expected_duration(cfg, corpus_clips(cfg))
         cfg = cfg.scaled(budget["scale"])
         print(f"== expected duration on this machine: {expected['note']}", flush=True)
         print(f"== budget: {budget['note']}", flush=True)
@@ -716,14 +719,15 @@ def _precision() -> str:
     return note
 
 
-def _expected_duration(cfg: PipelineConfig) -> tuple[dict, dict]:
+def _expected_duration(cfg: PipelineConfig, corpus: tuple[int, int] = (0, 0)) -> tuple[dict, dict]:
     """The default's expected wall time on this machine and the ALM budget it runs with (:mod:`mosaic_core.budget`),
     from a 2-second matmul benchmark (setup excluded, the 0ad download and the LLM conversion cached). With
     ``budget: auto`` a run folder that already recorded a budget for the same settings keeps it (a re-run then
-    skips the stages that finished instead of re-running them at a slightly different scale)."""
+    skips the stages that finished instead of re-running them at a slightly different scale). ``corpus``: the
+    unlabeled clips the run builds and each pretraining reads (:func:`mosaic_core.budget.with_corpus`)."""
     import torch
 
-    from mosaic_core.budget import DEFAULT_COSTS, predict_seconds, size_budget
+    from mosaic_core.budget import DEFAULT_COSTS, predict_seconds, size_budget, with_corpus
     from mosaic_core.runtime import matmul_gflops, use_bf16
 
     bf16 = use_bf16("auto", torch.device("cpu")) and not torch.cuda.is_available()
@@ -735,16 +739,17 @@ def _expected_duration(cfg: PipelineConfig) -> tuple[dict, dict]:
         g = max(matmul_gflops(bf16, seconds=0.4, size=2048) for _ in range(4))
     finally:
         torch.set_num_threads(threads)
-    plan = size_budget(g, cfg.target_minutes, cfg.budget_floor)
+    costs = with_corpus(DEFAULT_COSTS, *corpus)
+    plan = size_budget(g, cfg.target_minutes, cfg.budget_floor, costs)
     if cfg.budget_scale is not None or cfg.budget == "full":
         scale = 1.0 if cfg.budget_scale is None else cfg.budget_scale
-        plan.update(scale=scale, predicted_minutes=round(predict_seconds(DEFAULT_COSTS, g, scale) / 60, 1),
+        plan.update(scale=scale, predicted_minutes=round(predict_seconds(costs, g, scale) / 60, 1),
                     why=f"the ALM budget scaled to {scale:.2f} by hand (budget_scale)" if cfg.budget_scale is not None
                     else "the full ALM budget (budget: full)")
     settings = to_plain(cfg)
     before = _previous_budget(Path(cfg.out) / "pipeline.json", settings)
     if before is not None and before["scale"] != plan["scale"]:
-        minutes = round(predict_seconds(DEFAULT_COSTS, g, before["scale"]) / 60, 1)
+        minutes = round(predict_seconds(costs, g, before["scale"]) / 60, 1)
         plan.update(scale=before["scale"], predicted_minutes=minutes,
                     why=f"the budget this run folder started with (scale {before['scale']:.2f}: {before['why']})")
     scaled = cfg.scaled(plan["scale"])
@@ -755,7 +760,7 @@ def _expected_duration(cfg: PipelineConfig) -> tuple[dict, dict]:
     plan["note"] = f"{plan['why']}: {what}"
     minutes = plan["predicted_minutes"]
     note = (f"about {minutes:.0f} minutes (matmul {g:.0f} GFLOP/s in {'bf16' if bf16 else 'fp32'} on 2 threads; "
-            f"model and measured runs: {DEFAULT_COSTS['source']}; other work on the cores slows it further)")
+            f"model and measured runs: {costs['source']}; other work on the cores slows it further)")
     return {"minutes": minutes, "matmul_gflops": round(g, 1), "bf16": bf16, "note": note}, plan
 
 

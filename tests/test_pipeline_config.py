@@ -44,6 +44,23 @@ def test_both_pretrainings_read_the_unlabeled_corpus_by_default(tmp_path):
     assert load_pipeline_config(["--preset", "long"]).corpus_clips == 60000
 
 
+def test_the_expected_duration_counts_the_corpus():
+    """Building the corpus and streaming it costs time the model adds (a-terms measured in pipeline_corpus)."""
+    from mosaic_core.budget import DEFAULT_COSTS, job_seconds, predict_seconds, with_corpus
+    from recipes.pipeline import corpus_clips
+
+    assert corpus_clips(load_pipeline_config([])) == (38400, 38400)
+    assert corpus_clips(load_pipeline_config(["--pretrain-data", "labeled"])) == (0, 0)
+    assert corpus_clips(load_pipeline_config(["--preset", "long"])) == (60000, 600 * 256)
+    assert with_corpus(DEFAULT_COSTS, 0, 0) is DEFAULT_COSTS
+    costs = with_corpus(DEFAULT_COSTS, 38400, 38400)
+    before, after = job_seconds(DEFAULT_COSTS, 398.0), job_seconds(costs, 398.0)
+    assert after["data"] - before["data"] == pytest.approx(156.0)
+    assert after["pretrain_audiomosaic"] - before["pretrain_audiomosaic"] == pytest.approx(115.2)
+    assert after["pretrained"] == before["pretrained"] and DEFAULT_COSTS["jobs"]["data"]["a"] == 48.5  # a copy
+    assert predict_seconds(costs, 398.0) > predict_seconds(DEFAULT_COSTS, 398.0) + 156
+
+
 def test_long_preset():
     cfg = load_pipeline_config(["--preset", "long"])
     assert (cfg.preset, cfg.pretrain_steps, cfg.probe_seeds, cfg.probes, cfg.probe_epochs) == \
