@@ -29,6 +29,7 @@ shows what finished.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -305,8 +306,9 @@ class PipelineRun:
         return [f"data.root={self.root}", f"data.shards={shards}", f"run_dir={self.out.pretrain(name)}",
                 f"train.max_steps={self.cfg.pretrain_steps}", f"seed={self.cfg.seed}", f"objective={objective}"]
 
-    @property
+    @functools.cached_property
     def corpus_clips(self) -> int:
+        """The unlabeled clips the data stage builds (the pretraining recipe is read once, not at every use)."""
         return corpus_clips(self.cfg)[0]
 
     def free_cores(self) -> int:
