@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from encoder.query_attention import normalise_tokens, query_attention
 from eval import metrics
 from mosaic_core.runtime import autocast
 from mosaic_core.schedule import lr_factor
@@ -228,31 +229,17 @@ class AttentiveProbe(_Probe):
     def prepare(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """Standardised tokens through ``norm_kv``'s normalisation (its affine is applied in
         :meth:`forward_prepared`): the per-token work that no parameter touches, done once per fit."""
-        xn = nn.functional.layer_norm(self.standardise(x), (self.dim,), eps=self.norm_kv.eps)
+        xn = normalise_tokens(self.standardise(x), self.norm_kv)
         return (xn,) if mask is None else (xn, mask)
 
     def forward_prepared(self, xn: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The block on prepared tokens ``xn`` ``[N, T, D]``, computed from the query side: with a single query,
-        head h's score of token t is ``q_h . (W_k,h (g * xn_t + b) + c_h)``, i.e. ``u_h . xn_t`` plus a constant
-        that softmax removes (``u_h = g * W_k,h^T q_h``), and its value is ``W_v,h (g * sum_t a_ht xn_t + b) +
-        c_v,h`` (the weights sum to one). The same function as ``nn.MultiheadAttention`` on ``norm_kv(x)``, at
-        O(T * D * heads) per example instead of O(T * D^2) for the key and value projections of every token."""
-        attn, d, heads = self.attn, self.dim, self.attn.num_heads
-        hd = d // heads
-        w_q, w_k, w_v = attn.in_proj_weight.split(d)
-        b_q, _, b_v = attn.in_proj_bias.split(d)  # the key bias adds a per-head constant: softmax drops it
-        q = self.query[0, 0]
-        qh = (w_q @ self.norm_q(q) + b_q).view(heads, hd)
-        u = torch.einsum("hc,hcd->hd", qh, w_k.view(heads, hd, d)) * self.norm_kv.weight / math.sqrt(hd)
-        scores = torch.einsum("ntd,hd->nth", xn, u)
-        if mask is not None:
-            scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
-        weights = scores.softmax(dim=1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(scores.dtype)
-        pooled = torch.einsum("nth,ntd->nhd", weights, xn) * self.norm_kv.weight + self.norm_kv.bias  # [N, H, D]
-        values = torch.einsum("nhd,hcd->nhc", pooled, w_v.view(heads, hd, d)) + b_v.view(heads, hd)
-        q = q + attn.out_proj(values.reshape(-1, d))
+        """The block on prepared tokens ``xn`` ``[N, T, D]``, computed from the query side
+        (:func:`encoder.query_attention.query_attention`): the same function as ``nn.MultiheadAttention`` on
+        ``norm_kv(x)``, at O(T * D * heads) per example instead of O(T * D^2) for the key and value projections."""
+        q = self.query[0]
+        q = q + query_attention(self.attn, self.norm_kv, self.norm_q(q), xn, mask)  # [N, 1, D]
         q = q + self.mlp(self.norm_mlp(q))
-        return self.head(self.norm_out(q))
+        return self.head(self.norm_out(q[:, 0]))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_prepared(*self.prepare(x, mask))

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from encoder.query_attention import normalise_tokens, query_attention
 from mosaic_core.config import PositiveFloat, PositiveInt
 
 
@@ -147,10 +148,9 @@ class AudioProjector(nn.Module):
         if self.cfg.standardize:
             x = (x - self.feat_mean.to(x.dtype)) / self.feat_std.to(x.dtype)
         x = x.to(self.linear.weight.dtype)
-        if self.cfg.kind == "attentive":
-            kv = self.norm_kv(x)
-            q = self.query.expand(x.shape[0], -1, -1)
-            q = q + self.attn(self.norm_q(q), kv, kv, need_weights=False)[0]
+        if self.cfg.kind == "attentive":  # MultiheadAttention(norm_q(query), norm_kv(x)), from the query side
+            q = self.query[0]
+            q = q + query_attention(self.attn, self.norm_kv, self.norm_q(q), normalise_tokens(x, self.norm_kv))
             x = q + self.mlp(self.norm_mlp(q))
         return self.linear(self.norm(x))
 

@@ -69,8 +69,6 @@ def test_standardisation_removes_the_shared_direction():
 
 
 def test_attentive_projector_reads_every_patch_token():
-
-
     cfg = AudioProjectorConfig(kind="attentive", heads=4)
     with pytest.raises(ValueError, match="n_audio"):
         AudioProjector(16, 8, n_freq=2, cfg=cfg)
@@ -81,3 +79,33 @@ def test_attentive_projector_reads_every_patch_token():
     moved = tokens.clone()
     moved[:, 1] = 3.0 * torch.randn(16)  # one frequency patch of one time step (a constant shift LayerNorm removes)
     assert not torch.allclose(proj(tokens), proj(moved))
+
+
+def test_attentive_projector_is_the_multihead_attention_block():
+    """The query-side computation (encoder.query_attention) is the same function as nn.MultiheadAttention over
+    norm_kv(tokens), with the same gradients, for non-default parameters (in float64)."""
+    torch.manual_seed(0)
+    proj = AudioProjector(16, 8, n_freq=2, cfg=AudioProjectorConfig(kind="attentive", heads=4), n_audio=3).double()
+    with torch.no_grad():
+        for prm in proj.parameters():
+            prm.add_(0.3 * torch.randn_like(prm))
+        proj.feat_mean.normal_()
+        proj.feat_std.uniform_(0.5, 2.0)
+    tokens = 2.0 * torch.randn(5, 12, 16, dtype=torch.float64) + 0.5
+
+    def reference(tokens):
+        x = (proj.features(tokens) - proj.feat_mean) / proj.feat_std
+        kv = proj.norm_kv(x)
+        q = proj.query.expand(x.shape[0], -1, -1)
+        q = q + proj.attn(proj.norm_q(q), kv, kv, need_weights=False)[0]
+        q = q + proj.mlp(proj.norm_mlp(q))
+        return proj.linear(proj.norm(q))
+
+    torch.testing.assert_close(proj(tokens), reference(tokens), atol=1e-10, rtol=1e-10)
+    grads = []
+    for fn in (proj, reference):
+        proj.zero_grad()
+        fn(tokens).pow(2).sum().backward()
+        grads.append([p.grad.clone() for p in proj.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
