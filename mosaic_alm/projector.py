@@ -154,6 +154,14 @@ class AudioProjector(nn.Module):
             x = q + self.mlp(self.norm_mlp(q))
         return self.linear(self.norm(x))
 
+    def external_parameters(self) -> list[nn.Parameter]:
+        """Parameters :meth:`forward` reads outside their own module's forward (the query-side attention reads the
+        attention's input projection and ``norm_kv``'s affine): a ZeRO-3 engine must gather them for the projector
+        (``deepspeed.zero.register_external_parameter``)."""
+        if self.cfg.kind != "attentive":
+            return []
+        return [self.attn.in_proj_weight, self.attn.in_proj_bias, self.norm_kv.weight, self.norm_kv.bias]
+
     @classmethod
     def from_ltu_folder(cls, folder) -> "AudioProjector":
         """The LTU audio projection an imported ``AudioMosaic-vit-b16-ltu-stage4`` folder holds

@@ -57,6 +57,9 @@ def stage_optimizer(model, tcfg: StageTrainConfig, total: int, world: int, devic
     if world == 1 and not torch.distributed.is_initialized():
         deepspeed_cpu_workaround()
         single_process_dist_env()
+    projector = getattr(model, "projector", None)
+    for p in projector.external_parameters() if projector is not None else []:
+        deepspeed.zero.register_external_parameter(projector, p)  # ZeRO-3 gathers them for the projector's forward
     engine, opt, _, sched = deepspeed.initialize(
         model=model, model_parameters=groups, config=deepspeed_config(tcfg.deepspeed, tcfg, world, device),
         lr_scheduler=lambda o: cosine_schedule(o, total, warmup))

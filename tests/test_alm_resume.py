@@ -193,15 +193,18 @@ def test_sigkill_under_deepspeed_then_resume_equals_uninterrupted(toy, tmp_path,
     """Stage 2 (projector + LoRA with dropout) through a DeepSpeed engine (one process, gloo on CPU), killed after
     its step-2 checkpoint (kit checkpoint + DeepSpeed's optimizer partitions and fp32 master weights) and run again:
     the losses and every trained tensor equal an uninterrupted DeepSpeed run's, bit for bit. ~40 s (ZeRO-2), ~75 s
-    (ZeRO-3, slow: its hooks gather every LLM weight each step) on 2 shared CPU cores."""
+    (ZeRO-3, slow: its hooks gather every LLM weight each step) on 2 shared CPU cores. Under ZeRO-3 the projector is
+    the attentive one, whose query-side attention reads the attention's weights outside that module's own forward
+    (registered with the engine as external parameters: AudioProjector.external_parameters)."""
     pytest.importorskip("deepspeed")
-    ref = _run(_cmd(2, _overrides(toy, tmp_path / "ref", DS_STEPS) + [f"train.deepspeed={DS[zero]}"]))
+    ds = [f"train.deepspeed={DS[zero]}"] + (["projector.kind=attentive"] if zero == 3 else [])
+    ref = _run(_cmd(2, _overrides(toy, tmp_path / "ref", DS_STEPS) + ds))
     assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-3000:]
     want = json.loads((tmp_path / "ref/t/stage2/summary.json").read_text())
     assert want["steps"] == DS_STEPS and want["parameters"]["lora"]["trainable"] > 0
 
     run = tmp_path / "killed" / "t" / "stage2"
-    ov = _overrides(toy, tmp_path / "killed", DS_STEPS) + [f"train.deepspeed={DS[zero]}", "train.ckpt_every=2"]
+    ov = _overrides(toy, tmp_path / "killed", DS_STEPS) + ds + ["train.ckpt_every=2"]
     assert _kill_after_checkpoint(2, ov, run / "checkpoints", tmp_path / "killed.log") == -signal.SIGKILL
     assert not (run / "summary.json").exists()  # it died mid-stage
     assert [p.name for p in (run / "checkpoints").glob("step_*")] == ["step_00000002"]
